@@ -1,0 +1,25 @@
+//! Everything that crosses the wire between `ingest`, `busd` and `busctl`.
+//!
+//! A frame is a 4-byte big-endian length followed by a postcard-encoded [`ClientFrame`] or
+//! [`ServerFrame`]. The types live here and only here, so the three programs cannot disagree
+//! about the protocol; the hot paths (a publisher's batch in, an `Events` frame out) have
+//! hand-written byte-level helpers in [`publish`] and [`fanout`] that tests pin to postcard.
+
+pub mod codec;
+pub mod fanout;
+pub mod frame;
+pub mod publish;
+pub mod varint;
+
+pub use codec::{CodecError, FrameCodec, RawCodec, encode_frame};
+pub use frame::{
+    ClientFrame, ErrorCode, Event, Filter, Position, Role, ServerFrame, Stats, SubscriberStats,
+};
+
+/// Bumped whenever an existing frame changes shape; peers with another version are refused
+/// with an `Error` frame naming both versions.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest frame body, in bytes. Large enough for a big publish batch, small enough
+/// that one peer cannot make a server buffer without bound.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;

@@ -1,0 +1,162 @@
+//! A zero-copy view of a `Publish` frame, for busd's hot path.
+//!
+//! busd never needs an event as Rust values: it routes on `account_id` and forwards the
+//! event's postcard bytes unchanged. Walking the body by hand finds each event's bytes
+//! without allocating two `String`s per event and encoding them again. It validates exactly
+//! what postcard would (varints, lengths, UTF-8), so subscribers can always decode the
+//! result; a property test pins it to `postcard::from_bytes::<ClientFrame>`.
+
+use bytes::Bytes;
+
+use crate::{ClientFrame, varint};
+
+/// One event of a batch: its account, and its postcard encoding (as in [`crate::Event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub account_id: u64,
+    pub bytes: Bytes,
+}
+
+/// A `Publish` frame whose events are still bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPublish {
+    pub batch_id: u64,
+    pub events: Vec<RawEvent>,
+}
+
+/// The body claims to be a `Publish` frame but is not a valid one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed Publish frame at byte {offset}")]
+pub struct MalformedPublish {
+    pub offset: usize,
+}
+
+/// Whether `body` is a `Publish` frame (by its variant index).
+pub fn is_publish(body: &[u8]) -> bool {
+    let mut pos = 0;
+    varint::take(body, &mut pos) == Some(u64::from(ClientFrame::PUBLISH_TAG))
+}
+
+/// Splits a `Publish` frame body into its events; the caller checked [`is_publish`].
+pub fn parse(body: &Bytes) -> Result<RawPublish, MalformedPublish> {
+    let buf = &body[..];
+    let mut pos = 0;
+    let fail = |offset| MalformedPublish { offset };
+    let _tag = varint::take(buf, &mut pos).ok_or(fail(pos))?;
+    let batch_id = varint::take(buf, &mut pos).ok_or(fail(pos))?;
+    let count = varint::take(buf, &mut pos).ok_or(fail(pos))?;
+    // Every event takes at least 4 bytes, which bounds the allocation a liar can ask for.
+    let mut events = Vec::with_capacity((count as usize).min((buf.len() - pos) / 4));
+    for _ in 0..count {
+        let start = pos;
+        let account_id = varint::take(buf, &mut pos).ok_or(fail(pos))?;
+        varint::take(buf, &mut pos).ok_or(fail(pos))?;
+        skip_str(buf, &mut pos).ok_or(fail(pos))?;
+        skip_str(buf, &mut pos).ok_or(fail(pos))?;
+        events.push(RawEvent {
+            account_id,
+            bytes: body.slice(start..pos),
+        });
+    }
+    if pos != buf.len() {
+        return Err(fail(pos));
+    }
+    Ok(RawPublish { batch_id, events })
+}
+
+fn skip_str(buf: &[u8], pos: &mut usize) -> Option<()> {
+    let len = usize::try_from(varint::take(buf, pos)?).ok()?;
+    let end = pos.checked_add(len)?;
+    std::str::from_utf8(buf.get(*pos..end)?).ok()?;
+    *pos = end;
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Event;
+    use crate::codec::decode_body;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = Event> {
+        (any::<u64>(), any::<u64>(), ".{0,40}", "[a-z0-9-]{0,12}").prop_map(
+            |(account_id, timestamp_us, data, origin)| Event {
+                account_id,
+                timestamp_us,
+                data,
+                origin,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_postcard_on_valid_batches(
+            batch_id: u64,
+            events in proptest::collection::vec(event(), 0..20),
+        ) {
+            let frame = ClientFrame::Publish { batch_id, events: events.clone() };
+            let body = Bytes::from(postcard::to_allocvec(&frame).unwrap());
+            prop_assert!(is_publish(&body));
+            let raw = parse(&body).unwrap();
+            prop_assert_eq!(raw.batch_id, batch_id);
+            prop_assert_eq!(raw.events.len(), events.len());
+            for (raw, event) in raw.events.iter().zip(&events) {
+                prop_assert_eq!(raw.account_id, event.account_id);
+                prop_assert_eq!(&raw.bytes[..], &postcard::to_allocvec(event).unwrap()[..]);
+            }
+        }
+
+        #[test]
+        fn accepts_exactly_what_postcard_accepts(
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut body = vec![ClientFrame::PUBLISH_TAG];
+            body.extend_from_slice(&tail);
+            let body = Bytes::from(body);
+            let ours = parse(&body).map(|raw| raw.batch_id).ok();
+            let theirs = match decode_body::<ClientFrame>(&body) {
+                Ok(ClientFrame::Publish { batch_id, .. }) => Some(batch_id),
+                _ => None,
+            };
+            prop_assert_eq!(ours, theirs);
+        }
+
+        #[test]
+        fn truncation_is_an_error(
+            events in proptest::collection::vec(event(), 1..5),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let frame = ClientFrame::Publish { batch_id: 7, events };
+            let full = postcard::to_allocvec(&frame).unwrap();
+            let body = Bytes::copy_from_slice(&full[..cut.index(full.len())]);
+            prop_assert!(parse(&body).is_err());
+        }
+    }
+
+    #[test]
+    fn a_huge_count_does_not_allocate_for_it() {
+        let mut body = vec![ClientFrame::PUBLISH_TAG, 1];
+        varint::put(&mut body, u64::MAX >> 1);
+        assert!(parse(&Bytes::from(body)).is_err());
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        let event = Event {
+            account_id: 1,
+            timestamp_us: 2,
+            data: "ab".into(),
+            origin: "o".into(),
+        };
+        let frame = ClientFrame::Publish {
+            batch_id: 1,
+            events: vec![event],
+        };
+        let mut bytes = postcard::to_allocvec(&frame).unwrap();
+        let at = bytes.iter().position(|&b| b == b'a').unwrap();
+        bytes[at] = 0xff;
+        assert!(parse(&Bytes::from(bytes)).is_err());
+    }
+}
