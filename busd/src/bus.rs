@@ -1,0 +1,321 @@
+//! The bus: sequence numbers, the replay ring, the routing index and the subscribers.
+//!
+//! One lock orders everything that must be ordered: assigning seqs, appending to the ring,
+//! routing into queues and (re)subscribing. Because a subscription reads its replay from the
+//! ring and joins the index in the same critical section as publishes, a resuming subscriber
+//! can neither miss an event between the two nor see one twice.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use protocol::publish::RawPublish;
+use protocol::{Filter, Position, Stats, SubscriberStats, fanout, varint};
+use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
+
+use crate::filter::{FilterIndex, SubKey};
+use crate::queue::{Entry, Gap, Queue, WhenFull};
+use crate::ring::Ring;
+
+/// One subscriber as the bus and its writer task share it.
+pub struct Subscriber {
+    pub id: u64,
+    pub name: String,
+    pub queue: Queue,
+    /// Wakes the writer when its queue goes from empty to not, or overflows.
+    pub notify: Notify,
+    pub delivered: AtomicU64,
+}
+
+/// Counters that only ever grow; read without the lock for stats.
+#[derive(Default)]
+pub struct Counters {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub duplicate_batches: AtomicU64,
+    pub connections: AtomicU64,
+    pub publishers: AtomicU64,
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The events got the seqs `first..=last` (an empty batch gets `first > last`).
+    Accepted { first: u64, last: u64 },
+    /// This publisher already sent a batch with this id (or a later one); nothing was added.
+    Duplicate,
+}
+
+/// The bus is closed for publishing: busd is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("busd is shutting down")]
+pub struct Closed;
+
+pub struct Bus {
+    epoch: u64,
+    when_full: WhenFull,
+    queue_events: usize,
+    state: Mutex<State>,
+    pub counters: Counters,
+}
+
+struct Slot {
+    sub: Arc<Subscriber>,
+    filter: Option<Filter>,
+}
+
+struct State {
+    head: u64,
+    closed: bool,
+    ring: Ring,
+    index: FilterIndex,
+    slots: Vec<Option<Slot>>,
+    free: Vec<SubKey>,
+    next_id: u64,
+    /// Highest batch id seen per publisher name, to drop resent batches.
+    last_batch: FxHashMap<String, u64>,
+    /// Per-slot staging for one publish, kept to reuse its allocations.
+    scratch: Vec<Vec<Entry>>,
+    touched: Vec<SubKey>,
+}
+
+impl Bus {
+    pub fn new(epoch: u64, replay_bytes: usize, queue_events: usize, when_full: WhenFull) -> Self {
+        Bus {
+            epoch,
+            when_full,
+            queue_events,
+            state: Mutex::new(State {
+                head: 0,
+                closed: false,
+                ring: Ring::new(replay_bytes),
+                index: FilterIndex::default(),
+                slots: Vec::new(),
+                free: Vec::new(),
+                next_id: 1,
+                last_batch: FxHashMap::default(),
+                scratch: Vec::new(),
+                touched: Vec::new(),
+            }),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves `State` consistent between its statements that can
+        // panic (none index out of bounds by construction), so a poisoned lock is usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn head(&self) -> u64 {
+        self.lock().head
+    }
+
+    /// Sequences a batch, keeps it in the ring and routes it to every matching queue.
+    /// `publisher` names the sender for duplicate detection; an empty name opts out.
+    pub fn publish(&self, publisher: &str, batch: RawPublish) -> Result<Published, Closed> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.closed {
+            return Err(Closed);
+        }
+        if !publisher.is_empty() {
+            match state.last_batch.get_mut(publisher) {
+                Some(last) if batch.batch_id <= *last => {
+                    self.counters.duplicate_batches.fetch_add(1, Relaxed);
+                    return Ok(Published::Duplicate);
+                }
+                Some(last) => *last = batch.batch_id,
+                None => {
+                    state
+                        .last_batch
+                        .insert(publisher.to_owned(), batch.batch_id);
+                }
+            }
+        }
+        let first = state.head + 1;
+        let size: usize = batch.events.iter().map(|e| e.bytes.len()).sum();
+        let mut buf = BytesMut::with_capacity(size + batch.events.len() * varint::MAX_LEN);
+        for event in &batch.events {
+            state.head += 1;
+            fanout::encode_entry(&mut buf, state.head, &event.bytes);
+            let entry = Entry {
+                seq: state.head,
+                account_id: event.account_id,
+                bytes: buf.split().freeze(),
+            };
+            state.route(&entry);
+            state.ring.push(entry);
+        }
+        state.deliver(self.when_full);
+        self.counters
+            .published
+            .fetch_add(batch.events.len() as u64, Relaxed);
+        Ok(Published::Accepted {
+            first,
+            last: state.head,
+        })
+    }
+
+    /// Adds a subscriber that receives nothing until it subscribes.
+    pub fn register(&self, name: String) -> (SubKey, Arc<Subscriber>) {
+        let mut state = self.lock();
+        let sub = Arc::new(Subscriber {
+            id: state.next_id,
+            name,
+            queue: Queue::new(self.queue_events),
+            notify: Notify::new(),
+            delivered: AtomicU64::new(0),
+        });
+        state.next_id += 1;
+        let slot = Some(Slot {
+            sub: sub.clone(),
+            filter: None,
+        });
+        let key = match state.free.pop() {
+            Some(key) => {
+                state.slots[key] = slot;
+                key
+            }
+            None => {
+                state.slots.push(slot);
+                state.scratch.push(Vec::new());
+                state.slots.len() - 1
+            }
+        };
+        (key, sub)
+    }
+
+    pub fn unregister(&self, key: SubKey) {
+        let mut state = self.lock();
+        if let Some(slot) = state.slots.get_mut(key).and_then(Option::take) {
+            if let Some(filter) = &slot.filter {
+                state.index.remove(key, filter);
+            }
+            state.free.push(key);
+        }
+    }
+
+    /// Replaces the subscriber's filter and, with `resume_after`, queues what it missed
+    /// (or a gap for what the ring no longer holds) ahead of any new event.
+    pub fn subscribe(&self, key: SubKey, filter: Filter, resume_after: Option<Position>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        if let Some(old) = slot.filter.take() {
+            state.index.remove(key, &old);
+        }
+        state.index.insert(key, &filter);
+        let sub = slot.sub.clone();
+        if let Some(position) = resume_after {
+            let after = if position.epoch == self.epoch {
+                position.seq
+            } else {
+                0
+            };
+            let plan = state.ring.replay_from(after, state.head);
+            if let Some((from_seq, to_seq)) = plan.evicted {
+                let missed = to_seq - from_seq + 1;
+                sub.queue.push_gap(Gap {
+                    from_seq,
+                    to_seq,
+                    missed,
+                });
+            }
+            let mut replay: Vec<Entry> = state
+                .ring
+                .iter_from(plan.index)
+                .filter(|e| filter.matches(e.account_id))
+                .cloned()
+                .collect();
+            // A replay larger than the queue keeps its newest part and reports the rest
+            // as a gap, whatever the slow policy: refusing would loop the reconnects.
+            sub.queue.push(&mut replay, WhenFull::DropOldest);
+        }
+        if let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) {
+            slot.filter = Some(filter);
+        }
+        sub.notify.notify_one();
+    }
+
+    /// Stops all publishing and returns the last seq this epoch will ever have.
+    pub fn close(&self) -> u64 {
+        let mut state = self.lock();
+        state.closed = true;
+        state.head
+    }
+
+    pub fn stats(&self) -> Stats {
+        let state = self.lock();
+        let subscribers: Vec<SubscriberStats> = state
+            .slots
+            .iter()
+            .flatten()
+            .map(|slot| SubscriberStats {
+                id: slot.sub.id,
+                name: slot.sub.name.clone(),
+                accounts: match &slot.filter {
+                    Some(Filter::All) => None,
+                    Some(Filter::Accounts(set)) => Some(set.len() as u64),
+                    None => Some(0),
+                },
+                queue_depth: slot.sub.queue.len() as u64,
+                delivered: slot.sub.delivered.load(Relaxed),
+                dropped: slot.sub.queue.dropped(),
+            })
+            .collect();
+        Stats {
+            epoch: self.epoch,
+            head_seq: state.head,
+            connections: self.counters.connections.load(Relaxed),
+            publishers: self.counters.publishers.load(Relaxed),
+            published: self.counters.published.load(Relaxed),
+            delivered: self.counters.delivered.load(Relaxed),
+            dropped: subscribers.iter().map(|s| s.dropped).sum(),
+            duplicate_batches: self.counters.duplicate_batches.load(Relaxed),
+            ring_events: state.ring.len() as u64,
+            ring_bytes: state.ring.bytes() as u64,
+            subscribers,
+        }
+    }
+}
+
+impl State {
+    /// Stages `entry` for every subscriber whose filter matches it.
+    fn route(&mut self, entry: &Entry) {
+        for key in self.index.targets(entry.account_id) {
+            let staged = &mut self.scratch[key];
+            if staged.is_empty() {
+                self.touched.push(key);
+            }
+            staged.push(entry.clone());
+        }
+    }
+
+    /// Moves every staged entry into its subscriber's queue, one lock per subscriber.
+    fn deliver(&mut self, when_full: WhenFull) {
+        for key in self.touched.drain(..) {
+            let staged = &mut self.scratch[key];
+            match &self.slots[key] {
+                Some(slot) => {
+                    if slot.sub.queue.push(staged, when_full) {
+                        slot.sub.notify.notify_one();
+                    }
+                }
+                None => staged.clear(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use bytes::Bytes;
+use protocol::publish::{self, RawPublish};
+use protocol::{ClientFrame, Event, Filter, Position, ServerFrame};
+
+use super::*;
+
+fn batch(batch_id: u64, accounts: &[u64]) -> RawPublish {
+    let events = accounts
+        .iter()
+        .map(|&account_id| Event {
+            account_id,
+            timestamp_us: 1,
+            data: format!("a{account_id}"),
+            origin: "t".into(),
+        })
+        .collect();
+    let body =
+        Bytes::from(postcard::to_allocvec(&ClientFrame::Publish { batch_id, events }).unwrap());
+    publish::parse(&body).unwrap()
+}
+
+fn drain(sub: &Subscriber) -> (Option<Gap>, Vec<(u64, u64)>) {
+    let mut out = Vec::new();
+    let drained = sub.queue.drain_into(usize::MAX, &mut out);
+    let events = out
+        .iter()
+        .map(|e| {
+            let mut bytes = BytesMut::new();
+            let mut frame = fanout::EventsFrame::begin(&mut bytes);
+            frame.push(&mut bytes, &e.bytes);
+            frame.finish(&mut bytes);
+            let Ok(ServerFrame::Events(events)) = protocol::codec::decode_body(&bytes[4..]) else {
+                panic!("entry does not decode");
+            };
+            assert_eq!(events[0].0, e.seq);
+            (e.seq, events[0].1.account_id)
+        })
+        .collect();
+    (drained.gap, events)
+}
+
+fn bus() -> Bus {
+    Bus::new(7, usize::MAX, 1000, WhenFull::DropOldest)
+}
+
+fn accounts(ids: &[u64]) -> Filter {
+    Filter::Accounts(ids.iter().copied().collect())
+}
+
+#[test]
+fn events_reach_exactly_the_matching_subscribers() {
+    let bus = bus();
+    let (a, sub_a) = bus.register("a".into());
+    let (b, sub_b) = bus.register("b".into());
+    bus.subscribe(a, accounts(&[1]), None);
+    bus.subscribe(b, Filter::All, None);
+    let published = bus.publish("p", batch(1, &[1, 2, 1])).unwrap();
+    assert_eq!(published, Published::Accepted { first: 1, last: 3 });
+    assert_eq!(drain(&sub_a).1, vec![(1, 1), (3, 1)]);
+    assert_eq!(drain(&sub_b).1, vec![(1, 1), (2, 2), (3, 1)]);
+}
+
+#[test]
+fn a_resent_batch_is_dropped_per_publisher() {
+    let bus = bus();
+    let (a, sub) = bus.register("a".into());
+    bus.subscribe(a, Filter::All, None);
+    bus.publish("p", batch(5, &[1])).unwrap();
+    assert_eq!(
+        bus.publish("p", batch(5, &[1])).unwrap(),
+        Published::Duplicate
+    );
+    assert_eq!(
+        bus.publish("p", batch(4, &[1])).unwrap(),
+        Published::Duplicate
+    );
+    bus.publish("q", batch(5, &[1])).unwrap();
+    bus.publish("", batch(1, &[1])).unwrap();
+    bus.publish("", batch(1, &[1])).unwrap();
+    assert_eq!(drain(&sub).1.len(), 4);
+    assert_eq!(bus.stats().duplicate_batches, 2);
+}
+
+#[test]
+fn resume_replays_only_what_matches_and_was_missed() {
+    let bus = bus();
+    bus.publish("p", batch(1, &[1, 2, 1, 2, 1])).unwrap();
+    let (key, sub) = bus.register("late".into());
+    bus.subscribe(key, accounts(&[1]), Some(Position { epoch: 7, seq: 1 }));
+    assert_eq!(drain(&sub), (None, vec![(3, 1), (5, 1)]));
+}
+
+#[test]
+fn resume_from_another_epoch_starts_at_this_epochs_first_event() {
+    let bus = bus();
+    bus.publish("p", batch(1, &[1, 1])).unwrap();
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe(key, Filter::All, Some(Position { epoch: 3, seq: 900 }));
+    assert_eq!(drain(&sub), (None, vec![(1, 1), (2, 1)]));
+}
+
+#[test]
+fn resume_past_the_ring_reports_a_gap_first() {
+    let bus = Bus::new(7, 300, 1000, WhenFull::DropOldest);
+    for id in 1..=20 {
+        bus.publish("p", batch(id, &[1])).unwrap();
+    }
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe(key, Filter::All, Some(Position { epoch: 7, seq: 0 }));
+    let (gap, events) = drain(&sub);
+    let gap = gap.expect("a gap");
+    assert_eq!(gap.from_seq, 1);
+    assert_eq!(gap.to_seq + 1, events[0].0);
+    assert_eq!(events.last().unwrap().0, 20);
+}
+
+#[test]
+fn a_changed_filter_applies_to_the_next_publish() {
+    let bus = bus();
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe(key, accounts(&[1]), None);
+    bus.publish("p", batch(1, &[1, 2])).unwrap();
+    bus.subscribe(key, accounts(&[2]), None);
+    bus.publish("p", batch(2, &[1, 2])).unwrap();
+    assert_eq!(drain(&sub).1, vec![(1, 1), (4, 2)]);
+}
+
+#[test]
+fn an_unregistered_slot_is_reused_without_inheriting_its_filter() {
+    let bus = bus();
+    let (key, _) = bus.register("a".into());
+    bus.subscribe(key, Filter::All, None);
+    bus.unregister(key);
+    let (again, sub) = bus.register("b".into());
+    assert_eq!(again, key);
+    bus.publish("p", batch(1, &[1])).unwrap();
+    assert!(drain(&sub).1.is_empty());
+}
+
+#[test]
+fn a_closed_bus_refuses_publishes() {
+    let bus = bus();
+    bus.publish("p", batch(1, &[1])).unwrap();
+    assert_eq!(bus.close(), 1);
+    assert_eq!(bus.publish("p", batch(2, &[1])), Err(Closed));
+}

@@ -1,0 +1,62 @@
+//! busd's settings, as plain data so the binary and an embedding `ingest` fill them alike.
+
+use std::time::Duration;
+
+use crate::queue::WhenFull;
+
+/// What busd does with a subscriber whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowPolicy {
+    /// Drop its oldest queued events and tell it with a `Gap` frame.
+    DropOldest,
+    /// Close its connection with a `SlowConsumer` error; it can resume from the ring.
+    Disconnect,
+}
+
+impl SlowPolicy {
+    pub fn when_full(self) -> WhenFull {
+        match self {
+            SlowPolicy::DropOldest => WhenFull::DropOldest,
+            SlowPolicy::Disconnect => WhenFull::Refuse,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shared secret every client must present in `Hello`; `None` lets anyone in.
+    pub token: Option<String>,
+    /// Events a subscriber's queue holds before the slow policy applies.
+    pub queue_events: usize,
+    /// Byte budget of the replay ring.
+    pub replay_bytes: usize,
+    pub slow_policy: SlowPolicy,
+    pub max_connections: usize,
+    /// Largest frame body accepted or sent.
+    pub max_frame: usize,
+    /// Most account ids one `Subscribe` may name.
+    pub max_filter: usize,
+    /// How long a new connection has to send `Hello`.
+    pub hello_timeout: Duration,
+    /// A subscriber that has been sent nothing for this long gets a `Heartbeat`.
+    pub heartbeat: Duration,
+    /// How long shutdown waits for queues to flush before closing anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            token: None,
+            queue_events: 65_536,
+            replay_bytes: 64 << 20,
+            slow_policy: SlowPolicy::DropOldest,
+            max_connections: 10_000,
+            max_frame: protocol::DEFAULT_MAX_FRAME,
+            max_filter: 100_000,
+            hello_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The routing index: from an account id to the subscribers that asked for it.
+//!
+//! Publishing an event looks up its account once and touches only the subscribers that want
+//! it (plus those that take everything), so the cost of a publish does not grow with the
+//! number of subscribers that filter it out.
+
+use protocol::Filter;
+use rustc_hash::FxHashMap;
+
+/// A subscriber's slot in the bus; small and dense so per-publish scratch space can be a `Vec`.
+pub type SubKey = usize;
+
+#[derive(Default)]
+pub struct FilterIndex {
+    all: Vec<SubKey>,
+    by_account: FxHashMap<u64, Vec<SubKey>>,
+}
+
+impl FilterIndex {
+    pub fn insert(&mut self, key: SubKey, filter: &Filter) {
+        match filter {
+            Filter::All => self.all.push(key),
+            Filter::Accounts(accounts) => {
+                for account in accounts {
+                    self.by_account.entry(*account).or_default().push(key);
+                }
+            }
+        }
+    }
+
+    pub fn remove(&mut self, key: SubKey, filter: &Filter) {
+        match filter {
+            Filter::All => self.all.retain(|k| *k != key),
+            Filter::Accounts(accounts) => {
+                for account in accounts {
+                    if let Some(keys) = self.by_account.get_mut(account) {
+                        keys.retain(|k| *k != key);
+                        if keys.is_empty() {
+                            self.by_account.remove(account);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every subscriber that wants events of `account_id`; each appears once, because a
+    /// subscriber is either in `all` or in the account lists, never both.
+    pub fn targets(&self, account_id: u64) -> impl Iterator<Item = SubKey> + '_ {
+        let some = self
+            .by_account
+            .get(&account_id)
+            .map_or(&[][..], Vec::as_slice);
+        self.all.iter().chain(some).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accounts(ids: &[u64]) -> Filter {
+        Filter::Accounts(ids.iter().copied().collect())
+    }
+
+    fn targets(index: &FilterIndex, account: u64) -> Vec<SubKey> {
+        let mut keys: Vec<_> = index.targets(account).collect();
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn routes_by_account_and_to_all() {
+        let mut index = FilterIndex::default();
+        index.insert(0, &Filter::All);
+        index.insert(1, &accounts(&[1, 5]));
+        index.insert(2, &accounts(&[5]));
+        assert_eq!(targets(&index, 5), vec![0, 1, 2]);
+        assert_eq!(targets(&index, 1), vec![0, 1]);
+        assert_eq!(targets(&index, 7), vec![0]);
+    }
+
+    #[test]
+    fn removal_undoes_insertion() {
+        let mut index = FilterIndex::default();
+        index.insert(1, &accounts(&[1, 5]));
+        index.insert(2, &Filter::All);
+        index.remove(1, &accounts(&[1, 5]));
+        index.remove(2, &Filter::All);
+        assert!(targets(&index, 5).is_empty());
+        assert!(index.by_account.is_empty());
+    }
+}

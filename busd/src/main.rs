@@ -1,0 +1,114 @@
+//! `busd`: Tracker's pub/sub daemon. Logs go to stderr; it prints nothing on stdout.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when it cannot serve (for
+//! example the address is taken), 2 for bad arguments.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytesize::ByteSize;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use busd::{Config, SlowPolicy};
+
+/// Tracker's pub/sub daemon: numbers events, keeps a replay ring and fans events out to
+/// subscribers by account, with a bounded queue per subscriber.
+#[derive(Parser, Debug)]
+#[command(
+    name = "busd",
+    version,
+    after_help = "Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_LISTEN.\nExit codes: 0 clean shutdown, 1 cannot serve, 2 bad arguments."
+)]
+struct Args {
+    /// Address to listen on; binds loopback unless told otherwise.
+    #[arg(long, env = "TRACKER_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Shared secret that publishers and subscribers must send in Hello.
+    #[arg(long, env = "TRACKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Events a subscriber's queue holds before the slow policy applies.
+    #[arg(long, env = "TRACKER_QUEUE_EVENTS", default_value_t = 65_536, value_parser = positive)]
+    queue_events: usize,
+    /// Byte budget of the replay ring (e.g. 64MiB, 1GiB).
+    #[arg(long, env = "TRACKER_REPLAY_BYTES", default_value = "64MiB")]
+    replay_bytes: ByteSize,
+    /// What to do with a subscriber whose queue is full.
+    #[arg(long, env = "TRACKER_SLOW_POLICY", value_enum, default_value_t = SlowPolicy::DropOldest)]
+    slow_policy: SlowPolicy,
+    /// Most simultaneous connections; more are refused with an Error frame.
+    #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = positive)]
+    max_connections: usize,
+    /// Largest frame accepted or sent.
+    #[arg(long, env = "TRACKER_MAX_FRAME", default_value = "1MiB")]
+    max_frame: ByteSize,
+    /// Most account ids one Subscribe may name.
+    #[arg(long, env = "TRACKER_MAX_FILTER", default_value_t = 100_000, value_parser = positive)]
+    max_filter: usize,
+    /// How long a new connection has to send Hello.
+    #[arg(long, env = "TRACKER_HELLO_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    hello_timeout: Duration,
+    /// Idle time after which a subscriber is sent a heartbeat.
+    #[arg(long, env = "TRACKER_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// How long shutdown waits for subscriber queues to flush.
+    #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Args {
+    fn config(&self) -> anyhow::Result<Config> {
+        let max_frame = usize::try_from(self.max_frame.as_u64())
+            .ok()
+            .filter(|n| (16..=u32::MAX as usize).contains(n))
+            .context("--max-frame must be between 16 bytes and 4GiB")?;
+        Ok(Config {
+            token: self.token.clone(),
+            queue_events: self.queue_events,
+            replay_bytes: usize::try_from(self.replay_bytes.as_u64()).unwrap_or(usize::MAX),
+            slow_policy: self.slow_policy,
+            max_connections: self.max_connections,
+            max_frame,
+            max_filter: self.max_filter,
+            hello_timeout: self.hello_timeout,
+            heartbeat: self.heartbeat,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = args.config()?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!("listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        busd::shutdown::signal().await;
+        info!("signal received");
+        on_signal.cancel();
+    });
+    busd::serve(listener, config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! A publisher's connection: batches in, `PubAck`s out.
+//!
+//! Acks for every frame that has already arrived are written together: while the read buffer
+//! holds another whole frame, replies wait, so a pipelining publisher costs one write per
+//! read rather than one per batch.
+
+use futures::StreamExt;
+use protocol::codec::{decode_body, has_complete_frame};
+use protocol::{ClientFrame, ErrorCode, ServerFrame, publish};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::bus::Published;
+use crate::connection::{Close, Context, Outbound, Reader, close};
+
+pub async fn run(mut reader: Reader, mut out: Outbound, ctx: &Context, name: &str, peer: &str) {
+    ctx.bus.counters.publishers.fetch_add(1, Relaxed);
+    let ended = serve(&mut reader, &mut out, ctx, name).await;
+    ctx.bus.counters.publishers.fetch_sub(1, Relaxed);
+    match ended {
+        Some(reason) => close(reader, out, reason, peer).await,
+        None => {
+            let goodbye = ServerFrame::Goodbye {
+                epoch: ctx.bus.epoch(),
+                last_seq: ctx.bus.head(),
+            };
+            out.finish(&goodbye).await;
+        }
+    }
+}
+
+/// Returns `None` when stopped for shutdown.
+async fn serve(
+    reader: &mut Reader,
+    out: &mut Outbound,
+    ctx: &Context,
+    name: &str,
+) -> Option<Close> {
+    loop {
+        if !has_complete_frame(reader.read_buffer()) {
+            if let Err(err) = out.flush().await {
+                return Some(Close::Quiet(err.to_string()));
+            }
+        }
+        let next = tokio::select! {
+            biased;
+            _ = ctx.shutdown.stop_reading.cancelled() => return None,
+            next = reader.next() => next,
+        };
+        let body = match next {
+            None => return Some(Close::Quiet("publisher closed".into())),
+            Some(Err(err)) => return Some(err.into()),
+            Some(Ok(body)) => body,
+        };
+        if let Err(reason) = handle(&body, out, ctx, name) {
+            return Some(reason);
+        }
+    }
+}
+
+fn handle(body: &bytes::Bytes, out: &mut Outbound, ctx: &Context, name: &str) -> Result<(), Close> {
+    if publish::is_publish(body) {
+        let batch =
+            publish::parse(body).map_err(|e| Close::refuse(ErrorCode::Malformed, e.to_string()))?;
+        let batch_id = batch.batch_id;
+        return match ctx.bus.publish(name, batch) {
+            Ok(Published::Accepted { .. } | Published::Duplicate) => {
+                out.push(&ServerFrame::PubAck { batch_id });
+                Ok(())
+            }
+            Err(closed) => Err(Close::refuse(ErrorCode::ShuttingDown, closed.to_string())),
+        };
+    }
+    match decode_body::<ClientFrame>(body) {
+        Ok(ClientFrame::Ping) => out.push(&ServerFrame::Pong),
+        Ok(ClientFrame::StatsRequest) => out.push(&ServerFrame::Stats(ctx.bus.stats())),
+        Ok(ClientFrame::Subscribe { .. }) => {
+            return Err(Close::refuse(
+                ErrorCode::NotPermitted,
+                "Subscribe needs the Subscriber role; this connection said Publisher",
+            ));
+        }
+        Ok(ClientFrame::Hello { .. }) => {
+            return Err(Close::refuse(ErrorCode::Malformed, "Hello sent twice"));
+        }
+        Ok(ClientFrame::Publish { .. }) => {
+            return Err(Close::refuse(
+                ErrorCode::Malformed,
+                "unexpected Publish encoding",
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    Ok(())
+}
