@@ -1,0 +1,260 @@
+//! Starting the real busd binary on a free loopback port, and a framed client to talk to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::{
+    ClientFrame, Event, Filter, FrameCodec, PROTOCOL_VERSION, Position, Role, ServerFrame,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A busd process; killed when dropped.
+pub struct Busd {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Busd {
+    pub fn start(args: &[&str]) -> Busd {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    pub fn start_on(listen: &str, args: &[&str]) -> Busd {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_busd"))
+            .arg("--listen")
+            .arg(listen)
+            .args(args)
+            .env("RUST_LOG", "busd=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("busd starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("busd printed its address")
+                .expect("stderr line");
+            eprintln!("busd: {line}");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().parse().expect("an address");
+            }
+        };
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("busd: {line}");
+            }
+        });
+        Busd { child, addr }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().expect("busd exits");
+        assert!(status.success(), "busd exited with {status}");
+    }
+}
+
+impl Drop for Busd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub type Conn = Framed<TcpStream, FrameCodec<ServerFrame, ClientFrame>>;
+
+pub fn hello(role: Role, name: &str, token: Option<&str>) -> ClientFrame {
+    ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        name: name.into(),
+        token: token.map(Into::into),
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Conn {
+    let stream = TcpStream::connect(addr).await.expect("connect to busd");
+    Framed::new(stream, FrameCodec::default())
+}
+
+/// Connects and says Hello; returns the connection and the Welcome's (epoch, head_seq).
+pub async fn join(addr: SocketAddr, role: Role, name: &str) -> (Conn, u64, u64) {
+    let mut conn = connect(addr).await;
+    conn.send(hello(role, name, None))
+        .await
+        .expect("send Hello");
+    match next(&mut conn).await {
+        ServerFrame::Welcome {
+            version,
+            epoch,
+            head_seq,
+        } => {
+            assert_eq!(version, PROTOCOL_VERSION);
+            (conn, epoch, head_seq)
+        }
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+pub async fn subscriber(
+    addr: SocketAddr,
+    filter: Filter,
+    resume_after: Option<Position>,
+) -> (Conn, u64) {
+    let (mut conn, epoch, _) = join(addr, Role::Subscriber, "test-sub").await;
+    let resuming = resume_after.is_some();
+    conn.send(ClientFrame::Subscribe {
+        filter,
+        resume_after,
+    })
+    .await
+    .expect("subscribe");
+    if !resuming {
+        // A replay may arrive before the Pong; only a fresh subscription can settle.
+        settle(&mut conn).await;
+    }
+    (conn, epoch)
+}
+
+/// Round-trips a Ping so that frames sent before it have been acted on.
+pub async fn settle(conn: &mut Conn) {
+    conn.send(ClientFrame::Ping).await.expect("ping");
+    loop {
+        match next(conn).await {
+            ServerFrame::Pong => return,
+            ServerFrame::Heartbeat { .. } => {}
+            other => panic!("expected Pong, got {other:?}"),
+        }
+    }
+}
+
+pub fn accounts(ids: &[u64]) -> Filter {
+    Filter::Accounts(ids.iter().copied().collect())
+}
+
+/// The next frame, within [`WAIT`].
+pub async fn next(conn: &mut Conn) -> ServerFrame {
+    tokio::time::timeout(WAIT, conn.next())
+        .await
+        .expect("a frame in time")
+        .expect("connection open")
+        .expect("a valid frame")
+}
+
+/// The next frame that is not a Heartbeat, or `None` if the connection closed.
+pub async fn next_or_closed(conn: &mut Conn) -> Option<ServerFrame> {
+    loop {
+        match tokio::time::timeout(WAIT, conn.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(ServerFrame::Heartbeat { .. })) => {}
+            Some(Ok(frame)) => return Some(frame),
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+pub fn event(account_id: u64, data: &str) -> Event {
+    Event {
+        account_id,
+        timestamp_us: 1_795_255_200_123_456,
+        data: data.into(),
+        origin: "test".into(),
+    }
+}
+
+/// Publishes one batch and waits for its PubAck.
+pub async fn publish(conn: &mut Conn, batch_id: u64, events: Vec<Event>) {
+    conn.send(ClientFrame::Publish { batch_id, events })
+        .await
+        .expect("publish");
+    loop {
+        match next(conn).await {
+            ServerFrame::PubAck { batch_id: acked } => {
+                assert_eq!(acked, batch_id);
+                return;
+            }
+            ServerFrame::Heartbeat { .. } => {}
+            other => panic!("expected PubAck, got {other:?}"),
+        }
+    }
+}
+
+/// Collects `n` events (and any gaps) from a subscriber.
+pub async fn collect(conn: &mut Conn, n: usize) -> (Vec<(u64, Event)>, Vec<(u64, u64, u64)>) {
+    let mut events = Vec::new();
+    let mut gaps = Vec::new();
+    while events.len() < n {
+        match next(conn).await {
+            ServerFrame::Events(batch) => events.extend(batch),
+            ServerFrame::Gap {
+                from_seq,
+                to_seq,
+                missed,
+            } => gaps.push((from_seq, to_seq, missed)),
+            ServerFrame::Heartbeat { .. } => {}
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+    (events, gaps)
+}
+
+/// Asserts that nothing but heartbeats arrives for `quiet`.
+pub async fn assert_quiet(conn: &mut Conn, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(ServerFrame::Heartbeat { .. }))) => {}
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+pub async fn stats(conn: &mut Conn) -> protocol::Stats {
+    conn.send(ClientFrame::StatsRequest)
+        .await
+        .expect("stats request");
+    loop {
+        match next(conn).await {
+            ServerFrame::Stats(stats) => return stats,
+            ServerFrame::Heartbeat { .. } => {}
+            other => panic!("expected Stats, got {other:?}"),
+        }
+    }
+}
+
+/// Expects an Error frame with `code` and then the connection to close.
+pub async fn expect_error(conn: &mut Conn, code: protocol::ErrorCode) -> String {
+    let message = match next_or_closed(conn).await {
+        Some(ServerFrame::Error { code: got, message }) => {
+            assert_eq!(got, code, "{message}");
+            message
+        }
+        other => panic!("expected Error {code:?}, got {other:?}"),
+    };
+    assert!(
+        next_or_closed(conn).await.is_none(),
+        "connection closed after the error"
+    );
+    message
+}
