@@ -1,1 +1,5 @@
+//! Tracker's benchmark harness: load generators shared by the bench targets.
+//!
+//! Figures belong here and in `benches/`, never in timed tests.
 
+pub mod bus_load;

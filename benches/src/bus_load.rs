@@ -1,0 +1,232 @@
+//! Load for busd: one pipelining publisher and N counting subscribers, in the shapes the
+//! project's targets name. Subscribers count events from each `Events` frame's header rather
+//! than decoding them, so the measurement is of busd, not of the bench's own decoding.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use futures::StreamExt;
+use protocol::{ClientFrame, Event, Filter, PROTOCOL_VERSION, RawCodec, Role, ServerFrame, varint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::codec::FramedRead;
+
+/// Events per Publish frame.
+pub const BATCH: usize = 512;
+/// Unacknowledged batches a publisher keeps in flight.
+pub const WINDOW: usize = 8;
+/// Bytes of `data` per event.
+pub const DATA_BYTES: usize = 64;
+
+/// Who subscribes to what, and which accounts the publisher cycles through.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub name: &'static str,
+    pub filters: Vec<Filter>,
+    pub accounts: u64,
+}
+
+impl Shape {
+    pub fn one_to_one() -> Shape {
+        Shape {
+            name: "1 -> 1 (all)",
+            filters: vec![Filter::All],
+            accounts: 1000,
+        }
+    }
+
+    pub fn one_to_ten() -> Shape {
+        Shape {
+            name: "1 -> 10 (all)",
+            filters: vec![Filter::All; 10],
+            accounts: 1000,
+        }
+    }
+
+    /// 1000 accounts, 10 subscribers of 100 accounts each: every event goes to one of them.
+    pub fn filtered() -> Shape {
+        let filters = (0..10u64)
+            .map(|i| Filter::Accounts((i * 100..(i + 1) * 100).collect()))
+            .collect();
+        Shape {
+            name: "1000 accounts, 10 x 100 filtered",
+            filters,
+            accounts: 1000,
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub seconds: f64,
+    pub published_per_sec: f64,
+    pub delivered_per_sec: f64,
+    /// Events subscribers were told they missed (Gap frames) during the run.
+    pub missed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    missed: AtomicU64,
+}
+
+/// Runs `shape` against busd at `addr`: `warmup`, then measures for `measure`.
+pub async fn run(
+    addr: SocketAddr,
+    shape: &Shape,
+    warmup: Duration,
+    measure: Duration,
+) -> std::io::Result<Outcome> {
+    let counters = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for filter in &shape.filters {
+        let stream = connect(addr, Role::Subscriber, Some(filter.clone())).await?;
+        tasks.push(tokio::spawn(count_events(
+            stream,
+            counters.clone(),
+            stop.clone(),
+        )));
+    }
+    let publisher = connect(addr, Role::Publisher, None).await?;
+    tasks.push(tokio::spawn(publish_until_stopped(
+        publisher,
+        shape.accounts,
+        counters.clone(),
+        stop.clone(),
+    )));
+
+    tokio::time::sleep(warmup).await;
+    let start = (
+        Instant::now(),
+        counters.published.load(Relaxed),
+        counters.delivered.load(Relaxed),
+        counters.missed.load(Relaxed),
+    );
+    tokio::time::sleep(measure).await;
+    let seconds = start.0.elapsed().as_secs_f64();
+    let published = counters.published.load(Relaxed) - start.1;
+    let delivered = counters.delivered.load(Relaxed) - start.2;
+    let missed = counters.missed.load(Relaxed) - start.3;
+    stop.store(true, Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+    Ok(Outcome {
+        seconds,
+        published_per_sec: published as f64 / seconds,
+        delivered_per_sec: delivered as f64 / seconds,
+        missed,
+    })
+}
+
+async fn connect(
+    addr: SocketAddr,
+    role: Role,
+    filter: Option<Filter>,
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    let hello = ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        name: String::new(),
+        token: None,
+    };
+    protocol::encode_frame(&hello, &mut out, usize::MAX).map_err(std::io::Error::other)?;
+    if let Some(filter) = filter {
+        let subscribe = ClientFrame::Subscribe {
+            filter,
+            resume_after: None,
+        };
+        protocol::encode_frame(&subscribe, &mut out, usize::MAX).map_err(std::io::Error::other)?;
+    }
+    stream.write_all(&out).await?;
+    Ok(stream)
+}
+
+/// The postcard bytes of a batch's `Vec<Event>`, which stay the same from batch to batch;
+/// only the batch id in front changes.
+fn batch_events(accounts: u64, offset: u64) -> Vec<u8> {
+    let events: Vec<Event> = (0..BATCH as u64)
+        .map(|i| Event {
+            account_id: (offset + i) % accounts,
+            timestamp_us: 1_795_255_200_000_000 + i,
+            data: "d".repeat(DATA_BYTES),
+            origin: "bench".into(),
+        })
+        .collect();
+    postcard::to_allocvec(&events).unwrap_or_default()
+}
+
+async fn publish_until_stopped(
+    stream: TcpStream,
+    accounts: u64,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) {
+    let (rd, mut wr) = stream.into_split();
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let acks = {
+        let window = window.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let mut frames = FramedRead::new(rd, RawCodec::default());
+            while let Some(Ok(body)) = frames.next().await {
+                if let Ok(ServerFrame::PubAck { .. }) = protocol::codec::decode_body(&body) {
+                    counters.published.fetch_add(BATCH as u64, Relaxed);
+                    window.add_permits(1);
+                }
+            }
+        })
+    };
+    // Batches alternate between two account offsets so filtered subscribers all get traffic.
+    let templates = [
+        batch_events(accounts, 0),
+        batch_events(accounts, BATCH as u64),
+    ];
+    let mut frame = BytesMut::new();
+    let mut batch_id = 0u64;
+    while !stop.load(Relaxed) {
+        let Ok(permit) = window.acquire().await else {
+            break;
+        };
+        permit.forget();
+        batch_id += 1;
+        let events = &templates[(batch_id % 2) as usize];
+        let len = 1 + varint::len(batch_id) + events.len();
+        frame.clear();
+        frame.put_u32(len as u32);
+        frame.put_u8(ClientFrame::PUBLISH_TAG);
+        varint::put(&mut frame, batch_id);
+        frame.extend_from_slice(events);
+        if wr.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    acks.abort();
+}
+
+async fn count_events(stream: TcpStream, counters: Arc<Counters>, stop: Arc<AtomicBool>) {
+    let mut frames = FramedRead::with_capacity(stream, RawCodec::default(), 1 << 20);
+    while let Some(Ok(body)) = frames.next().await {
+        if stop.load(Relaxed) {
+            break;
+        }
+        if body.first() == Some(&ServerFrame::EVENTS_TAG) {
+            let mut pos = 1;
+            let count = varint::take(&body, &mut pos).unwrap_or(0);
+            counters.delivered.fetch_add(count, Relaxed);
+        } else if let Ok(ServerFrame::Gap { missed, .. }) = protocol::codec::decode_body(&body) {
+            counters.missed.fetch_add(missed, Relaxed);
+        }
+    }
+}
