@@ -176,6 +176,10 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
         epoch: ctx.bus.epoch(),
         head_seq: ctx.bus.head(),
     });
+    // Now, not with the first reply: a client waits for Welcome before it subscribes.
+    if let Err(err) = out.flush().await {
+        return debug!(%peer, %err, "connection lost after Hello");
+    }
     match role {
         Role::Publisher => publisher::run(reader, out, &ctx, &name, &peer).await,
         Role::Subscriber => subscriber::run(reader, out, &ctx, name, &peer).await,

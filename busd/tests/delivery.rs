@@ -1,12 +1,10 @@
 //! Delivery through the real busd: filters, order, filter changes, resume, dedup, shutdown.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::SinkExt;
 use protocol::{ClientFrame, Filter, Position, Role, ServerFrame};
-use support::*;
+use testkit::bus::*;
 
 #[tokio::test]
 async fn subscribers_get_exactly_their_events_in_order() {
@@ -236,4 +234,15 @@ async fn stats_name_subscribers_and_counts() {
     assert_eq!(stats.subscribers.len(), 1);
     assert_eq!(stats.subscribers[0].accounts, Some(3));
     assert_eq!(stats.subscribers[0].delivered, 1);
+}
+
+#[tokio::test]
+async fn welcome_is_sent_at_once_so_a_client_can_subscribe() {
+    // With no heartbeat to flush it, Welcome must still go out as soon as Hello is read.
+    let busd = Busd::start(&["--heartbeat", "1h"]);
+    let (mut sub, _) = subscriber(busd.addr, accounts(&[5]), None).await;
+    let (mut publisher, _, _) = join(busd.addr, Role::Publisher, "p").await;
+    publish(&mut publisher, 1, vec![event(5, "first")]).await;
+    let (got, _) = collect(&mut sub, 1).await;
+    assert_eq!(got[0].1.data, "first");
 }

@@ -1,14 +1,12 @@
 //! Bad peers against the real busd: each gets its Error frame or a close, and busd keeps
 //! serving everyone else.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::SinkExt;
 use protocol::{ClientFrame, ErrorCode, Filter, FrameCodec, Role, ServerFrame};
-use support::*;
+use testkit::bus::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;

@@ -1,9 +1,7 @@
-//! Starting the real busd binary on a free loopback port, and a framed client to talk to it.
-#![allow(dead_code)]
+//! Speaking the bus protocol to a real busd, in tests.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -13,11 +11,14 @@ use protocol::{
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+use crate::process::{Proc, binary};
+
+/// How long any single expected frame may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A busd process; killed when dropped.
+/// A busd process started with `--listen <listen>` and `args`; its address parsed from its log.
 pub struct Busd {
-    child: Child,
+    pub proc: Proc,
     pub addr: SocketAddr,
 }
 
@@ -27,55 +28,31 @@ impl Busd {
     }
 
     pub fn start_on(listen: &str, args: &[&str]) -> Busd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_busd"))
-            .arg("--listen")
-            .arg(listen)
+        let mut command = Command::new(binary("busd", "busd"));
+        command
+            .args(["--listen", listen])
             .args(args)
-            .env("RUST_LOG", "busd=debug,info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("busd starts");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("busd printed its address")
-                .expect("stderr line");
-            eprintln!("busd: {line}");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().parse().expect("an address");
-            }
-        };
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                eprintln!("busd: {line}");
-            }
-        });
-        Busd { child, addr }
+            .env("RUST_LOG", "busd=debug,info");
+        let proc = Proc::spawn("busd", &mut command);
+        let addr = proc.listening_addr();
+        Busd { proc, addr }
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
+        self.proc.signal(signal);
     }
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn terminate(mut self) {
-        self.signal("TERM");
-        let status = self.child.wait().expect("busd exits");
+        self.proc.signal("TERM");
+        let status = self.proc.wait_exit(Duration::from_secs(15));
         assert!(status.success(), "busd exited with {status}");
     }
-}
 
-impl Drop for Busd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// SIGKILL: a crash, with no Goodbye.
+    pub fn kill(mut self) {
+        self.proc.signal("KILL");
+        self.proc.wait_exit(Duration::from_secs(15));
     }
 }
 

@@ -1,0 +1,8 @@
+//! Test support shared by the crates' integration tests: start the real binaries on free
+//! loopback ports, read what they print, signal them, and speak the bus protocol to them.
+//! Test code: it panics with a message instead of returning errors.
+
+pub mod bus;
+pub mod process;
+
+pub use process::{Proc, binary, free_port};
