@@ -235,3 +235,43 @@ pub async fn expect_error(conn: &mut Conn, code: protocol::ErrorCode) -> String 
     );
     message
 }
+
+/// Publishes one batch on a fresh connection and waits for its ack; any failure is an `Err`.
+pub async fn try_publish(
+    addr: SocketAddr,
+    name: &str,
+    batch_id: u64,
+    events: Vec<Event>,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut conn = Framed::new(stream, FrameCodec::<ServerFrame, ClientFrame>::default());
+    conn.send(hello(Role::Publisher, name, None))
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.send(ClientFrame::Publish { batch_id, events })
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match tokio::time::timeout(WAIT, conn.next()).await {
+            Ok(Some(Ok(ServerFrame::PubAck { batch_id: acked }))) if acked == batch_id => {
+                return Ok(());
+            }
+            Ok(Some(Ok(ServerFrame::Welcome { .. } | ServerFrame::Heartbeat { .. }))) => {}
+            Ok(other) => return Err(format!("{other:?}")),
+            Err(_) => return Err("no ack in time".into()),
+        }
+    }
+}
+
+/// Publishes a batch the way a real publisher must: until it is acknowledged, reconnecting
+/// and resending under the same name and batch id (so busd drops a copy it already has).
+pub async fn publish_until_acked(addr: SocketAddr, name: &str, batch_id: u64, events: Vec<Event>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Err(err) = try_publish(addr, name, batch_id, events.clone()).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "batch {batch_id} never acknowledged: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

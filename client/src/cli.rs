@@ -1,0 +1,217 @@
+//! The command line: subcommands, flags (each also read from `TRACKER_<FLAG>`), exit codes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes scripts can branch on.
+pub mod exit {
+    /// Done: `--count` reached, Ctrl-C, or the command finished.
+    pub const OK: i32 = 0;
+    /// busd refused us for good (wrong token, wrong version), or stdout failed.
+    pub const ERROR: i32 = 1;
+    /// Bad arguments (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// A gap was reported and `--exit-on-gap` was given.
+    pub const GAP: i32 = 3;
+    /// busd stayed unreachable past `--max-outage`.
+    pub const OUTAGE: i32 = 4;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (--count reached, Ctrl-C, command finished)
+  1  refused by busd (token, version) or output failed
+  2  bad arguments
+  3  gap reported, with --exit-on-gap
+  4  bus unreachable for longer than --max-outage
+
+Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_BUS, TRACKER_ACCOUNTS.";
+
+/// busctl: watch Tracker's events live, publish test events, read busd's counters.
+#[derive(Parser, Debug)]
+#[command(name = "busctl", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show events as they arrive; reconnects and resumes by itself.
+    #[command(after_help = EXIT_CODES)]
+    Watch(WatchArgs),
+    /// Publish events by hand.
+    Publish(PublishArgs),
+    /// Show busd's counters: subscribers, queue depths, drops, rates.
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BusArgs {
+    /// busd address.
+    #[arg(long, env = "TRACKER_BUS", default_value = "127.0.0.1:7070")]
+    pub bus: String,
+    /// Shared secret, when busd has one.
+    #[arg(long, env = "TRACKER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Lines for people (a table for `stats`).
+    #[value(alias = "table")]
+    Text,
+    /// One JSON object a line, for jq and scripts.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// Accounts to watch: ids and ranges, e.g. 1,5,10-20.
+    #[arg(long, env = "TRACKER_ACCOUNTS", value_parser = parse_accounts, conflicts_with = "all")]
+    pub accounts: Option<AccountList>,
+    /// Watch every account (the default).
+    #[arg(long, env = "TRACKER_ALL")]
+    pub all: bool,
+    #[arg(long, env = "TRACKER_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Print per-window counts, rates, top accounts and lag instead of events (e.g. 5s).
+    #[arg(long, env = "TRACKER_AGGREGATE", value_parser = parse_positive_duration)]
+    pub aggregate: Option<Duration>,
+    /// Accounts listed per window with --aggregate.
+    #[arg(long, env = "TRACKER_TOP", default_value_t = 10)]
+    pub top: usize,
+    /// Exit 0 after this many events.
+    #[arg(long, env = "TRACKER_COUNT")]
+    pub count: Option<u64>,
+    /// Exit 3 when events are reported missing.
+    #[arg(long, env = "TRACKER_EXIT_ON_GAP")]
+    pub exit_on_gap: bool,
+    /// Exit 4 when busd stays unreachable this long (default: retry forever).
+    #[arg(long, env = "TRACKER_MAX_OUTAGE", value_parser = parse_positive_duration)]
+    pub max_outage: Option<Duration>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    #[arg(long, env = "TRACKER_ACCOUNT")]
+    pub account: u64,
+    #[arg(long, env = "TRACKER_DATA")]
+    pub data: String,
+    /// Publish the event this many times.
+    #[arg(long, env = "TRACKER_REPEAT", default_value_t = 1)]
+    pub repeat: u64,
+    /// Give up (exit 4) when busd stays unreachable this long.
+    #[arg(long, env = "TRACKER_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]
+    pub max_outage: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    #[arg(long, env = "TRACKER_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Time between the two samples that rates are computed from; 0s for no rates.
+    #[arg(long, env = "TRACKER_SAMPLE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sample: Duration,
+}
+
+/// The set of account ids a `--accounts` list names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountList(pub BTreeSet<u64>);
+
+/// Most ids one list may expand to; busd's own filter limit is 100,000 by default.
+const MAX_LISTED: u64 = 1_000_000;
+
+pub fn parse_accounts(list: &str) -> Result<AccountList, String> {
+    let mut ids = BTreeSet::new();
+    for item in list.split(',').map(str::trim) {
+        let id = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{s:?} is not an account id"))
+        };
+        match item.split_once('-') {
+            None if item.is_empty() => return Err("empty item in the account list".into()),
+            None => {
+                ids.insert(id(item)?);
+            }
+            Some((from, to)) => {
+                let (from, to) = (id(from)?, id(to)?);
+                if from > to {
+                    return Err(format!("range {item}: {from} is after {to}"));
+                }
+                if to - from >= MAX_LISTED {
+                    return Err(format!(
+                        "range {item} names more than {MAX_LISTED} accounts"
+                    ));
+                }
+                ids.extend(from..=to);
+            }
+        }
+        if ids.len() as u64 > MAX_LISTED {
+            return Err(format!("the list names more than {MAX_LISTED} accounts"));
+        }
+    }
+    Ok(AccountList(ids))
+}
+
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (expected e.g. 500ms, 5s, 2m)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &str) -> Vec<u64> {
+        parse_accounts(list).unwrap().0.into_iter().collect()
+    }
+
+    #[test]
+    fn lists_and_ranges() {
+        assert_eq!(ids("1,5,10-12"), [1, 5, 10, 11, 12]);
+        assert_eq!(ids(" 7 , 3-3,7"), [3, 7]);
+    }
+
+    #[test]
+    fn bad_lists_say_what_is_wrong() {
+        assert!(parse_accounts("5-1").unwrap_err().contains("5 is after 1"));
+        assert!(
+            parse_accounts("x")
+                .unwrap_err()
+                .contains("\"x\" is not an account id")
+        );
+        assert!(parse_accounts("1,,2").is_err());
+        assert!(parse_accounts("-3").is_err());
+        assert!(
+            parse_accounts("0-18446744073709551615")
+                .unwrap_err()
+                .contains("more than")
+        );
+    }
+
+    #[test]
+    fn durations_must_be_positive() {
+        assert_eq!(parse_positive_duration("5s"), Ok(Duration::from_secs(5)));
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,163 @@
+//! How events and gaps look on stdout: DESIGN.md's text line, or one JSON object a line.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use protocol::Event;
+use serde::Serialize;
+
+use crate::cli::Format;
+
+/// Events lost between two points, as the watcher reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GapReport {
+    pub from_seq: u64,
+    /// `None` when busd crashed and the end of the loss is unknown.
+    pub to_seq: Option<u64>,
+    /// `None` when unknown (after a crash).
+    pub missed: Option<u64>,
+    /// The epoch the sequence numbers belong to.
+    pub epoch: u64,
+}
+
+/// Latest instant humantime can print (the end of year 9999), in microseconds.
+const MAX_PRINTABLE_US: u64 = 253_402_300_800 * 1_000_000 - 1;
+
+/// RFC 3339 in UTC with microseconds; `None` for a timestamp past year 9999.
+pub fn timestamp(us: u64) -> Option<String> {
+    if us > MAX_PRINTABLE_US {
+        return None;
+    }
+    let time = UNIX_EPOCH.checked_add(Duration::from_micros(us))?;
+    Some(humantime::format_rfc3339_micros(time).to_string())
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Serialize)]
+struct EventJson<'a> {
+    seq: u64,
+    account_id: u64,
+    timestamp: Option<String>,
+    timestamp_us: u64,
+    data: &'a str,
+    origin: &'a str,
+}
+
+#[derive(Serialize)]
+struct GapJson<'a> {
+    gap: &'a GapReport,
+}
+
+pub fn event_line(format: Format, seq: u64, event: &Event) -> String {
+    match format {
+        Format::Text => {
+            let ts = timestamp(event.timestamp_us)
+                .unwrap_or_else(|| format!("timestamp_us={}", event.timestamp_us));
+            format!(
+                "{ts}  account={}  seq={seq}  data={:?}",
+                event.account_id, event.data
+            )
+        }
+        Format::Json => json(&EventJson {
+            seq,
+            account_id: event.account_id,
+            timestamp: timestamp(event.timestamp_us),
+            timestamp_us: event.timestamp_us,
+            data: &event.data,
+            origin: &event.origin,
+        }),
+    }
+}
+
+pub fn gap_line(format: Format, gap: &GapReport) -> String {
+    match format {
+        Format::Text => format!("GAP  {}", describe_gap(gap)),
+        Format::Json => json(&GapJson { gap }),
+    }
+}
+
+/// The gap in words, for text output and stderr.
+pub fn describe_gap(gap: &GapReport) -> String {
+    match (gap.to_seq, gap.missed) {
+        (Some(to), Some(missed)) => format!(
+            "missed {missed} events between seq {} and {to} (epoch {})",
+            gap.from_seq, gap.epoch
+        ),
+        _ => format!(
+            "busd restarted without a Goodbye: events after seq {} of epoch {} may be lost",
+            gap.from_seq.saturating_sub(1),
+            gap.epoch
+        ),
+    }
+}
+
+fn json(value: &impl Serialize) -> String {
+    // Serializing these plain structs to a String cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            account_id: 5,
+            timestamp_us: 1_795_341_600_123_456,
+            data: "a \"quoted\" é".into(),
+            origin: "ingest-1".into(),
+        }
+    }
+
+    #[test]
+    fn text_matches_the_contract() {
+        assert_eq!(
+            event_line(Format::Text, 123, &event()),
+            r#"2026-11-22T10:00:00.123456Z  account=5  seq=123  data="a \"quoted\" é""#
+        );
+    }
+
+    #[test]
+    fn json_matches_the_contract() {
+        assert_eq!(
+            event_line(Format::Json, 123, &event()),
+            r#"{"seq":123,"account_id":5,"timestamp":"2026-11-22T10:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1"}"#
+        );
+    }
+
+    #[test]
+    fn gaps_print_known_and_unknown_sizes() {
+        let known = GapReport {
+            from_seq: 10,
+            to_seq: Some(19),
+            missed: Some(4),
+            epoch: 7,
+        };
+        assert_eq!(
+            gap_line(Format::Json, &known),
+            r#"{"gap":{"from_seq":10,"to_seq":19,"missed":4,"epoch":7}}"#
+        );
+        let unknown = GapReport {
+            from_seq: 10,
+            to_seq: None,
+            missed: None,
+            epoch: 7,
+        };
+        assert!(gap_line(Format::Json, &unknown).contains(r#""to_seq":null,"missed":null"#));
+        assert!(describe_gap(&unknown).contains("after seq 9"));
+    }
+
+    #[test]
+    fn absurd_timestamps_do_not_panic() {
+        let mut e = event();
+        e.timestamp_us = u64::MAX;
+        assert!(event_line(Format::Text, 1, &e).contains("timestamp_us=18446744073709551615"));
+        assert!(event_line(Format::Json, 1, &e).contains(r#""timestamp":null"#));
+        assert!(timestamp(MAX_PRINTABLE_US).is_some());
+    }
+}

@@ -1,0 +1,93 @@
+//! Opening a connection to busd: connect, `Hello`, `Welcome`.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::{ClientFrame, ErrorCode, FrameCodec, PROTOCOL_VERSION, Role, ServerFrame};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+pub type Conn = Framed<TcpStream, FrameCodec<ServerFrame, ClientFrame>>;
+
+/// Largest frame busctl accepts: generous, since busd bounds its own frames.
+const MAX_FRAME: usize = 64 << 20;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// busd's answer to `Hello`.
+#[derive(Debug, Clone, Copy)]
+pub struct Welcome {
+    pub epoch: u64,
+    pub head_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("busd refused: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+impl SessionError {
+    /// Refusals that retrying cannot fix.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Refused {
+                code: ErrorCode::VersionMismatch
+                    | ErrorCode::Unauthorized
+                    | ErrorCode::FilterTooLarge
+                    | ErrorCode::NotPermitted
+                    | ErrorCode::ExpectedHello
+                    | ErrorCode::FrameTooLarge
+                    | ErrorCode::Malformed,
+                ..
+            }
+        )
+    }
+}
+
+pub async fn open(
+    addr: &str,
+    role: Role,
+    name: &str,
+    token: Option<&str>,
+) -> Result<(Conn, Welcome), SessionError> {
+    let connect_error = |reason: String| SessionError::Connect {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_error("timed out".into()))?
+        .map_err(|e| connect_error(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, FrameCodec::new(MAX_FRAME));
+    let hello = ClientFrame::Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        name: name.to_owned(),
+        token: token.map(str::to_owned),
+    };
+    conn.send(hello)
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
+    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next())
+        .await
+        .map_err(|_| SessionError::Lost("no Welcome from busd".into()))?;
+    match answer {
+        Some(Ok(ServerFrame::Welcome {
+            epoch, head_seq, ..
+        })) => Ok((conn, Welcome { epoch, head_seq })),
+        Some(Ok(ServerFrame::Error { code, message })) => {
+            Err(SessionError::Refused { code, message })
+        }
+        Some(Ok(other)) => Err(SessionError::Lost(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+        Some(Err(e)) => Err(SessionError::Lost(e.to_string())),
+        None => Err(SessionError::Lost("busd closed the connection".into())),
+    }
+}

@@ -1,0 +1,347 @@
+//! `busctl watch`: the loop that never gives up on the bus.
+//!
+//! It remembers the last position it printed (epoch, seq) and, after any disconnect,
+//! reconnects with backoff, sends its filter again with `resume_after` that position, and
+//! prints only what is new. A busd restart shows up as a new epoch: if the old busd said
+//! `Goodbye` and we had seen everything up to its `last_seq`, nothing was missed; otherwise
+//! the loss is reported as a gap of unknown size.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::{ClientFrame, Event, Filter, Position, Role, ServerFrame};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::aggregate::Aggregator;
+use crate::cli::{WatchArgs, exit};
+use crate::output::{self, Output};
+use crate::reconnect::Backoff;
+use crate::render::{GapReport, describe_gap};
+use crate::session::{self, Conn, SessionError, Welcome};
+use crate::status;
+
+/// busd heartbeats a subscriber idle for a second; this long without any frame is "quiet",
+/// and busctl pings to find out whether busd is still there.
+const QUIET_AFTER: Duration = Duration::from_millis(2500);
+/// This long without any frame (the ping unanswered) and the connection is taken for dead.
+const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+pub async fn run(args: WatchArgs) -> i32 {
+    let (tx, rx) = mpsc::channel(256);
+    let aggregator = args
+        .aggregate
+        .map(|window| Aggregator::new(window, args.top));
+    let output = tokio::spawn(output::run(rx, args.format, aggregator));
+    let mut watch = Watch::new(args, tx);
+    let code = tokio::select! {
+        code = watch.run() => code,
+        _ = interrupted() => exit::OK,
+    };
+    let (events, gaps, reconnects) = (watch.events, watch.gaps, watch.reconnects);
+    drop(watch);
+    let written = tokio::time::timeout(Duration::from_secs(5), output).await;
+    status!("{events} events, {gaps} gaps, {reconnects} reconnects");
+    match written {
+        Ok(Ok(Err(err))) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            status!("cannot write to stdout: {err}");
+            exit::ERROR
+        }
+        _ => code,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// How one connection ended.
+enum Ended {
+    Lost(String),
+    Exit(i32),
+}
+
+struct Watch {
+    args: WatchArgs,
+    filter: Filter,
+    name: String,
+    output: mpsc::Sender<Output>,
+    /// The last seq printed (or, before any, where watching started), in busd's epoch.
+    position: Option<Position>,
+    /// The last `Goodbye` busd sent, as a position.
+    goodbye: Option<Position>,
+    events: u64,
+    gaps: u64,
+    reconnects: u64,
+}
+
+impl Watch {
+    fn new(args: WatchArgs, output: mpsc::Sender<Output>) -> Self {
+        let filter = match &args.accounts {
+            Some(list) if !args.all => Filter::Accounts(list.0.clone()),
+            _ => Filter::All,
+        };
+        Watch {
+            args,
+            filter,
+            name: format!("busctl-watch-{}", std::process::id()),
+            output,
+            position: None,
+            goodbye: None,
+            events: 0,
+            gaps: 0,
+            reconnects: 0,
+        }
+    }
+
+    async fn run(&mut self) -> i32 {
+        let mut backoff = Backoff::default();
+        let mut down_since = Instant::now();
+        let mut connected_before = false;
+        status!("connecting to {}", self.args.bus.bus);
+        loop {
+            let opened = session::open(
+                &self.args.bus.bus,
+                Role::Subscriber,
+                &self.name,
+                self.args.bus.token.as_deref(),
+            )
+            .await;
+            let reason = match opened {
+                Ok((conn, welcome)) => {
+                    if connected_before {
+                        self.reconnects += 1;
+                    }
+                    connected_before = true;
+                    backoff.reset();
+                    match self.stream(conn, welcome).await {
+                        Ended::Exit(code) => return code,
+                        Ended::Lost(reason) => {
+                            down_since = Instant::now();
+                            reason
+                        }
+                    }
+                }
+                Err(err) if err.is_fatal() => {
+                    status!("{err}");
+                    return exit::ERROR;
+                }
+                Err(err) => err.to_string(),
+            };
+            let down = down_since.elapsed();
+            let mut delay = backoff.next_delay();
+            if let Some(max) = self.args.max_outage {
+                if down >= max {
+                    status!(
+                        "giving up: busd unreachable for {}s (--max-outage {})",
+                        down.as_secs(),
+                        humantime::format_duration(max)
+                    );
+                    return exit::OUTAGE;
+                }
+                delay = delay.min(max - down);
+            }
+            status!(
+                "reconnecting (attempt {}, down {}s): {reason}",
+                backoff.attempt(),
+                down.as_secs()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Subscribes on a fresh connection and prints what arrives until it ends.
+    async fn stream(&mut self, mut conn: Conn, welcome: Welcome) -> Ended {
+        let first = self.position.is_none();
+        let resume = match self.resume_point(welcome).await {
+            Ok(resume) => resume,
+            Err(ended) => return ended,
+        };
+        let subscribe = ClientFrame::Subscribe {
+            filter: self.filter.clone(),
+            resume_after: Some(resume),
+        };
+        if let Err(err) = conn.send(subscribe).await {
+            return Ended::Lost(err.to_string());
+        }
+        if first {
+            status!(
+                "live (epoch {}, head seq {})",
+                welcome.epoch,
+                welcome.head_seq
+            );
+        } else {
+            status!("resumed after seq {} (epoch {})", resume.seq, resume.epoch);
+        }
+        self.position = Some(resume);
+        self.read(&mut conn).await
+    }
+
+    /// Where to resume on a connection to a busd with `welcome`, reporting any loss.
+    async fn resume_point(&mut self, welcome: Welcome) -> Result<Position, Ended> {
+        let Some(position) = self.position else {
+            return Ok(Position {
+                epoch: welcome.epoch,
+                seq: welcome.head_seq,
+            });
+        };
+        if position.epoch == welcome.epoch {
+            return Ok(position);
+        }
+        let clean = self
+            .goodbye
+            .is_some_and(|bye| bye.epoch == position.epoch && position.seq >= bye.seq);
+        if clean {
+            status!(
+                "busd restarted (epoch {} -> {}); its Goodbye confirms nothing was missed",
+                position.epoch,
+                welcome.epoch
+            );
+        } else {
+            status!(
+                "busd restarted (epoch {} -> {}) without a Goodbye",
+                position.epoch,
+                welcome.epoch
+            );
+            let gap = GapReport {
+                from_seq: position.seq + 1,
+                to_seq: None,
+                missed: None,
+                epoch: position.epoch,
+            };
+            self.report_gap(gap).await?;
+        }
+        Ok(Position {
+            epoch: welcome.epoch,
+            seq: 0,
+        })
+    }
+
+    async fn read(&mut self, conn: &mut Conn) -> Ended {
+        let mut last_frame = Instant::now();
+        let mut quiet = false;
+        loop {
+            let deadline = last_frame + if quiet { DEAD_AFTER } else { QUIET_AFTER };
+            let frame = match tokio::time::timeout_at(deadline, conn.next()).await {
+                Err(_) if !quiet => {
+                    quiet = true;
+                    status!(
+                        "quiet (last heartbeat {}s ago)",
+                        last_frame.elapsed().as_secs()
+                    );
+                    let _ = conn.send(ClientFrame::Ping).await;
+                    continue;
+                }
+                Err(_) => {
+                    return Ended::Lost(format!(
+                        "no heartbeat for {}s",
+                        last_frame.elapsed().as_secs()
+                    ));
+                }
+                Ok(None) => return Ended::Lost("busd closed the connection".into()),
+                Ok(Some(Err(err))) => return Ended::Lost(err.to_string()),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            last_frame = Instant::now();
+            if quiet {
+                quiet = false;
+                status!("live");
+            }
+            if let Some(ended) = self.on_frame(frame).await {
+                return ended;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ServerFrame) -> Option<Ended> {
+        let position = self.position.as_mut()?;
+        match frame {
+            ServerFrame::Events(events) => self.on_events(events).await,
+            ServerFrame::Gap {
+                from_seq,
+                to_seq,
+                missed,
+            } => {
+                position.seq = position.seq.max(to_seq);
+                let gap = GapReport {
+                    from_seq,
+                    to_seq: Some(to_seq),
+                    missed: Some(missed),
+                    epoch: position.epoch,
+                };
+                self.report_gap(gap).await.err()
+            }
+            ServerFrame::Goodbye { epoch, last_seq } => {
+                // busd flushes our queue before Goodbye: we have all of ours up to last_seq.
+                if position.epoch == epoch {
+                    position.seq = position.seq.max(last_seq);
+                }
+                self.goodbye = Some(Position {
+                    epoch,
+                    seq: last_seq,
+                });
+                status!("busd is shutting down (epoch {epoch}, last seq {last_seq}); will resume");
+                Some(Ended::Lost("busd said goodbye".into()))
+            }
+            ServerFrame::Error { code, message } => {
+                let err = SessionError::Refused { code, message };
+                if err.is_fatal() {
+                    status!("{err}");
+                    Some(Ended::Exit(exit::ERROR))
+                } else {
+                    Some(Ended::Lost(err.to_string()))
+                }
+            }
+            ServerFrame::Heartbeat { .. }
+            | ServerFrame::Pong
+            | ServerFrame::Welcome { .. }
+            | ServerFrame::PubAck { .. }
+            | ServerFrame::Stats(_) => None,
+        }
+    }
+
+    /// Prints events not seen before, up to `--count`.
+    async fn on_events(&mut self, events: Vec<(u64, Event)>) -> Option<Ended> {
+        let position = self.position.as_mut()?;
+        let mut fresh: Vec<(u64, Event)> = events
+            .into_iter()
+            .filter(|(seq, _)| *seq > position.seq)
+            .collect();
+        if let Some(count) = self.args.count {
+            fresh
+                .truncate(usize::try_from(count.saturating_sub(self.events)).unwrap_or(usize::MAX));
+        }
+        let &(last, _) = fresh.last()?;
+        position.seq = last;
+        self.events += fresh.len() as u64;
+        if self.output.send(Output::Events(fresh)).await.is_err() {
+            return Some(Ended::Exit(exit::OK));
+        }
+        match self.args.count {
+            Some(count) if self.events >= count => Some(Ended::Exit(exit::OK)),
+            _ => None,
+        }
+    }
+
+    async fn report_gap(&mut self, gap: GapReport) -> Result<(), Ended> {
+        self.gaps += 1;
+        status!("gap: {}", describe_gap(&gap));
+        let _ = self.output.send(Output::Gap(gap)).await;
+        if self.args.exit_on_gap {
+            return Err(Ended::Exit(exit::GAP));
+        }
+        Ok(())
+    }
+}

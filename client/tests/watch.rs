@@ -1,0 +1,318 @@
+//! busctl against the real busd, over loopback: filters, restarts, crashes, exit codes.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::bus::{Busd, event, publish_until_acked};
+use testkit::{Proc, free_port};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn busctl(args: &[&str]) -> Proc {
+    Proc::spawn(
+        "busctl",
+        Command::new(env!("CARGO_BIN_EXE_busctl")).args(args),
+    )
+}
+
+/// `busctl watch --format json` on `addr`, once it says it is live.
+fn watch(addr: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["watch", "--bus", addr, "--format", "json"];
+    args.extend_from_slice(extra);
+    let proc = busctl(&args);
+    proc.wait_stderr("live (epoch", WAIT);
+    proc
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+}
+
+async fn publish_data(addr: std::net::SocketAddr, batch_id: u64, events: &[(u64, String)]) {
+    let events = events
+        .iter()
+        .map(|(account, data)| event(*account, data))
+        .collect();
+    publish_until_acked(addr, "tests", batch_id, events).await;
+}
+
+#[tokio::test]
+async fn filtered_events_arrive_in_order_and_others_never() {
+    let busd = Busd::start(&[]);
+    let addr = busd.addr.to_string();
+    let mut watcher = watch(&addr, &["--accounts", "1,5", "--count", "6"]);
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        let batch: Vec<(u64, String)> = (1..=6).map(|a| (a, format!("r{round}-a{a}"))).collect();
+        sent.extend(
+            batch
+                .iter()
+                .filter(|(a, _)| [1, 5].contains(a))
+                .map(|(_, d)| d.clone()),
+        );
+        publish_data(busd.addr, round + 1, &batch).await;
+    }
+    let lines = watcher.stdout_lines(6, WAIT);
+    assert!(watcher.wait_exit(WAIT).success(), "--count exits 0");
+    let events: Vec<Value> = lines.iter().map(|l| json(l)).collect();
+    let data: Vec<&str> = events.iter().map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(data, sent);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    for e in &events {
+        assert_eq!(e["origin"], "test");
+        assert_eq!(e["timestamp_us"], 1_795_255_200_123_456u64);
+        assert_eq!(e["timestamp"], "2026-11-21T10:00:00.123456Z");
+    }
+    assert!(watcher.stdout.try_recv().is_err(), "nothing else printed");
+}
+
+#[tokio::test]
+async fn a_graceful_busd_restart_loses_and_doubles_nothing() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let busd = Busd::start_on(&listen, &[]);
+    let addr = busd.addr;
+    let mut watcher = watch(&listen, &[]);
+    let publisher = tokio::spawn(async move {
+        for batch in 0..40u64 {
+            let events: Vec<(u64, String)> = (0..10)
+                .map(|i| (i, format!("e{}", batch * 10 + i)))
+                .collect();
+            publish_data(addr, batch + 1, &events).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    busd.terminate();
+    let restarted = Busd::start_on(&listen, &[]);
+    publisher.await.unwrap();
+
+    let lines = watcher.stdout_lines(400, WAIT);
+    let data: Vec<String> = lines
+        .iter()
+        .map(|l| json(l)["data"].as_str().unwrap().to_owned())
+        .collect();
+    let unique: HashSet<&String> = data.iter().collect();
+    assert_eq!(unique.len(), 400, "every event exactly once");
+    watcher.wait_stderr("its Goodbye confirms nothing was missed", WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        watcher.stdout.try_recv().is_err(),
+        "no duplicates and no gap lines"
+    );
+    watcher.signal("INT");
+    assert!(watcher.wait_exit(WAIT).success());
+    let summary = watcher.wait_stderr("events,", WAIT);
+    assert!(
+        summary.contains("400 events, 0 gaps, 1 reconnects"),
+        "{summary}"
+    );
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn a_busd_crash_is_reported_as_a_gap_of_unknown_size() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let busd = Busd::start_on(&listen, &[]);
+    let watcher = watch(&listen, &[]);
+    publish_data(busd.addr, 1, &[(1, "before".into())]).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "before");
+    busd.kill();
+    let busd = Busd::start_on(&listen, &[]);
+    watcher.wait_stderr("without a Goodbye", WAIT);
+    let gap = json(&watcher.stdout_lines(1, WAIT)[0]);
+    assert_eq!(gap["gap"]["from_seq"], 2);
+    assert!(
+        gap["gap"]["to_seq"].is_null() && gap["gap"]["missed"].is_null(),
+        "{gap}"
+    );
+    publish_data(busd.addr, 1, &[(1, "after".into())]).await;
+    let after = json(&watcher.stdout_lines(1, WAIT)[0]);
+    assert_eq!(
+        (after["data"].as_str(), after["seq"].as_u64()),
+        (Some("after"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn exit_on_gap_exits_3() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let busd = Busd::start_on(&listen, &[]);
+    let mut watcher = watch(&listen, &["--exit-on-gap"]);
+    busd.kill();
+    let _busd = Busd::start_on(&listen, &[]);
+    assert_eq!(watcher.wait_exit(WAIT).code(), Some(3));
+}
+
+#[tokio::test]
+async fn busctl_waits_for_a_busd_that_is_not_there_yet() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let watcher = busctl(&["watch", "--bus", &listen, "--format", "json"]);
+    watcher.wait_stderr("reconnecting (attempt 2", WAIT);
+    let busd = Busd::start_on(&listen, &[]);
+    watcher.wait_stderr("live (epoch", WAIT);
+    publish_data(busd.addr, 1, &[(9, "finally".into())]).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "finally");
+}
+
+#[tokio::test]
+async fn a_silent_busd_is_noticed_and_left_then_resumed() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let busd = Busd::start_on(&listen, &[]);
+    let watcher = watch(&listen, &[]);
+    publish_data(busd.addr, 1, &[(1, "one".into())]).await;
+    watcher.stdout_lines(1, WAIT);
+    // A stopped process keeps its sockets open but says nothing: a half-open connection.
+    busd.signal("STOP");
+    watcher.wait_stderr("quiet (last heartbeat", WAIT);
+    watcher.wait_stderr("no heartbeat for", WAIT);
+    busd.signal("CONT");
+    watcher.wait_stderr("resumed after seq 1", WAIT);
+    publish_data(busd.addr, 2, &[(1, "two".into())]).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "two");
+}
+
+#[tokio::test]
+async fn max_outage_exits_4() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut watcher = busctl(&["watch", "--bus", &listen, "--max-outage", "1s"]);
+    assert_eq!(watcher.wait_exit(WAIT).code(), Some(4));
+    watcher.wait_stderr("giving up", WAIT);
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_clear_message() {
+    for (args, expected) in [
+        (vec!["watch", "--accounts", "5-1"], "5 is after 1"),
+        (
+            vec!["watch", "--accounts", "x"],
+            "\"x\" is not an account id",
+        ),
+        (
+            vec!["watch", "--aggregate", "5 parsecs"],
+            "unknown time unit",
+        ),
+        (vec!["watch", "--max-outage", "soon"], "--max-outage"),
+        (
+            vec!["watch", "--all", "--accounts", "1"],
+            "cannot be used with",
+        ),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_busctl"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_busctl"))
+        .args(["watch", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("4  bus unreachable"));
+}
+
+#[tokio::test]
+async fn aggregate_prints_json_windows_when_piped() {
+    let busd = Busd::start(&[]);
+    let addr = busd.addr.to_string();
+    let watcher = busctl(&[
+        "watch",
+        "--bus",
+        &addr,
+        "--aggregate",
+        "500ms",
+        "--top",
+        "2",
+    ]);
+    watcher.wait_stderr("live (epoch", WAIT);
+    let batch: Vec<(u64, String)> = [7, 7, 7, 3, 3, 9]
+        .iter()
+        .map(|&a| (a, "x".to_owned()))
+        .collect();
+    publish_data(busd.addr, 1, &batch).await;
+    let window = loop {
+        let window = json(&watcher.stdout_lines(1, WAIT)[0]);
+        if window["events"] != 0 {
+            break window;
+        }
+    };
+    assert_eq!(window["events"], 6);
+    assert_eq!(window["accounts_seen"], 3);
+    assert_eq!(window["top"][0]["account_id"], 7);
+    assert_eq!(window["top"][0]["count"], 3);
+    assert_eq!(window["top"].as_array().unwrap().len(), 2);
+    assert!(window["lag_p99_us"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn publish_and_stats() {
+    let busd = Busd::start(&[]);
+    let addr = busd.addr.to_string();
+    let mut watcher = watch(&addr, &["--accounts", "3", "--count", "5"]);
+    let mut publish = busctl(&[
+        "publish",
+        "--bus",
+        &addr,
+        "--account",
+        "3",
+        "--data",
+        "hi there",
+        "--repeat",
+        "5",
+    ]);
+    assert!(publish.wait_exit(WAIT).success());
+    let lines = watcher.stdout_lines(5, WAIT);
+    assert!(
+        lines
+            .iter()
+            .all(|l| json(l)["data"] == "hi there" && json(l)["origin"] == "busctl")
+    );
+    assert!(watcher.wait_exit(WAIT).success());
+
+    let mut stats = busctl(&[
+        "stats", "--bus", &addr, "--format", "json", "--sample", "200ms",
+    ]);
+    let report = json(&stats.stdout_lines(1, WAIT)[0]);
+    assert!(stats.wait_exit(WAIT).success());
+    assert_eq!(report["published"], 5);
+    assert!(report["published_per_sec"].is_number());
+    let mut table = busctl(&["stats", "--bus", &addr, "--sample", "0s"]);
+    let text = table.stdout_lines(5, WAIT).join("\n");
+    assert!(table.wait_exit(WAIT).success());
+    assert!(
+        text.contains("published 5") && text.contains("DELIVERED"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_fatal_not_retried() {
+    let busd = Busd::start(&["--token", "s3cret"]);
+    let addr = busd.addr.to_string();
+    let mut watcher = busctl(&["watch", "--bus", &addr, "--token", "nope"]);
+    assert_eq!(watcher.wait_exit(WAIT).code(), Some(1));
+    watcher.wait_stderr("missing or wrong token", WAIT);
+    let mut ok = busctl(&["stats", "--bus", &addr, "--sample", "0s"]);
+    assert_eq!(
+        ok.wait_exit(WAIT).code(),
+        Some(1),
+        "stats without the token is refused too"
+    );
+    let mut with_env = Proc::spawn(
+        "busctl",
+        Command::new(env!("CARGO_BIN_EXE_busctl"))
+            .args(["stats", "--bus", &addr, "--sample", "0s"])
+            .env("TRACKER_TOKEN", "s3cret"),
+    );
+    assert!(with_env.wait_exit(WAIT).success(), "TRACKER_TOKEN is read");
+}
