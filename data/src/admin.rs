@@ -1,0 +1,85 @@
+//! The operations behind `ingest accounts ...`.
+
+use std::io::Write;
+
+use rusqlite::{Connection, params};
+
+use crate::{DataError, Result};
+
+pub use crate::schema::seed;
+
+fn id(account_id: u64) -> Result<i64> {
+    i64::try_from(account_id).map_err(|_| DataError::IdOutOfRange(account_id))
+}
+
+pub fn add(conn: &Connection, account_id: u64, name: &str, active: bool) -> Result<()> {
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO accounts(account_id, account_name, is_active) VALUES (?1, ?2, ?3)",
+        params![id(account_id)?, name, active],
+    )?;
+    if inserted == 0 {
+        return Err(DataError::Exists(account_id));
+    }
+    Ok(())
+}
+
+pub fn set_active(conn: &Connection, account_id: u64, active: bool) -> Result<()> {
+    let updated = conn.execute(
+        "UPDATE accounts SET is_active = ?2 WHERE account_id = ?1",
+        params![id(account_id)?, active],
+    )?;
+    if updated == 0 {
+        return Err(DataError::NotFound(account_id));
+    }
+    Ok(())
+}
+
+/// Writes every account as `id<TAB>name<TAB>active|inactive`, one a line.
+pub fn list(conn: &Connection, out: &mut impl Write) -> Result<u64> {
+    let mut stmt = conn
+        .prepare("SELECT account_id, account_name, is_active FROM accounts ORDER BY account_id")?;
+    let mut rows = stmt.query([])?;
+    let mut count = 0;
+    while let Some(row) = rows.next()? {
+        let (id, name, active): (i64, String, bool) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let state = if active { "active" } else { "inactive" };
+        if writeln!(out, "{id}\t{name}\t{state}").is_err() {
+            break;
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::open;
+
+    #[test]
+    fn add_set_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = open(&dir.path().join("a.db")).unwrap();
+        add(&conn, 2000, "acme", false).unwrap();
+        assert!(matches!(
+            add(&conn, 2000, "again", true),
+            Err(DataError::Exists(2000))
+        ));
+        set_active(&conn, 2000, true).unwrap();
+        assert!(matches!(
+            set_active(&conn, 99_999, true),
+            Err(DataError::NotFound(99_999))
+        ));
+        assert!(matches!(
+            add(&conn, u64::MAX, "x", true),
+            Err(DataError::IdOutOfRange(_))
+        ));
+        let mut out = Vec::new();
+        assert_eq!(list(&conn, &mut out).unwrap(), 1001);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("2000\tacme\tactive\n")
+        );
+    }
+}

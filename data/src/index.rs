@@ -1,0 +1,147 @@
+//! The in-memory index ingest consults on every request: account id to active or not.
+//!
+//! Only what a request needs is kept (one bool per account, no names), so a million
+//! accounts fit in a few tens of megabytes; `DashMap` shards the locks so request threads and
+//! the sync loop rarely meet.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use rusqlite::Connection;
+
+use crate::Result;
+
+/// What a request for an account gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Inactive,
+    Unknown,
+}
+
+#[derive(Default)]
+pub struct Accounts {
+    active: DashMap<u64, bool>,
+    /// Highest `version` applied so far.
+    version: AtomicU64,
+    loaded: AtomicBool,
+}
+
+impl Accounts {
+    pub fn status(&self, account_id: u64) -> Status {
+        match self.active.get(&account_id).map(|r| *r) {
+            Some(true) => Status::Active,
+            Some(false) => Status::Inactive,
+            None => Status::Unknown,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Whether the first full load has finished (readiness).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Loads every account, then marks the index loaded.
+    pub fn load(&self, conn: &Connection) -> Result<usize> {
+        let applied = self.apply_changes(conn)?;
+        self.loaded.store(true, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// Applies every row changed (or deleted) since the last pass; returns how many.
+    pub fn apply_changes(&self, conn: &Connection) -> Result<usize> {
+        let since = self.version() as i64;
+        let mut highest = since;
+        let mut applied = 0;
+        let mut changed = conn.prepare_cached(
+            "SELECT account_id, is_active, version FROM accounts WHERE version > ?1 ORDER BY version",
+        )?;
+        let mut rows = changed.query([since])?;
+        while let Some(row) = rows.next()? {
+            let (id, active, version): (i64, bool, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            self.active.insert(id as u64, active);
+            highest = highest.max(version);
+            applied += 1;
+        }
+        let mut deleted = conn.prepare_cached(
+            "SELECT account_id, version FROM account_deletions WHERE version > ?1 ORDER BY version",
+        )?;
+        let mut rows = deleted.query([since])?;
+        while let Some(row) = rows.next()? {
+            let (id, version): (i64, i64) = (row.get(0)?, row.get(1)?);
+            // A row deleted and then re-added carries a newer version than its deletion.
+            if self.active_version_after(conn, id, version)? {
+                continue;
+            }
+            self.active.remove(&(id as u64));
+            highest = highest.max(version);
+            applied += 1;
+        }
+        self.version.store(highest as u64, Ordering::Release);
+        Ok(applied)
+    }
+
+    fn active_version_after(&self, conn: &Connection, id: i64, version: i64) -> Result<bool> {
+        let mut stmt =
+            conn.prepare_cached("SELECT 1 FROM accounts WHERE account_id = ?1 AND version > ?2")?;
+        Ok(stmt.exists([id, version])?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::open;
+
+    #[test]
+    fn loads_then_applies_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = open(&dir.path().join("a.db")).unwrap();
+        let accounts = Accounts::default();
+        assert!(!accounts.is_loaded());
+        assert_eq!(accounts.load(&conn).unwrap(), 1000);
+        assert!(accounts.is_loaded());
+        assert_eq!(accounts.status(1), Status::Active);
+        assert_eq!(accounts.status(10), Status::Inactive);
+        assert_eq!(accounts.status(1001), Status::Unknown);
+
+        conn.execute("UPDATE accounts SET is_active = 0 WHERE account_id = 1", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO accounts(account_id, account_name, is_active) VALUES (5000, 'new', 1)",
+            [],
+        )
+        .unwrap();
+        conn.execute("DELETE FROM accounts WHERE account_id = 2", [])
+            .unwrap();
+        assert_eq!(accounts.apply_changes(&conn).unwrap(), 3);
+        assert_eq!(accounts.status(1), Status::Inactive);
+        assert_eq!(accounts.status(5000), Status::Active);
+        assert_eq!(accounts.status(2), Status::Unknown);
+        assert_eq!(accounts.apply_changes(&conn).unwrap(), 0, "nothing new");
+
+        conn.execute(
+            "INSERT INTO accounts(account_id, account_name, is_active) VALUES (2, 'back', 1)",
+            [],
+        )
+        .unwrap();
+        accounts.apply_changes(&conn).unwrap();
+        assert_eq!(
+            accounts.status(2),
+            Status::Active,
+            "re-added after deletion"
+        );
+    }
+}
