@@ -16,6 +16,8 @@ pub mod connection;
 #[cfg(not(loom))]
 pub mod filter;
 #[cfg(not(loom))]
+pub mod logging;
+#[cfg(not(loom))]
 pub mod publisher;
 pub mod queue;
 #[cfg(not(loom))]

@@ -3,7 +3,6 @@
 //! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when it cannot serve (for
 //! example the address is taken), 2 for bad arguments.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -91,14 +90,7 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    busd::logging::init();
     let config = args.config()?;
     let listener = TcpListener::bind(&args.listen)
         .await

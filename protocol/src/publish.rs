@@ -6,9 +6,38 @@
 //! what postcard would (varints, lengths, UTF-8), so subscribers can always decode the
 //! result; a property test pins it to `postcard::from_bytes::<ClientFrame>`.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{ClientFrame, varint};
+
+/// Appends the postcard encoding of an [`crate::Event`] from borrowed parts, so a publisher
+/// can encode straight from a request buffer without building `String`s.
+pub fn encode_event(
+    dst: &mut BytesMut,
+    account_id: u64,
+    timestamp_us: u64,
+    data: &str,
+    origin: &str,
+) {
+    varint::put(dst, account_id);
+    varint::put(dst, timestamp_us);
+    varint::put(dst, data.len() as u64);
+    dst.extend_from_slice(data.as_bytes());
+    varint::put(dst, origin.len() as u64);
+    dst.extend_from_slice(origin.as_bytes());
+}
+
+/// Appends a whole `Publish` frame, length prefix included, around `count` events already
+/// encoded back to back by [`encode_event`].
+pub fn encode_frame(dst: &mut BytesMut, batch_id: u64, count: u64, events: &[u8]) {
+    let body = 1 + varint::len(batch_id) + varint::len(count) + events.len();
+    dst.reserve(4 + body);
+    dst.put_u32(body as u32);
+    dst.put_u8(ClientFrame::PUBLISH_TAG);
+    varint::put(dst, batch_id);
+    varint::put(dst, count);
+    dst.extend_from_slice(events);
+}
 
 /// One event of a batch: its account, and its postcard encoding (as in [`crate::Event`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +161,21 @@ mod tests {
             let full = postcard::to_allocvec(&frame).unwrap();
             let body = Bytes::copy_from_slice(&full[..cut.index(full.len())]);
             prop_assert!(parse(&body).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hand_encoded_batches_match_postcard(batch_id: u64, events in proptest::collection::vec(event(), 0..10)) {
+            let mut bytes = BytesMut::new();
+            for e in &events {
+                encode_event(&mut bytes, e.account_id, e.timestamp_us, &e.data, &e.origin);
+            }
+            let mut ours = BytesMut::new();
+            encode_frame(&mut ours, batch_id, events.len() as u64, &bytes);
+            let mut theirs = BytesMut::new();
+            crate::encode_frame(&ClientFrame::Publish { batch_id, events }, &mut theirs, usize::MAX).unwrap();
+            prop_assert_eq!(ours, theirs);
         }
     }
 

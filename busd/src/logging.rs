@@ -1,0 +1,14 @@
+//! Log setup shared by Tracker's daemons: tracing to stderr, filtered by `RUST_LOG` (default
+//! `info`), with colour only on a terminal.
+
+use std::io::IsTerminal;
+
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}

@@ -1,0 +1,155 @@
+//! The command line: `ingest [serve]` and `ingest accounts ...`, every flag also read from
+//! `TRACKER_<FLAG>`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+
+/// Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards
+/// the event to busd. With no --bus it runs busd inside this process.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ingest",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_LISTEN.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve HTTP (the default).
+    Serve(Box<ServeArgs>),
+    /// Manage the accounts table.
+    Accounts(AccountsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// HTTP address to listen on.
+    #[arg(long, env = "TRACKER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// SQLite accounts database; created and seeded when missing.
+    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db")]
+    pub db: PathBuf,
+    /// busd to forward to; without it busd runs inside this process.
+    #[arg(long, env = "TRACKER_BUS")]
+    pub bus: Option<String>,
+    /// Where the embedded busd listens when --bus is not given.
+    #[arg(
+        long,
+        env = "TRACKER_EMBEDDED_BUS_LISTEN",
+        default_value = "127.0.0.1:7070"
+    )]
+    pub embedded_bus_listen: String,
+    /// Token for busd (and for the embedded busd's clients).
+    #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
+    pub bus_token: Option<String>,
+    /// Name carried in every event and used as the publisher name (default: host:port).
+    /// Must be unique among the ingest instances sharing a busd.
+    #[arg(long, env = "TRACKER_ORIGIN")]
+    pub origin: Option<String>,
+    /// Largest `data` after percent-decoding, in bytes.
+    #[arg(long, env = "TRACKER_MAX_DATA", default_value_t = 4096)]
+    pub max_data: usize,
+    /// Largest request head (request line and headers).
+    #[arg(long, env = "TRACKER_MAX_HEAD", default_value = "8KiB")]
+    pub max_head: ByteSize,
+    /// Most headers in one request.
+    #[arg(long, env = "TRACKER_MAX_HEADERS", default_value_t = 32)]
+    pub max_headers: usize,
+    /// Time allowed to send a whole request head once it has started.
+    #[arg(long, env = "TRACKER_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    #[arg(long, env = "TRACKER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Most simultaneous HTTP connections; more get 503 and are closed.
+    #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Accepted events held until busd acknowledges them; when full, requests get 503.
+    #[arg(long, env = "TRACKER_BUFFER_EVENTS", default_value_t = 1_000_000)]
+    pub buffer_events: usize,
+    /// Most events in one batch to busd.
+    #[arg(long, env = "TRACKER_BATCH_EVENTS", default_value_t = 4096)]
+    pub batch_events: usize,
+    /// How long a batch waits for more events before it is sent (0: send what is there).
+    #[arg(long, env = "TRACKER_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// How long shutdown waits for busd to acknowledge buffered events.
+    #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// How often the accounts table is checked for changes.
+    #[arg(long, env = "TRACKER_SYNC_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub sync_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct AccountsArgs {
+    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true)]
+    pub db: PathBuf,
+    #[command(subcommand)]
+    pub command: AccountsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Add the deterministic accounts 1..=N (existing ids are kept).
+    Seed {
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+    },
+    /// Add one account.
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Activate or deactivate an account; ingest applies it within a second.
+    SetActive {
+        id: u64,
+        #[arg(action = clap::ArgAction::Set)]
+        active: bool,
+    },
+    /// Print every account: id, name, active|inactive.
+    List,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_is_the_default() {
+        let cli = Cli::try_parse_from(["ingest", "--listen", "127.0.0.1:1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.listen, "127.0.0.1:1");
+        let cli = Cli::try_parse_from(["ingest", "accounts", "set-active", "5", "false"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Accounts(AccountsArgs {
+                command: AccountsCommand::SetActive {
+                    id: 5,
+                    active: false
+                },
+                ..
+            }))
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! One HTTP connection: read, answer every complete request in the buffer, write the
+//! answers at once, repeat.
+//!
+//! Pipelined requests that arrive in one read are answered with one write. A request head
+//! that has started must finish within the header timeout (a slow drip does not reset it);
+//! an idle keep-alive connection is closed after the idle timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Outcome;
+use crate::request::{self, Limits, Method, Reject};
+use crate::response::Response;
+use crate::route::{self, App};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+}
+
+pub async fn serve(
+    mut stream: TcpStream,
+    app: Arc<App>,
+    limits: Limits,
+    timeouts: Timeouts,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::with_capacity(4096);
+    let mut head_started: Option<Instant> = None;
+    loop {
+        let close = answer_buffered(&mut buf, &mut out, &app, limits, stop.is_cancelled());
+        if buf.is_empty() {
+            head_started = None;
+        } else if head_started.is_none() {
+            head_started = Some(Instant::now());
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            return linger(stream).await;
+        }
+        let deadline =
+            head_started.map_or_else(|| Instant::now() + timeouts.idle, |t| t + timeouts.header);
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
+            _ = stop.cancelled(), if buf.is_empty() => return,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(_)) => {}
+            Err(_) if head_started.is_some() => {
+                app.metrics.count(Outcome::Timeout);
+                Response::json(408, r#"{"error":"request_timeout"}"#)
+                    .closing()
+                    .write(&mut out, false);
+                let _ = stream.write_all(&out).await;
+                return linger(stream).await;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Answers every complete request at the front of `buf`; returns whether to close.
+fn answer_buffered(
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    app: &App,
+    limits: Limits,
+    stopping: bool,
+) -> bool {
+    loop {
+        let started = std::time::Instant::now();
+        let (response, outcome, head_only, used) = match request::parse(buf, limits) {
+            Ok(None) => return false,
+            Ok(Some((head, used))) => {
+                let (mut response, outcome) = route::handle(&head, app);
+                response.close |= !head.keep_alive || stopping;
+                (response, outcome, head.method == Method::Head, used)
+            }
+            Err(reject) => {
+                let (response, outcome) = rejection(reject);
+                (response.closing(), outcome, false, 0)
+            }
+        };
+        response.write(out, head_only);
+        app.metrics.count(outcome);
+        app.metrics.latency.observe(started.elapsed().as_secs_f64());
+        if response.close {
+            return true;
+        }
+        buf.advance(used);
+    }
+}
+
+fn rejection(reject: Reject) -> (Response, Outcome) {
+    match reject {
+        Reject::Malformed => (
+            Response::json(400, r#"{"error":"bad_request"}"#),
+            Outcome::BadRequest,
+        ),
+        Reject::Body => (
+            Response::json(400, r#"{"error":"body_not_allowed"}"#),
+            Outcome::BadRequest,
+        ),
+        Reject::UriTooLong => (
+            Response::json(414, r#"{"error":"uri_too_long"}"#),
+            Outcome::TooLarge,
+        ),
+        Reject::HeadTooLarge => (
+            Response::json(431, r#"{"error":"header_too_large"}"#),
+            Outcome::TooLarge,
+        ),
+    }
+}
+
+/// Half-closes, then reads and drops what the client still sends for a moment, so closing
+/// does not reset the connection while our last response is still unread.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut total = 0;
+        while let Ok(n @ 1..) = stream.read(&mut sink).await {
+            total += n;
+            if total > 1 << 20 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Refuses a connection over the limit.
+pub async fn refuse(mut stream: TcpStream) {
+    let mut out = BytesMut::new();
+    Response::json(503, r#"{"error":"too_many_connections"}"#)
+        .with_header("Retry-After", "1")
+        .closing()
+        .write(&mut out, false);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+    linger(stream).await;
+}

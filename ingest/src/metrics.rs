@@ -1,0 +1,167 @@
+//! `/metrics` in the Prometheus text format: requests by outcome, buffer depth, bus
+//! reconnects and a latency histogram.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why a request ended as it did; one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Probe,
+    BadAccountId,
+    BadData,
+    UnknownAccount,
+    InactiveAccount,
+    MethodNotAllowed,
+    BusUnavailable,
+    BadRequest,
+    TooLarge,
+    Timeout,
+    Health,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 12] = [
+        Outcome::Accepted,
+        Outcome::Probe,
+        Outcome::BadAccountId,
+        Outcome::BadData,
+        Outcome::UnknownAccount,
+        Outcome::InactiveAccount,
+        Outcome::MethodNotAllowed,
+        Outcome::BusUnavailable,
+        Outcome::BadRequest,
+        Outcome::TooLarge,
+        Outcome::Timeout,
+        Outcome::Health,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Probe => "probe",
+            Outcome::BadAccountId => "bad_account_id",
+            Outcome::BadData => "bad_data",
+            Outcome::UnknownAccount => "unknown_account",
+            Outcome::InactiveAccount => "inactive_account",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::BusUnavailable => "bus_unavailable",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::Timeout => "timeout",
+            Outcome::Health => "health",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Counters fetched once, so counting a request takes no lock.
+    outcomes: Vec<Counter>,
+    pub buffer_depth: Gauge,
+    pub accounts: Gauge,
+    pub bus_reconnects: Counter,
+    pub latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tracker_ingest");
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        let outcomes = Outcome::ALL
+            .iter()
+            .map(|o| {
+                requests
+                    .get_or_create(&OutcomeLabel { outcome: o.label() })
+                    .clone()
+            })
+            .collect();
+        registry.register("requests", "HTTP requests by outcome", requests);
+        let buffer_depth = Gauge::default();
+        registry.register(
+            "buffer_events",
+            "Accepted events busd has not acknowledged yet",
+            buffer_depth.clone(),
+        );
+        let accounts = Gauge::default();
+        registry.register(
+            "accounts",
+            "Accounts in the in-memory index",
+            accounts.clone(),
+        );
+        let bus_reconnects = Counter::default();
+        registry.register(
+            "bus_reconnects",
+            "Reconnections to busd",
+            bus_reconnects.clone(),
+        );
+        // 10 µs to about 160 ms.
+        let latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 15));
+        registry.register(
+            "request_duration_seconds",
+            "Time from a whole request head to its response",
+            latency.clone(),
+        );
+        Metrics {
+            registry,
+            outcomes,
+            buffer_depth,
+            accounts,
+            bus_reconnects,
+            latency,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count(&self, outcome: Outcome) {
+        if let Some(counter) = Outcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .and_then(|i| self.outcomes.get(i))
+        {
+            counter.inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.count(Outcome::Accepted);
+        metrics.count(Outcome::Accepted);
+        metrics.count(Outcome::BadData);
+        metrics.buffer_depth.set(7);
+        metrics.latency.observe(0.0002);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"tracker_ingest_requests_total{outcome="accepted"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"tracker_ingest_requests_total{outcome="bad_data"} 1"#));
+        assert!(text.contains("tracker_ingest_buffer_events 7"));
+        assert!(text.contains("tracker_ingest_request_duration_seconds_count 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,206 @@
+//! Reading one request head out of the connection buffer, and refusing what we do not serve.
+//!
+//! The surface is deliberately small: GET and HEAD without bodies. A request that announces a
+//! body is refused and the connection closed, because skipping a body we do not want is how
+//! request smuggling starts.
+
+/// Limits a request head must stay within.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// A parsed request head, borrowing from the read buffer.
+#[derive(Debug)]
+pub struct Head<'a> {
+    pub method: Method,
+    pub target: &'a str,
+    /// Whether the connection may serve another request after this one.
+    pub keep_alive: bool,
+}
+
+/// Why a head cannot be served; each maps to a status and the connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// 400: not HTTP/1.x as we read it.
+    Malformed,
+    /// 400: Content-Length > 0 or Transfer-Encoding.
+    Body,
+    /// 414: the request line alone is over the head limit.
+    UriTooLong,
+    /// 431: the head is over the limit, or has too many headers.
+    HeadTooLarge,
+}
+
+/// Parses the head at the start of `buf`: `Ok(None)` if it is not complete yet, else the
+/// head and its length in bytes.
+pub fn parse<'a>(buf: &'a [u8], limits: Limits) -> Result<Option<(Head<'a>, usize)>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let headers = &mut headers[..limits.max_headers.min(64)];
+    let mut request = httparse::Request::new(headers);
+    let status = match request.parse(buf) {
+        Ok(status) => status,
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(_) => return Err(Reject::Malformed),
+    };
+    let len = match status {
+        httparse::Status::Complete(len) if len <= limits.max_head => len,
+        httparse::Status::Complete(_) => return Err(too_large(buf, limits)),
+        httparse::Status::Partial if buf.len() >= limits.max_head => {
+            return Err(too_large(buf, limits));
+        }
+        httparse::Status::Partial => return Ok(None),
+    };
+    let method = match request.method {
+        Some("GET") => Method::Get,
+        Some("HEAD") => Method::Head,
+        _ => Method::Other,
+    };
+    let http10 = request.version == Some(0);
+    let mut keep_alive = !http10;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let length = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match length {
+                Some(0) => {}
+                _ => return Err(Reject::Body),
+            }
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(Reject::Body);
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            for token in header.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    keep_alive = true;
+                }
+            }
+        }
+    }
+    let target = request.path.ok_or(Reject::Malformed)?;
+    Ok(Some((
+        Head {
+            method,
+            target,
+            keep_alive,
+        },
+        len,
+    )))
+}
+
+fn too_large(buf: &[u8], limits: Limits) -> Reject {
+    let line_end = buf.iter().take(limits.max_head).position(|&b| b == b'\n');
+    if line_end.is_none() {
+        Reject::UriTooLong
+    } else {
+        Reject::HeadTooLarge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head: 256,
+        max_headers: 4,
+    };
+
+    fn head(raw: &str) -> Result<Option<(Method, String, bool, usize)>, Reject> {
+        parse(raw.as_bytes(), LIMITS)
+            .map(|h| h.map(|(h, n)| (h.method, h.target.to_owned(), h.keep_alive, n)))
+    }
+
+    #[test]
+    fn reads_method_target_and_length() {
+        let raw = "GET /5?data=x HTTP/1.1\r\nHost: a\r\n\r\nGET /6";
+        let (method, target, keep_alive, len) = head(raw).unwrap().unwrap();
+        assert_eq!(
+            (method, target.as_str(), keep_alive),
+            (Method::Get, "/5?data=x", true)
+        );
+        assert_eq!(&raw[len..], "GET /6");
+        assert_eq!(
+            head("HEAD / HTTP/1.1\r\n\r\n").unwrap().unwrap().0,
+            Method::Head
+        );
+        assert_eq!(
+            head("DELETE / HTTP/1.1\r\n\r\n").unwrap().unwrap().0,
+            Method::Other
+        );
+    }
+
+    #[test]
+    fn waits_for_a_whole_head() {
+        assert_eq!(head("GET /5 HTTP/1.1\r\nHost:"), Ok(None));
+        assert_eq!(head(""), Ok(None));
+    }
+
+    #[test]
+    fn connection_semantics() {
+        assert!(
+            !head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .2
+        );
+        assert!(
+            !head("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .2
+        );
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().2);
+        assert!(
+            head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .2
+        );
+    }
+
+    #[test]
+    fn bodies_are_refused() {
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+            Err(Reject::Body)
+        );
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(Reject::Body)
+        );
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(Reject::Body)
+        );
+        assert!(
+            head("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn limits_give_the_right_rejection() {
+        let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(300));
+        assert_eq!(head(&long_uri), Err(Reject::UriTooLong));
+        let long_head = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300));
+        assert_eq!(head(&long_head), Err(Reject::HeadTooLarge));
+        let unfinished = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(300));
+        assert_eq!(head(&unfinished), Err(Reject::HeadTooLarge));
+        let many = "GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n";
+        assert_eq!(head(many), Err(Reject::HeadTooLarge));
+        assert_eq!(head("\u{1}garbage\r\n\r\n"), Err(Reject::Malformed));
+    }
+}

@@ -1,0 +1,155 @@
+//! Responses, written straight into the connection's output buffer.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+
+/// A response; bodies are small JSON documents or the metrics text.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Body,
+    /// `Allow` (for 405) or `Retry-After` (for 503), when set.
+    pub extra: Option<(&'static str, &'static str)>,
+    /// Close the connection after this response.
+    pub close: bool,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    Static(&'static str),
+    Owned(String),
+}
+
+impl Body {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Body::Static(s) => s.as_bytes(),
+            Body::Owned(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl Response {
+    pub fn json(status: u16, body: &'static str) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: Body::Static(body),
+            extra: None,
+            close: false,
+        }
+    }
+
+    pub fn json_owned(status: u16, body: String) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: Body::Owned(body),
+            extra: None,
+            close: false,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.extra = Some((name, value));
+        self
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Appends the response; for HEAD the headers are the same and the body is left out.
+    pub fn write(&self, out: &mut BytesMut, head_only: bool) {
+        let body = self.body.as_bytes();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(reason(self.status).as_bytes());
+        out.extend_from_slice(b"\r\nServer: tracker-ingest\r\nDate: ");
+        with_date(|date| out.extend_from_slice(date.as_bytes()));
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        if let Some((name, value)) = self.extra {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
+        if self.close {
+            out.extend_from_slice(b"\r\nConnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        if !head_only {
+            out.extend_from_slice(body);
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// The `Date` header value, formatted once a second per thread rather than per response.
+fn with_date(f: impl FnOnce(&str)) {
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != second {
+            *cache = (second, httpdate::fmt_http_date(now));
+        }
+        f(&cache.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_status_headers_and_body() {
+        let mut out = BytesMut::new();
+        Response::json(405, r#"{"error":"method_not_allowed"}"#)
+            .with_header("Allow", "GET, HEAD")
+            .write(&mut out, false);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
+        assert!(text.contains("\r\nContent-Length: 30\r\n"));
+        assert!(text.contains("\r\nDate: "));
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"method_not_allowed\"}"));
+    }
+
+    #[test]
+    fn head_keeps_the_length_but_not_the_body() {
+        let mut out = BytesMut::new();
+        Response::json(202, r#"{"status":"accepted"}"#)
+            .closing()
+            .write(&mut out, true);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("Content-Length: 21\r\nConnection: close\r\n\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}

@@ -1,0 +1,202 @@
+//! What each request gets: the event endpoint, health, readiness and metrics.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use data::{Accounts, Status};
+use percent_encoding::percent_decode;
+
+use crate::metrics::{Metrics, Outcome};
+use crate::outbox::Outbox;
+use crate::request::{Head, Method};
+use crate::response::{Body, Response};
+
+/// What request handling needs, shared by every connection.
+pub struct App {
+    pub accounts: Arc<Accounts>,
+    pub outbox: Arc<Outbox>,
+    pub bus_connected: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub origin: String,
+    pub max_data: usize,
+}
+
+pub fn handle(head: &Head<'_>, app: &App) -> (Response, Outcome) {
+    if head.method == Method::Other {
+        let response = Response::json(405, r#"{"error":"method_not_allowed"}"#)
+            .with_header("Allow", "GET, HEAD");
+        return (response, Outcome::MethodNotAllowed);
+    }
+    let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
+    match path {
+        "/healthz" => (Response::json(200, r#"{"status":"ok"}"#), Outcome::Health),
+        "/readyz" => (ready(app), Outcome::Health),
+        "/metrics" => (metrics(app), Outcome::Health),
+        _ => event(path, query, head.method == Method::Head, app),
+    }
+}
+
+fn ready(app: &App) -> Response {
+    let loaded = app.accounts.is_loaded();
+    let bus = app.bus_connected.load(Ordering::Acquire);
+    let body = format!(r#"{{"accounts_loaded":{loaded},"bus_connected":{bus}}}"#);
+    Response::json_owned(if loaded && bus { 200 } else { 503 }, body)
+}
+
+fn metrics(app: &App) -> Response {
+    app.metrics.buffer_depth.set(app.outbox.depth() as i64);
+    app.metrics.accounts.set(app.accounts.len() as i64);
+    Response {
+        status: 200,
+        content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body: Body::Owned(app.metrics.render()),
+        extra: None,
+        close: false,
+    }
+}
+
+fn event(path: &str, query: &str, probe: bool, app: &App) -> (Response, Outcome) {
+    let Some(account_id) = account_id(path) else {
+        return (
+            Response::json(400, r#"{"error":"bad_account_id"}"#),
+            Outcome::BadAccountId,
+        );
+    };
+    let data = match data_param(query, app.max_data) {
+        Ok(data) => data,
+        Err(reason) => {
+            let body = format!(r#"{{"error":"bad_data","reason":"{reason}"}}"#);
+            return (Response::json_owned(400, body), Outcome::BadData);
+        }
+    };
+    match app.accounts.status(account_id) {
+        Status::Unknown => (
+            Response::json(404, r#"{"error":"unknown_account"}"#),
+            Outcome::UnknownAccount,
+        ),
+        Status::Inactive => (
+            Response::json(403, r#"{"error":"inactive_account"}"#),
+            Outcome::InactiveAccount,
+        ),
+        Status::Active if probe => (accepted(), Outcome::Probe),
+        Status::Active => match app.outbox.push(account_id, now_us(), &data, &app.origin) {
+            Ok(()) => (accepted(), Outcome::Accepted),
+            Err(_) => {
+                let response = Response::json(503, r#"{"error":"bus_unavailable"}"#)
+                    .with_header("Retry-After", "1");
+                (response, Outcome::BusUnavailable)
+            }
+        },
+    }
+}
+
+fn accepted() -> Response {
+    Response::json(202, r#"{"status":"accepted"}"#)
+}
+
+/// `/<decimal u64>`, nothing else.
+fn account_id(path: &str) -> Option<u64> {
+    let digits = path.strip_prefix('/')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The first `data` parameter, `+` as space, percent-decoded, UTF-8, within `max` bytes.
+fn data_param(query: &str, max: usize) -> Result<Cow<'_, str>, &'static str> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| {
+            pair.strip_prefix("data=")
+                .or_else(|| (pair == "data").then_some(""))
+        })
+        .ok_or("missing")?;
+    // Every decoded byte takes at least one encoded one, at most three.
+    if raw.len() > max.saturating_mul(3) {
+        return Err("too_long");
+    }
+    let plus_as_space: Cow<'_, [u8]> = if raw.contains('+') {
+        Cow::Owned(
+            raw.bytes()
+                .map(|b| if b == b'+' { b' ' } else { b })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(raw.as_bytes())
+    };
+    let decoded: Cow<'_, [u8]> = match plus_as_space {
+        Cow::Borrowed(bytes) => percent_decode(bytes).into(),
+        Cow::Owned(bytes) => Cow::Owned(percent_decode(&bytes).collect()),
+    };
+    if decoded.len() > max {
+        return Err("too_long");
+    }
+    match decoded {
+        Cow::Borrowed(bytes) => std::str::from_utf8(bytes)
+            .map(Cow::Borrowed)
+            .map_err(|_| "not_utf8"),
+        Cow::Owned(bytes) => String::from_utf8(bytes)
+            .map(Cow::Owned)
+            .map_err(|_| "not_utf8"),
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids_are_plain_decimal_u64() {
+        assert_eq!(account_id("/5"), Some(5));
+        assert_eq!(account_id("/007"), Some(7));
+        assert_eq!(account_id("/18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "/",
+            "/-1",
+            "/+1",
+            "/1.0",
+            "/abc",
+            "/18446744073709551616",
+            "/1/2",
+            "5",
+            "/%31",
+        ] {
+            assert_eq!(account_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn data_is_decoded_and_checked() {
+        assert_eq!(data_param("data=a+b%20c", 100).unwrap(), "a b c");
+        assert_eq!(data_param("x=1&data=%E2%82%AC%2B", 100).unwrap(), "€+");
+        assert_eq!(data_param("data=", 100).unwrap(), "");
+        assert_eq!(data_param("data", 100).unwrap(), "");
+        assert_eq!(data_param("data=first&data=second", 100).unwrap(), "first");
+        assert_eq!(data_param("", 100), Err("missing"));
+        assert_eq!(data_param("dat=1", 100), Err("missing"));
+        assert_eq!(data_param("data=%FF", 100), Err("not_utf8"));
+        assert_eq!(data_param("data=%C3", 100), Err("not_utf8"));
+        assert_eq!(
+            data_param(&format!("data={}", "a".repeat(101)), 100),
+            Err("too_long")
+        );
+        assert_eq!(
+            data_param(&format!("data={}", "%41".repeat(100)), 100)
+                .unwrap()
+                .len(),
+            100
+        );
+        assert_eq!(
+            data_param(&format!("data={}", "%41".repeat(101)), 100),
+            Err("too_long")
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! `ingest serve`: load accounts, start (or reach) busd, serve HTTP, and on SIGTERM stop
+//! accepting, drain the outbox to busd and exit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use data::Accounts;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::cli::ServeArgs;
+use crate::connection::Timeouts;
+use crate::forwarder::{self, Settings};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::request::Limits;
+use crate::route::App;
+use crate::server;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let accounts = load_accounts(&args.db)?;
+    let sync = data::sync::Sync::start(args.db.clone(), accounts.clone(), args.sync_interval)
+        .context("cannot start the accounts sync")?;
+
+    let bus_stop = CancellationToken::new();
+    let (bus, embedded) = match &args.bus {
+        Some(bus) => (bus.clone(), None),
+        None => {
+            let listener = TcpListener::bind(&args.embedded_bus_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen for the embedded busd on {}",
+                        args.embedded_bus_listen
+                    )
+                })?;
+            let addr = listener.local_addr()?;
+            info!("embedded busd listening on {addr}");
+            let config = busd::Config {
+                token: args.bus_token.clone(),
+                ..busd::Config::default()
+            };
+            (
+                addr.to_string(),
+                Some(tokio::spawn(busd::serve(
+                    listener,
+                    config,
+                    bus_stop.clone(),
+                ))),
+            )
+        }
+    };
+
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let origin = args
+        .origin
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", hostname(), local.port()));
+    // Batch ids grow with the clock, so they stay above those of an earlier run of this
+    // origin that a long-lived busd still remembers.
+    let outbox = Arc::new(Outbox::new(args.buffer_events, args.batch_events, now_us()));
+    let metrics = Arc::new(Metrics::default());
+    let connected = Arc::new(AtomicBool::new(false));
+    let forwarder_stop = CancellationToken::new();
+    let settings = Settings {
+        bus,
+        token: args.bus_token.clone(),
+        name: origin.clone(),
+        linger: args.linger,
+    };
+    let forwarder = tokio::spawn(forwarder::run(
+        settings,
+        outbox.clone(),
+        connected.clone(),
+        metrics.clone(),
+        forwarder_stop.clone(),
+    ));
+
+    let app = Arc::new(App {
+        accounts,
+        outbox: outbox.clone(),
+        bus_connected: connected,
+        metrics,
+        origin: origin.clone(),
+        max_data: args.max_data,
+    });
+    let limits = Limits {
+        max_head: usize::try_from(args.max_head.as_u64()).unwrap_or(usize::MAX),
+        max_headers: args.max_headers,
+    };
+    let timeouts = Timeouts {
+        header: args.header_timeout,
+        idle: args.idle_timeout,
+    };
+    let http_stop = CancellationToken::new();
+    let on_signal = http_stop.clone();
+    tokio::spawn(async move {
+        busd::shutdown::signal().await;
+        info!("signal received: no longer accepting requests");
+        on_signal.cancel();
+    });
+    info!(%origin, "listening on {local}");
+    server::serve(
+        listener,
+        app,
+        limits,
+        timeouts,
+        args.max_connections,
+        http_stop,
+    )
+    .await;
+
+    drain(&outbox, args.drain_timeout).await;
+    forwarder_stop.cancel();
+    let _ = forwarder.await;
+    if let Some(embedded) = embedded {
+        bus_stop.cancel();
+        let _ = embedded.await;
+    }
+    sync.stop();
+    info!("stopped");
+    Ok(())
+}
+
+fn load_accounts(path: &Path) -> anyhow::Result<Arc<Accounts>> {
+    let (conn, created) = data::open(path)
+        .with_context(|| format!("cannot open the accounts database {}", path.display()))?;
+    if created {
+        info!(
+            "created {} and seeded it with {} accounts",
+            path.display(),
+            data::schema::SEED_ACCOUNTS
+        );
+    }
+    let accounts = Arc::new(Accounts::default());
+    let started = Instant::now();
+    let loaded = accounts.load(&conn).context("cannot load accounts")?;
+    info!(accounts = loaded, elapsed = ?started.elapsed(), "accounts loaded");
+    Ok(accounts)
+}
+
+/// Waits until busd has acknowledged every accepted event, or the timeout.
+async fn drain(outbox: &Outbox, timeout: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while outbox.depth() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    match outbox.depth() {
+        0 => info!("every accepted event was acknowledged by busd"),
+        left => error!(
+            left,
+            "busd did not acknowledge these accepted events before the drain timeout; they are lost"
+        ),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ingest".into())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
