@@ -3,6 +3,7 @@
 //! Test code: it panics with a message instead of returning errors.
 
 pub mod bus;
+pub mod http;
 pub mod process;
 
 pub use process::{Proc, binary, free_port};

@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary, building it first if this test run has not.
@@ -48,6 +48,8 @@ pub struct Proc {
     label: String,
     pub stdout: Receiver<String>,
     pub stderr: Receiver<String>,
+    /// Every stderr line so far, whether or not a wait has consumed it.
+    history: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -58,14 +60,28 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("{label} starts: {e}"));
-        let stdout = lines(child.stdout.take().expect("stdout"), None);
-        let stderr = lines(child.stderr.take().expect("stderr"), Some(label.to_owned()));
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let stdout = lines(child.stdout.take().expect("stdout"), None, None);
+        let stderr = lines(
+            child.stderr.take().expect("stderr"),
+            Some(label.to_owned()),
+            Some(history.clone()),
+        );
         Proc {
             child,
             label: label.into(),
             stdout,
             stderr,
+            history,
         }
+    }
+
+    /// Everything the process has written to stderr so far.
+    pub fn stderr_log(&self) -> String {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
     }
 
     /// Waits for a stderr line containing `needle` and returns it.
@@ -138,12 +154,22 @@ impl Drop for Proc {
     }
 }
 
-fn lines(source: impl Read + Send + 'static, echo: Option<String>) -> Receiver<String> {
+fn lines(
+    source: impl Read + Send + 'static,
+    echo: Option<String>,
+    history: Option<Arc<Mutex<Vec<String>>>>,
+) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(source).lines().map_while(Result::ok) {
             if let Some(label) = &echo {
                 eprintln!("{label}: {line}");
+            }
+            if let Some(history) = &history {
+                history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.clone());
             }
             let _ = tx.send(line);
         }

@@ -1,0 +1,81 @@
+//! Starting the real ingest binary in a fresh directory.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::Proc;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Ingest {
+    pub proc: Proc,
+    pub http: SocketAddr,
+    /// The embedded busd, when no `--bus` was given.
+    pub bus: Option<SocketAddr>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Ingest {
+    /// `ingest` on free ports, in a new directory (so the database is created and seeded).
+    pub fn start(args: &[&str]) -> Ingest {
+        Self::start_in(tempfile::tempdir().expect("a temp dir"), args)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Ingest {
+        let embedded = !args.contains(&"--bus");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
+        command
+            .current_dir(dir.path())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--embedded-bus-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn("ingest", &mut command);
+        let bus = embedded.then(|| {
+            addr_after(
+                &proc.wait_stderr("embedded busd listening on ", WAIT),
+                "listening on ",
+            )
+        });
+        let http = addr_after(&proc.wait_stderr("origin=", WAIT), "listening on ");
+        Ingest {
+            proc,
+            http,
+            bus,
+            dir,
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("accounts.db")
+    }
+
+    /// Runs `ingest accounts ...` against this instance's database.
+    pub fn accounts(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_ingest"))
+            .arg("accounts")
+            .args(args)
+            .arg("--db")
+            .arg(self.db())
+            .output()
+            .expect("ingest accounts runs")
+    }
+}
+
+fn addr_after(line: &str, marker: &str) -> SocketAddr {
+    let rest = line
+        .split(marker)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {marker:?} in {line:?}"));
+    rest.split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
