@@ -127,7 +127,8 @@ pub async fn run(
     })
 }
 
-async fn connect(
+/// Connects, says Hello and, for a subscriber, subscribes with `filter`.
+pub async fn connect(
     addr: SocketAddr,
     role: Role,
     filter: Option<Filter>,
@@ -216,6 +217,17 @@ async fn publish_until_stopped(
 }
 
 async fn count_events(stream: TcpStream, counters: Arc<Counters>, stop: Arc<AtomicBool>) {
+    count_delivered(stream, &counters.delivered, &counters.missed, &stop).await;
+}
+
+/// Counts the events (and the gaps' missed events) a subscriber connection receives, from
+/// each frame's header, until `stop` or the connection ends.
+pub async fn count_delivered(
+    stream: TcpStream,
+    delivered: &AtomicU64,
+    missed: &AtomicU64,
+    stop: &AtomicBool,
+) {
     let mut frames = FramedRead::with_capacity(stream, RawCodec::default(), 1 << 20);
     while let Some(Ok(body)) = frames.next().await {
         if stop.load(Relaxed) {
@@ -224,9 +236,9 @@ async fn count_events(stream: TcpStream, counters: Arc<Counters>, stop: Arc<Atom
         if body.first() == Some(&ServerFrame::EVENTS_TAG) {
             let mut pos = 1;
             let count = varint::take(&body, &mut pos).unwrap_or(0);
-            counters.delivered.fetch_add(count, Relaxed);
-        } else if let Ok(ServerFrame::Gap { missed, .. }) = protocol::codec::decode_body(&body) {
-            counters.missed.fetch_add(missed, Relaxed);
+            delivered.fetch_add(count, Relaxed);
+        } else if let Ok(ServerFrame::Gap { missed: n, .. }) = protocol::codec::decode_body(&body) {
+            missed.fetch_add(n, Relaxed);
         }
     }
 }

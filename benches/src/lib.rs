@@ -3,3 +3,4 @@
 //! Figures belong here and in `benches/`, never in timed tests.
 
 pub mod bus_load;
+pub mod process;
