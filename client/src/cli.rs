@@ -46,6 +46,8 @@ pub enum Command {
     Publish(PublishArgs),
     /// Show busd's counters: subscribers, queue depths, drops, rates.
     Stats(StatsArgs),
+    /// Send a canary event through ingest and confirm it arrives over the bus.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -121,6 +123,21 @@ pub struct StatsArgs {
     /// Time between the two samples that rates are computed from; 0s for no rates.
     #[arg(long, env = "TRACKER_SAMPLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sample: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// ingest's base URL.
+    #[arg(long, env = "TRACKER_INGEST", default_value = "http://127.0.0.1:8080")]
+    pub ingest: String,
+    /// An active account to send the canary for.
+    #[arg(long, env = "TRACKER_ACCOUNT", default_value_t = 1)]
+    pub account: u64,
+    /// How long to wait for the canary on the bus.
+    #[arg(long, env = "TRACKER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
 }
 
 /// The set of account ids a `--accounts` list names.

@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod cli;
+mod doctor;
 mod output;
 mod publish;
 mod reconnect;
@@ -44,6 +45,7 @@ fn main() {
             Command::Watch(args) => watch::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Stats(args) => stats::run(args).await,
+            Command::Doctor(args) => doctor::run(args).await,
         }
     });
     // Leave the blocking stdout writer behind rather than wait for it.
