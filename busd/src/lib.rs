@@ -20,6 +20,9 @@ pub mod logging;
 #[cfg(not(loom))]
 pub mod publisher;
 pub mod queue;
+
+#[cfg(not(loom))]
+pub mod accept;
 #[cfg(not(loom))]
 pub mod ring;
 #[cfg(not(loom))]

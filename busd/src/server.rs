@@ -2,14 +2,14 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::accept::accept_loop;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::connection::{self, Context};
@@ -36,44 +36,21 @@ pub async fn serve(
         config,
         shutdown: Shutdown::default(),
     });
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let tasks = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let socket = match accepted {
-            Ok((socket, _)) => socket,
-            Err(err) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let tasks = accept_loop(
+        listener,
+        max_connections,
+        &shutdown,
+        |socket| {
+            let ctx = ctx.clone();
+            async move {
+                ctx.bus.counters.connections.fetch_add(1, Relaxed);
+                connection::handle(socket, ctx.clone()).await;
+                ctx.bus.counters.connections.fetch_sub(1, Relaxed);
             }
-        };
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let ctx = ctx.clone();
-                tasks.spawn(async move {
-                    ctx.bus
-                        .counters
-                        .connections
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    connection::handle(socket, ctx.clone()).await;
-                    ctx.bus
-                        .counters
-                        .connections
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tasks.spawn(connection::refuse_over_limit(socket, max_connections));
-            }
-        }
-    }
-    drop(listener);
+        },
+        move |socket| connection::refuse_over_limit(socket, max_connections),
+    )
+    .await;
     ctx.shutdown.stop_reading.cancel();
     let last_seq = bus.close();
     info!(
@@ -81,7 +58,6 @@ pub async fn serve(
         last_seq, "shutting down: flushing subscribers"
     );
     ctx.shutdown.goodbye.cancel();
-    tasks.close();
     if tokio::time::timeout(drain_timeout, tasks.wait())
         .await
         .is_err()
