@@ -73,7 +73,8 @@ impl Args {
             .filter(|n| (16..=u32::MAX as usize).contains(n))
             .context("--max-frame must be between 16 bytes and 4GiB")?;
         Ok(Config {
-            token: self.token.clone(),
+            // An empty value (an unset variable in a compose file, say) means no token.
+            token: self.token.clone().filter(|t| !t.is_empty()),
             queue_events: self.queue_events,
             replay_bytes: usize::try_from(self.replay_bytes.as_u64()).unwrap_or(usize::MAX),
             slow_policy: self.slow_policy,

@@ -326,3 +326,12 @@ async fn bad_flags_exit_with_usage_errors() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen on 256.0.0.1:1"));
 }
+
+#[tokio::test]
+async fn an_empty_token_means_no_token() {
+    // As an unset variable in a compose file passes it.
+    let busd = Busd::start(&["--token", ""]);
+    let mut conn = connect(busd.addr).await;
+    conn.send(hello(Role::Subscriber, "s", None)).await.unwrap();
+    assert!(matches!(next(&mut conn).await, ServerFrame::Welcome { .. }));
+}

@@ -69,7 +69,7 @@ pub async fn open(
         version: PROTOCOL_VERSION,
         role,
         name: name.to_owned(),
-        token: token.map(str::to_owned),
+        token: token.filter(|t| !t.is_empty()).map(str::to_owned),
     };
     conn.send(hello)
         .await

@@ -21,7 +21,9 @@ use crate::request::Limits;
 use crate::route::App;
 use crate::server;
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+    // An empty value (an unset variable in a compose file, say) means no token.
+    args.bus_token = args.bus_token.filter(|t| !t.is_empty());
     let accounts = load_accounts(&args.db)?;
     let sync = data::sync::Sync::start(args.db.clone(), accounts.clone(), args.sync_interval)
         .context("cannot start the accounts sync")?;
