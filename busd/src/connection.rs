@@ -98,7 +98,7 @@ impl Outbound {
         Ok(true)
     }
 
-    /// Writes what is queued plus `last`, then half-closes, giving a stuck peer [`LINGER`].
+    /// Writes what is queued plus `last`, then half-closes, giving a stuck peer a second.
     pub async fn finish(mut self, last: &ServerFrame) {
         self.push(last);
         let _ = tokio::time::timeout(LINGER, async {

@@ -7,12 +7,12 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{Args, Parser, Subcommand};
 
-/// Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards
-/// the event to busd. With no --bus it runs busd inside this process.
+/// The whole command line; `--help` shows the `about` text.
 #[derive(Parser, Debug)]
 #[command(
     name = "ingest",
     version,
+    about = "Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards the event to busd.\nWith no --bus it runs busd inside this process.",
     args_conflicts_with_subcommands = true,
     after_help = "Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_LISTEN.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
 )]
