@@ -70,11 +70,13 @@ pub struct Outcome {
     pub missed: u64,
 }
 
+/// What a load run counts: events acknowledged by the bus, received by subscribers, and
+/// reported missing by the bus.
 #[derive(Default)]
-struct Counters {
-    published: AtomicU64,
-    delivered: AtomicU64,
-    missed: AtomicU64,
+pub struct Counters {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub missed: AtomicU64,
 }
 
 /// Runs `shape` against busd at `addr`: `warmup`, then measures for `measure`.
@@ -168,7 +170,8 @@ fn batch_events(accounts: u64, offset: u64) -> Vec<u8> {
     postcard::to_allocvec(&events).unwrap_or_default()
 }
 
-async fn publish_until_stopped(
+/// Publishes pipelined batches of [`BATCH`] events cycling through `accounts` until `stop`.
+pub async fn publish_until_stopped(
     stream: TcpStream,
     accounts: u64,
     counters: Arc<Counters>,

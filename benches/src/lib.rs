@@ -3,4 +3,5 @@
 //! Figures belong here and in `benches/`, never in timed tests.
 
 pub mod bus_load;
+pub mod compare;
 pub mod process;

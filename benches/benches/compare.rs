@@ -1,0 +1,56 @@
+//! The side-by-side comparison in one command: `cargo bench -p benches --bench compare`.
+//! Writes `benches/RESULTS.md` and `benches/results.json`. `BENCH_SECONDS` sets each run's
+//! length (default 10); `BENCH_SMOKE=1` runs every part for 2 s and writes nothing but
+//! stdout, which is what CI does so the harness cannot rot. Every server it starts listens
+//! on loopback, and every run is bounded in time.
+
+use benches::compare::{Budget, bus, footprint, http, latency, report};
+
+fn main() -> std::io::Result<()> {
+    let smoke = std::env::var_os("BENCH_SMOKE").is_some();
+    let seconds = if smoke {
+        2
+    } else {
+        std::env::var("BENCH_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10)
+    };
+    let budget = Budget { seconds, smoke };
+    let work = tempfile::tempdir()?;
+    eprintln!("compare: HTTP");
+    let http = http::run(budget, work.path());
+    eprintln!("compare: pub/sub");
+    let bus = bus::run(budget);
+    eprintln!("compare: end to end");
+    let latency = latency::run(budget, work.path());
+    eprintln!("compare: memory and start");
+    let footprint = footprint::run(budget, work.path());
+    let goals = report::goals(&http, &bus, &latency);
+    let results = report::Results {
+        generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        machine: format!(
+            "{} cores, {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            std::env::consts::ARCH
+        ),
+        seconds_per_run: seconds,
+        smoke,
+        http,
+        bus,
+        latency,
+        footprint,
+        goals,
+    };
+    let markdown = report::markdown(&results);
+    print!("{markdown}");
+    if !smoke {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        std::fs::write(dir.join("RESULTS.md"), &markdown)?;
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&results).map_err(std::io::Error::other)?,
+        )?;
+    }
+    Ok(())
+}

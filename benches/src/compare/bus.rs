@@ -1,0 +1,218 @@
+//! Pub/sub: busd against redis-server pub/sub and nats-server, in the three shapes of the
+//! targets, with 64-byte payloads. Each system gets a fresh server per shape and the same
+//! kind of raw client: a pipelining publisher with a window of 8 batches of 512, and
+//! subscribers that count messages without decoding them.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use protocol::Filter;
+use serde::Serialize;
+
+use super::tools::{ensure, free_port, wait_listening};
+use super::{Budget, nats, redis};
+use crate::bus_load::{self, Shape};
+use crate::process::{Running, release_binary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub system: String,
+    pub shape: String,
+    pub published_per_sec: Option<f64>,
+    pub delivered_per_sec: Option<f64>,
+    /// busd: events reported missing in Gap frames; Redis and NATS: events published but
+    /// never received by the subscribers that should have had them.
+    pub lost: Option<u64>,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum System {
+    Busd,
+    Redis,
+    Nats,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Busd => "busd",
+            System::Redis => "redis-server pub/sub",
+            System::Nats => "nats-server",
+        }
+    }
+
+    /// Starts a fresh server on a free loopback port.
+    fn start(self) -> Result<(Running, String), String> {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut command = match self {
+            System::Busd => {
+                let mut c =
+                    Command::new(release_binary("busd", "busd").map_err(|e| e.to_string())?);
+                c.args(["--listen", &addr]).env("RUST_LOG", "warn");
+                c
+            }
+            System::Redis => {
+                let mut c = Command::new(ensure("redis-server", "redis-server")?);
+                c.args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]);
+                c
+            }
+            System::Nats => {
+                let mut c = Command::new(ensure("nats-server", "nats-server")?);
+                c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+                c
+            }
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", self.name()))?;
+        let running = Running(child);
+        wait_listening(&addr)
+            .then_some(())
+            .ok_or(format!("{} did not start", self.name()))?;
+        Ok((running, addr))
+    }
+}
+
+pub fn run(budget: Budget) -> Vec<Row> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return vec![skipped(System::Busd, "-", &e.to_string())],
+    };
+    let measure = Duration::from_secs(u64::from(budget.seconds));
+    let warmup = Duration::from_millis(if budget.smoke { 300 } else { 1000 });
+    let mut rows = Vec::new();
+    for shape in [Shape::one_to_one(), Shape::one_to_ten(), Shape::filtered()] {
+        for system in [System::Busd, System::Redis, System::Nats] {
+            let row = match system.start() {
+                Ok((server, addr)) => {
+                    let row = runtime.block_on(measure_one(system, &addr, &shape, warmup, measure));
+                    drop(server);
+                    row
+                }
+                Err(note) => skipped(system, shape.name, &note),
+            };
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+fn skipped(system: System, shape: &str, note: &str) -> Row {
+    Row {
+        system: system.name().into(),
+        shape: shape.into(),
+        published_per_sec: None,
+        delivered_per_sec: None,
+        lost: None,
+        note: Some(note.into()),
+    }
+}
+
+async fn measure_one(
+    system: System,
+    addr: &str,
+    shape: &Shape,
+    warmup: Duration,
+    measure: Duration,
+) -> Row {
+    let result = if system == System::Busd {
+        match addr.parse() {
+            Ok(addr) => bus_load::run(addr, shape, warmup, measure)
+                .await
+                .map(|o| (o.published_per_sec, o.delivered_per_sec, o.missed)),
+            Err(e) => Err(std::io::Error::other(format!("{e}"))),
+        }
+    } else {
+        measure_raw(system, addr, shape, warmup, measure).await
+    };
+    match result {
+        Ok((published, delivered, lost)) => Row {
+            system: system.name().into(),
+            shape: shape.name.into(),
+            published_per_sec: Some(published),
+            delivered_per_sec: Some(delivered),
+            lost: Some(lost),
+            note: None,
+        },
+        Err(e) => skipped(system, shape.name, &e.to_string()),
+    }
+}
+
+/// Channel (subject) names for a filter: one shared name for "all", one per account else.
+fn names(filter: &Filter) -> Vec<String> {
+    match filter {
+        Filter::All => vec!["events".into()],
+        Filter::Accounts(accounts) => accounts.iter().map(|a| format!("acct.{a}")).collect(),
+    }
+}
+
+async fn measure_raw(
+    system: System,
+    addr: &str,
+    shape: &Shape,
+    warmup: Duration,
+    measure: Duration,
+) -> std::io::Result<(f64, f64, u64)> {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    for filter in &shape.filters {
+        match system {
+            System::Redis => redis::subscribe(addr, names(filter), delivered.clone()).await?,
+            _ => nats::subscribe(addr, names(filter), delivered.clone()).await?,
+        }
+    }
+    let filtered = shape
+        .filters
+        .iter()
+        .any(|f| matches!(f, Filter::Accounts(_)));
+    let targets = if filtered {
+        (0..shape.accounts).map(|a| format!("acct.{a}")).collect()
+    } else {
+        vec!["events".to_owned()]
+    };
+    let publisher = {
+        let (addr, published, stop) = (addr.to_owned(), published.clone(), stop.clone());
+        tokio::spawn(async move {
+            match system {
+                System::Redis => redis::publish(&addr, targets, published, stop).await,
+                _ => nats::publish(&addr, targets, published, stop).await,
+            }
+        })
+    };
+    tokio::time::sleep(warmup).await;
+    let (p0, d0) = (published.load(Relaxed), delivered.load(Relaxed));
+    let started = std::time::Instant::now();
+    tokio::time::sleep(measure).await;
+    let secs = started.elapsed().as_secs_f64();
+    let (p1, d1) = (published.load(Relaxed), delivered.load(Relaxed));
+    stop.store(true, Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each event goes to every subscriber taking all, or to exactly one filtered subscriber.
+    let fanout = if filtered {
+        1
+    } else {
+        shape.filters.len() as u64
+    };
+    let lost = (published.load(Relaxed) * fanout).saturating_sub(delivered.load(Relaxed));
+    Ok(((p1 - p0) as f64 / secs, (d1 - d0) as f64 / secs, lost))
+}

@@ -1,0 +1,200 @@
+//! HTTP: ingest's whole path against nginx answering `return 204`, may_minihttp and hyper
+//! hello servers, with wrk -t1 at 64 and 256 connections and pipelined 16 deep.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use serde::Serialize;
+
+use super::Budget;
+use super::tools::{ensure, free_port, wait_listening};
+use crate::bus_load;
+use crate::process::{Running, WrkReport, release_binary, start_ingest, wrk};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub server: String,
+    pub mode: String,
+    pub requests_per_sec: Option<f64>,
+    pub p50: Option<String>,
+    pub p99: Option<String>,
+    pub errors: Option<u64>,
+    pub note: Option<String>,
+}
+
+const MODES: [(&str, u32, bool); 3] = [
+    ("c=64", 64, false),
+    ("c=256", 256, false),
+    ("pipelined 16, c=64", 64, true),
+];
+
+const PIPELINE_LUA: &str = "init = function(args)\n  local r = {}\n  for i = 1, 16 do r[i] = wrk.format(nil) end\n  req = table.concat(r)\nend\nrequest = function() return req end\n";
+
+/// A server under test: its process and the URL to load.
+struct Target {
+    name: &'static str,
+    url: String,
+    _processes: Vec<Running>,
+}
+
+pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
+    let script = work.join("pipeline.lua");
+    let _ = std::fs::write(&script, PIPELINE_LUA);
+    let script = script.to_string_lossy().into_owned();
+    if let Err(note) = ensure("wrk", "wrk") {
+        return vec![skipped("all", &note)];
+    }
+    let mut rows = Vec::new();
+    for start in [
+        ingest as fn(&std::path::Path) -> Result<Target, String>,
+        nginx,
+        may_minihttp,
+        hyper,
+    ] {
+        let target = match start(work) {
+            Ok(target) => target,
+            Err(note) => {
+                rows.push(skipped("?", &note));
+                continue;
+            }
+        };
+        for (mode, connections, pipelined) in MODES {
+            let report = wrk(
+                &target.url,
+                connections,
+                budget.seconds,
+                pipelined.then_some(script.as_str()),
+            );
+            rows.push(row(target.name, mode, report));
+        }
+    }
+    rows
+}
+
+fn row(server: &str, mode: &str, report: Option<WrkReport>) -> Row {
+    match report {
+        Some(r) => Row {
+            server: server.into(),
+            mode: mode.into(),
+            requests_per_sec: Some(r.requests_per_sec),
+            p50: Some(r.p50),
+            p99: Some(r.p99),
+            errors: Some(r.errors + r.non_2xx),
+            note: None,
+        },
+        None => Row {
+            note: Some("wrk failed to run".into()),
+            ..skipped(server, "")
+        },
+    }
+}
+
+fn skipped(server: &str, note: &str) -> Row {
+    Row {
+        server: server.into(),
+        mode: "-".into(),
+        requests_per_sec: None,
+        p50: None,
+        p99: None,
+        errors: None,
+        note: Some(note.into()),
+    }
+}
+
+/// ingest with its embedded busd and one subscriber counting every event.
+fn ingest(work: &std::path::Path) -> Result<Target, String> {
+    let dir = work.join("ingest");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (process, http, bus) = start_ingest(&dir, &[]).map_err(|e| format!("ingest: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stream = runtime
+        .block_on(bus_load::connect(
+            bus,
+            protocol::Role::Subscriber,
+            Some(protocol::Filter::All),
+        ))
+        .map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let (delivered, missed, stop) = (
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            Arc::new(AtomicBool::new(false)),
+        );
+        runtime.block_on(bus_load::count_delivered(
+            stream, &delivered, &missed, &stop,
+        ));
+    });
+    Ok(Target {
+        name: "ingest (full path)",
+        url: format!("http://{http}/1?data={}", "d".repeat(64)),
+        _processes: vec![process],
+    })
+}
+
+fn nginx(work: &std::path::Path) -> Result<Target, String> {
+    let nginx = ensure("nginx", "nginx-light")?;
+    let port = free_port();
+    let d = work.join("nginx");
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    let d = d.display();
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; keepalive_requests 10000000;\n\
+           client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+           server {{ listen 127.0.0.1:{port}; location / {{ return 204; }} }} }}\n"
+    );
+    let path = work.join("nginx/nginx.conf");
+    std::fs::write(&path, conf).map_err(|e| e.to_string())?;
+    let child = Command::new(nginx)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(work.join("nginx/error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let process = Running(child);
+    let addr = format!("127.0.0.1:{port}");
+    wait_listening(&addr)
+        .then_some(())
+        .ok_or("nginx did not start")?;
+    Ok(Target {
+        name: "nginx return 204 (1 worker)",
+        url: format!("http://{addr}/"),
+        _processes: vec![process],
+    })
+}
+
+fn hello(name: &'static str, binary: &str) -> Result<Target, String> {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let path = release_binary("benches", binary).map_err(|e| e.to_string())?;
+    let child = Command::new(path)
+        .arg(&addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let process = Running(child);
+    wait_listening(&addr)
+        .then_some(())
+        .ok_or(format!("{binary} did not start"))?;
+    Ok(Target {
+        name,
+        url: format!("http://{addr}/"),
+        _processes: vec![process],
+    })
+}
+
+fn may_minihttp(_: &std::path::Path) -> Result<Target, String> {
+    hello("may_minihttp hello", "hello_may")
+}
+
+fn hyper(_: &std::path::Path) -> Result<Target, String> {
+    hello("hyper hello", "hello_hyper")
+}

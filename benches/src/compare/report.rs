@@ -1,0 +1,221 @@
+//! The scoreboard: every row of a run, the goals as ratios from that same run, written as
+//! `RESULTS.md` for people and `results.json` for tools.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{bus, footprint, http, latency};
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub generated: String,
+    pub machine: String,
+    pub seconds_per_run: u32,
+    pub smoke: bool,
+    pub http: Vec<http::Row>,
+    pub bus: Vec<bus::Row>,
+    pub latency: Vec<latency::Row>,
+    pub footprint: Vec<footprint::Row>,
+    pub goals: Vec<Goal>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    /// `None` when a row it needs is missing.
+    pub met: Option<bool>,
+}
+
+fn rps(rows: &[http::Row], server: &str, mode: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.server.starts_with(server) && r.mode == mode)
+        .and_then(|r| r.requests_per_sec)
+}
+
+fn delivered(rows: &[bus::Row], system: &str, shape: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.system.starts_with(system) && r.shape == shape)
+        .and_then(|r| r.delivered_per_sec)
+}
+
+fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64) -> Goal {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => Goal {
+            goal: goal.into(),
+            measured: format!("{:.2}x ({a:.0} / {b:.0})", a / b),
+            met: Some(a / b >= at_least),
+        },
+        _ => Goal {
+            goal: goal.into(),
+            measured: "not measured".into(),
+            met: None,
+        },
+    }
+}
+
+pub fn goals(http: &[http::Row], bus: &[bus::Row], latency: &[latency::Row]) -> Vec<Goal> {
+    let filtered = "1000 accounts, 10 x 100 filtered";
+    let fan = "1 -> 10 (all)";
+    let better = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let p99 = latency
+        .iter()
+        .find(|r| r.load.starts_with("20k"))
+        .and_then(|r| r.p99_us);
+    vec![
+        ratio_goal(
+            "ingest >= 0.8x nginx-204 at c=64",
+            rps(http, "ingest", "c=64"),
+            rps(http, "nginx", "c=64"),
+            0.8,
+        ),
+        ratio_goal(
+            "ingest vs may_minihttp at c=64 (no goal; reported)",
+            rps(http, "ingest", "c=64"),
+            rps(http, "may_minihttp", "c=64"),
+            0.0,
+        ),
+        ratio_goal(
+            "ingest pipelined >= 1.0x may_minihttp pipelined",
+            rps(http, "ingest", "pipelined 16, c=64"),
+            rps(http, "may_minihttp", "pipelined 16, c=64"),
+            1.0,
+        ),
+        ratio_goal(
+            "busd filtered >= 2x Redis",
+            delivered(bus, "busd", filtered),
+            delivered(bus, "redis", filtered),
+            2.0,
+        ),
+        ratio_goal(
+            "busd filtered >= 2x NATS",
+            delivered(bus, "busd", filtered),
+            delivered(bus, "nats", filtered),
+            2.0,
+        ),
+        ratio_goal(
+            "busd 1 -> 10 >= 1.0x the better of Redis and NATS",
+            delivered(bus, "busd", fan),
+            better(delivered(bus, "redis", fan), delivered(bus, "nats", fan)),
+            1.0,
+        ),
+        match p99 {
+            Some(us) => Goal {
+                goal: "end-to-end p99 <= 1 ms at 20k req/s".into(),
+                measured: format!("{:.2} ms", us as f64 / 1000.0),
+                met: Some(us <= 1000),
+            },
+            None => Goal {
+                goal: "end-to-end p99 <= 1 ms at 20k req/s".into(),
+                measured: "not measured".into(),
+                met: None,
+            },
+        },
+    ]
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("-".into(), ToString::to_string)
+}
+
+fn millions(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| {
+        if v >= 1e6 {
+            format!("{:.2}M", v / 1e6)
+        } else {
+            format!("{:.0}k", v / 1e3)
+        }
+    })
+}
+
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Tracker benchmark results\n");
+    let _ = writeln!(
+        s,
+        "Generated {} on {} by `cargo bench -p benches --bench compare`, {} s per run{}. Every figure in a table comes from this one run; load generators share the machine's cores with the servers.\n",
+        r.generated,
+        r.machine,
+        r.seconds_per_run,
+        if r.smoke {
+            " (smoke run: not for comparison)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "## Goals\n\n| goal | measured | met |\n| --- | --- | --- |"
+    );
+    for g in &r.goals {
+        let met = match g.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(s, "| {} | {} | {} |", g.goal, g.measured, met);
+    }
+    let _ = writeln!(
+        s,
+        "\n## HTTP (wrk -t1)\n\nTracker's row is the whole path: parse, account lookup, event encode, batch to the embedded busd, delivery to one subscriber that counts every event.\n\n| server | load | req/s | p50 | p99 | errors | note |\n| --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for h in &r.http {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            h.server,
+            h.mode,
+            h.requests_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            opt(&h.p50),
+            opt(&h.p99),
+            opt(&h.errors),
+            opt(&h.note)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Pub/sub, 64-byte payloads\n\n| shape | system | published/s | delivered/s | lost | note |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for b in &r.bus {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            b.shape,
+            b.system,
+            millions(b.published_per_sec),
+            millions(b.delivered_per_sec),
+            opt(&b.lost),
+            opt(&b.note)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## End to end: ingest accepting to a subscriber receiving\n\n| load | achieved req/s | p50 | p99 | p999 | events | note |\n| --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for l in &r.latency {
+        let us = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            l.load,
+            l.achieved_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            us(l.p50_us),
+            us(l.p99_us),
+            us(l.p999_us),
+            opt(&l.events),
+            opt(&l.note)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Memory and start\n\n| what | value |\n| --- | --- |"
+    );
+    for f in &r.footprint {
+        let _ = writeln!(s, "| {} | {} |", f.what, f.value);
+    }
+    s
+}

@@ -1,0 +1,73 @@
+//! Finding, or installing with apt-get, the programs the comparison runs against.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+
+/// The path of `program` on PATH or in the sbin directories.
+pub fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|dir| PathBuf::from(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+/// `program`, installed from Debian's `package` first when it is missing and we are root.
+pub fn ensure(program: &str, package: &str) -> Result<PathBuf, String> {
+    if let Some(path) = find(program) {
+        return Ok(path);
+    }
+    static UPDATE: Once = Once::new();
+    UPDATE.call_once(|| {
+        let _ = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    });
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-qq", package])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    match find(program) {
+        Some(path) => Ok(path),
+        None if installed => Err(format!("{package} installed but {program} not found")),
+        None => Err(format!(
+            "{program} is missing and `apt-get install {package}` failed"
+        )),
+    }
+}
+
+/// A free loopback port (released before use).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(0, |a| a.port())
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_listening(addr: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// Resident memory of a process, in bytes (Linux).
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
