@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Outcome;
 use crate::request::{self, Limits, Method, Reject};
-use crate::response::Response;
+use crate::response::{self, Response};
 use crate::route::{self, App};
 
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,7 @@ pub async fn serve(
                 app.metrics.count(Outcome::Timeout);
                 Response::json(408, r#"{"error":"request_timeout"}"#)
                     .closing()
-                    .write(&mut out, false);
+                    .write_now(&mut out);
                 let _ = stream.write_all(&out).await;
                 return linger(stream).await;
             }
@@ -75,6 +75,9 @@ pub async fn serve(
 }
 
 /// Answers every complete request at the front of `buf`; returns whether to close.
+///
+/// The clock is read once per call, not per request: the pipelined requests of one read are
+/// accepted in the same microsecond as far as anyone can tell, and share one Date header.
 fn answer_buffered(
     buf: &mut BytesMut,
     out: &mut BytesMut,
@@ -82,28 +85,44 @@ fn answer_buffered(
     limits: Limits,
     stopping: bool,
 ) -> bool {
-    loop {
-        let started = std::time::Instant::now();
-        let (response, outcome, head_only, used) = match request::parse(buf, limits) {
-            Ok(None) => return false,
-            Ok(Some((head, used))) => {
-                let (mut response, outcome) = route::handle(&head, app);
-                response.close |= !head.keep_alive || stopping;
-                (response, outcome, head.method == Method::Head, used)
-            }
-            Err(reject) => {
-                let (response, outcome) = rejection(reject);
-                (response.closing(), outcome, false, 0)
-            }
-        };
-        response.write(out, head_only);
-        app.metrics.count(outcome);
-        app.metrics.latency.observe(started.elapsed().as_secs_f64());
-        if response.close {
-            return true;
-        }
-        buf.advance(used);
+    if buf.is_empty() {
+        return false;
     }
+    let started = std::time::Instant::now();
+    let now = std::time::SystemTime::now();
+    let now_us = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut answered = 0;
+    let close = response::with_date(now, |date| {
+        loop {
+            let (response, outcome, head_only, used) = match request::parse(buf, limits) {
+                Ok(None) => return false,
+                Ok(Some((head, used))) => {
+                    let (mut response, outcome) = route::handle(&head, app, now_us);
+                    response.close |= !head.keep_alive || stopping;
+                    (response, outcome, head.method == Method::Head, used)
+                }
+                Err(reject) => {
+                    let (response, outcome) = rejection(reject);
+                    (response.closing(), outcome, false, 0)
+                }
+            };
+            response.write(out, head_only, date);
+            app.metrics.count(outcome);
+            answered += 1;
+            if response.close {
+                return true;
+            }
+            buf.advance(used);
+        }
+    });
+    if answered > 0 {
+        app.metrics
+            .answer_time
+            .observe(started.elapsed().as_secs_f64());
+    }
+    close
 }
 
 fn rejection(reject: Reject) -> (Response, Outcome) {
@@ -150,7 +169,7 @@ pub async fn refuse(mut stream: TcpStream) {
     Response::json(503, r#"{"error":"too_many_connections"}"#)
         .with_header("Retry-After", "1")
         .closing()
-        .write(&mut out, false);
+        .write_now(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
     linger(stream).await;
 }

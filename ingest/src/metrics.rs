@@ -71,7 +71,8 @@ pub struct Metrics {
     pub buffer_depth: Gauge,
     pub accounts: Gauge,
     pub bus_reconnects: Counter,
-    pub latency: Histogram,
+    /// Time to answer the requests one read brought: one request unless the client pipelines.
+    pub answer_time: Histogram,
 }
 
 impl Default for Metrics {
@@ -106,11 +107,11 @@ impl Default for Metrics {
             bus_reconnects.clone(),
         );
         // 10 µs to about 160 ms.
-        let latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 15));
+        let answer_time = Histogram::new(exponential_buckets(0.000_01, 2.0, 15));
         registry.register(
-            "request_duration_seconds",
-            "Time from a whole request head to its response",
-            latency.clone(),
+            "answer_duration_seconds",
+            "Time to answer the requests one read brought (one request unless the client pipelines)",
+            answer_time.clone(),
         );
         Metrics {
             registry,
@@ -118,7 +119,7 @@ impl Default for Metrics {
             buffer_depth,
             accounts,
             bus_reconnects,
-            latency,
+            answer_time,
         }
     }
 }
@@ -153,7 +154,7 @@ mod tests {
         metrics.count(Outcome::Accepted);
         metrics.count(Outcome::BadData);
         metrics.buffer_depth.set(7);
-        metrics.latency.observe(0.0002);
+        metrics.answer_time.observe(0.0002);
         let text = metrics.render();
         assert!(
             text.contains(r#"tracker_ingest_requests_total{outcome="accepted"} 2"#),
@@ -161,7 +162,7 @@ mod tests {
         );
         assert!(text.contains(r#"tracker_ingest_requests_total{outcome="bad_data"} 1"#));
         assert!(text.contains("tracker_ingest_buffer_events 7"));
-        assert!(text.contains("tracker_ingest_request_duration_seconds_count 1"));
+        assert!(text.contains("tracker_ingest_answer_duration_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

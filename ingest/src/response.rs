@@ -64,14 +64,15 @@ impl Response {
     }
 
     /// Appends the response; for HEAD the headers are the same and the body is left out.
-    pub fn write(&self, out: &mut BytesMut, head_only: bool) {
+    /// `date` is the `Date` header value, from [`with_date`].
+    pub fn write(&self, out: &mut BytesMut, head_only: bool, date: &str) {
         let body = self.body.as_bytes();
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.extend_from_slice(b" ");
         out.extend_from_slice(reason(self.status).as_bytes());
         out.extend_from_slice(b"\r\nServer: tracker-ingest\r\nDate: ");
-        with_date(|date| out.extend_from_slice(date.as_bytes()));
+        out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(self.content_type.as_bytes());
         out.extend_from_slice(b"\r\nContent-Length: ");
@@ -92,6 +93,13 @@ impl Response {
     }
 }
 
+impl Response {
+    /// [`Response::write`] for a one-off response, reading the clock for its Date.
+    pub fn write_now(&self, out: &mut BytesMut) {
+        with_date(SystemTime::now(), |date| self.write(out, false, date));
+    }
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -108,20 +116,20 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// The `Date` header value, formatted once a second per thread rather than per response.
-fn with_date(f: impl FnOnce(&str)) {
+/// Calls `f` with the `Date` header value for `now`, formatted once a second per thread
+/// rather than per response.
+pub fn with_date<T>(now: SystemTime, f: impl FnOnce(&str) -> T) -> T {
     thread_local! {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
-    let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.0 != second {
             *cache = (second, httpdate::fmt_http_date(now));
         }
-        f(&cache.1);
-    });
+        f(&cache.1)
+    })
 }
 
 #[cfg(test)]
@@ -133,7 +141,7 @@ mod tests {
         let mut out = BytesMut::new();
         Response::json(405, r#"{"error":"method_not_allowed"}"#)
             .with_header("Allow", "GET, HEAD")
-            .write(&mut out, false);
+            .write(&mut out, false, "Sun, 22 Nov 2026 10:00:00 GMT");
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
         assert!(text.contains("\r\nAllow: GET, HEAD\r\n"));
@@ -147,7 +155,7 @@ mod tests {
         let mut out = BytesMut::new();
         Response::json(202, r#"{"status":"accepted"}"#)
             .closing()
-            .write(&mut out, true);
+            .write(&mut out, true, "Sun, 22 Nov 2026 10:00:00 GMT");
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.contains("Content-Length: 21\r\nConnection: close\r\n\r\n"));
         assert!(text.ends_with("\r\n\r\n"));

@@ -22,7 +22,8 @@ pub struct App {
     pub max_data: usize,
 }
 
-pub fn handle(head: &Head<'_>, app: &App) -> (Response, Outcome) {
+/// Answers one request; `now_us` is the acceptance time given to an accepted event.
+pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
     if head.method == Method::Other {
         let response = Response::json(405, r#"{"error":"method_not_allowed"}"#)
             .with_header("Allow", "GET, HEAD");
@@ -33,7 +34,7 @@ pub fn handle(head: &Head<'_>, app: &App) -> (Response, Outcome) {
         "/healthz" => (Response::json(200, r#"{"status":"ok"}"#), Outcome::Health),
         "/readyz" => (ready(app), Outcome::Health),
         "/metrics" => (metrics(app), Outcome::Health),
-        _ => event(path, query, head.method == Method::Head, app),
+        _ => event(path, query, head.method == Method::Head, app, now_us),
     }
 }
 
@@ -56,7 +57,7 @@ fn metrics(app: &App) -> Response {
     }
 }
 
-fn event(path: &str, query: &str, probe: bool, app: &App) -> (Response, Outcome) {
+fn event(path: &str, query: &str, probe: bool, app: &App, now_us: u64) -> (Response, Outcome) {
     let Some(account_id) = account_id(path) else {
         return (
             Response::json(400, r#"{"error":"bad_account_id"}"#),
@@ -80,7 +81,7 @@ fn event(path: &str, query: &str, probe: bool, app: &App) -> (Response, Outcome)
             Outcome::InactiveAccount,
         ),
         Status::Active if probe => (accepted(), Outcome::Probe),
-        Status::Active => match app.outbox.push(account_id, now_us(), &data, &app.origin) {
+        Status::Active => match app.outbox.push(account_id, now_us, &data, &app.origin) {
             Ok(()) => (accepted(), Outcome::Accepted),
             Err(_) => {
                 let response = Response::json(503, r#"{"error":"bus_unavailable"}"#)
@@ -117,6 +118,13 @@ fn data_param(query: &str, max: usize) -> Result<Cow<'_, str>, &'static str> {
     if raw.len() > max.saturating_mul(3) {
         return Err("too_long");
     }
+    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return if raw.len() > max {
+            Err("too_long")
+        } else {
+            Ok(Cow::Borrowed(raw))
+        };
+    }
     let plus_as_space: Cow<'_, [u8]> = if raw.contains('+') {
         Cow::Owned(
             raw.bytes()
@@ -141,12 +149,6 @@ fn data_param(query: &str, max: usize) -> Result<Cow<'_, str>, &'static str> {
             .map(Cow::Owned)
             .map_err(|_| "not_utf8"),
     }
-}
-
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

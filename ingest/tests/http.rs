@@ -79,7 +79,7 @@ async fn every_status_of_the_table() {
     assert!(
         metrics
             .body
-            .contains("tracker_ingest_request_duration_seconds_bucket")
+            .contains("tracker_ingest_answer_duration_seconds_bucket")
     );
     assert!(metrics.body.contains("tracker_ingest_accounts 1000"));
 }
