@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// How long a batch waits for more events before it is sent (0: send what is there).
     #[arg(long, env = "TRACKER_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
+    /// Batches sent to busd and not yet acknowledged before more wait; events accumulate
+    /// meanwhile, so this batches by the round trip to busd.
+    #[arg(long, env = "TRACKER_MAX_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_in_flight: u16,
     /// How long shutdown waits for busd to acknowledge buffered events.
     #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -28,6 +28,8 @@ pub struct Settings {
     /// Publisher name: the origin, unique per ingest instance.
     pub name: String,
     pub linger: Duration,
+    /// Batches sent to busd and not yet acknowledged before the next waits.
+    pub max_in_flight: usize,
 }
 
 /// Runs until `stop` is cancelled, reconnecting whenever the bus goes away.
@@ -137,7 +139,13 @@ async fn send_batches(
         return err;
     }
     loop {
-        while let Some(batch) = outbox.take_batch() {
+        // Holding events while a batch is unacknowledged batches them by the round trip to
+        // busd: no timer, no added latency when idle, bigger batches (and fewer syscalls on
+        // both sides) under load.
+        while outbox.in_flight() < settings.max_in_flight {
+            let Some(batch) = outbox.take_batch() else {
+                break;
+            };
             protocol::publish::encode_frame(&mut out, batch.id, batch.count, &batch.events);
         }
         if let Err(err) = write(&mut wr, &mut out).await {

@@ -110,7 +110,8 @@ impl Outbox {
         Some(batch)
     }
 
-    /// busd has `batch_id` (and, acks being in order, every batch before it).
+    /// busd has `batch_id` (and, acks being in order, every batch before it). Wakes the
+    /// forwarder if events are waiting, since it may have been holding them for this ack.
     pub fn ack(&self, batch_id: u64) {
         let mut inner = self.lock();
         while inner.unacked.front().is_some_and(|b| b.id <= batch_id) {
@@ -118,6 +119,16 @@ impl Outbox {
                 inner.unacked_count -= batch.count as usize;
             }
         }
+        let waiting = inner.pending_count > 0;
+        drop(inner);
+        if waiting {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Batches sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.lock().unacked.len()
     }
 
     /// Every batch busd has not acknowledged, oldest first, to send again after a reconnect.
@@ -157,6 +168,23 @@ mod tests {
         outbox.ack(501);
         assert_eq!(outbox.depth(), 0);
         assert!(outbox.unacked().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ack_wakes_the_forwarder_when_events_wait() {
+        let outbox = Outbox::new(10, 100, 1);
+        outbox.push(1, 2, "a", "o").unwrap();
+        outbox.ready.notified().await;
+        let batch = outbox.take_batch().unwrap();
+        assert_eq!(outbox.in_flight(), 1);
+        outbox.push(1, 2, "b", "o").unwrap();
+        outbox.ready.notified().await;
+        outbox.ack(batch.id);
+        assert_eq!(outbox.in_flight(), 0);
+        // The ack left a permit: the forwarder holding "b" for it wakes at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready.notified())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         token: args.bus_token.clone(),
         name: origin.clone(),
         linger: args.linger,
+        max_in_flight: usize::from(args.max_in_flight),
     };
     let forwarder = tokio::spawn(forwarder::run(
         settings,
