@@ -5,21 +5,11 @@
 //! Exit codes: 0 after a clean shutdown or a successful command, 1 on failure, 2 for bad
 //! arguments. Logs go to stderr; `ingest accounts list` prints to stdout.
 
-mod cli;
-mod connection;
-mod forwarder;
-mod metrics;
-mod outbox;
-mod request;
-mod response;
-mod route;
-mod serve;
-mod server;
-
 use anyhow::Context as _;
 use clap::Parser;
 
-use cli::{AccountsArgs, AccountsCommand, Cli, Command};
+use ingest::cli::{self, AccountsArgs, AccountsCommand, Cli, Command};
+use ingest::serve;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -1,0 +1,17 @@
+//! ingest as a library: the HTTP endpoint's parts, so the binary (`main.rs`) stays a thin
+//! command line and the benchmarks can measure the request path piece by piece.
+//!
+//! A request flows [`request`] (parse and limits) -> [`route`] (validate, look up, accept)
+//! -> [`outbox`] (encoded, kept until acknowledged) -> [`forwarder`] (batches to busd);
+//! [`connection`] and [`server`] drive the sockets and [`serve`] puts it all together.
+
+pub mod cli;
+pub mod connection;
+pub mod forwarder;
+pub mod metrics;
+pub mod outbox;
+pub mod request;
+pub mod response;
+pub mod route;
+pub mod serve;
+pub mod server;
