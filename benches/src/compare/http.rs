@@ -17,6 +17,9 @@ pub struct Row {
     pub server: String,
     pub mode: String,
     pub requests_per_sec: Option<f64>,
+    /// Successful (2xx) responses per second: what the goals compare, since a server that
+    /// sheds load with 503s is not serving those requests.
+    pub ok_per_sec: Option<f64>,
     pub p50: Option<String>,
     pub p99: Option<String>,
     pub errors: Option<u64>,
@@ -78,6 +81,12 @@ fn row(server: &str, mode: &str, report: Option<WrkReport>) -> Row {
             server: server.into(),
             mode: mode.into(),
             requests_per_sec: Some(r.requests_per_sec),
+            ok_per_sec: Some(if r.requests == 0 {
+                0.0
+            } else {
+                r.requests_per_sec * (r.requests.saturating_sub(r.non_2xx + r.errors)) as f64
+                    / r.requests as f64
+            }),
             p50: Some(r.p50),
             p99: Some(r.p99),
             errors: Some(r.errors + r.non_2xx),
@@ -95,6 +104,7 @@ fn skipped(server: &str, note: &str) -> Row {
         server: server.into(),
         mode: "-".into(),
         requests_per_sec: None,
+        ok_per_sec: None,
         p50: None,
         p99: None,
         errors: None,
