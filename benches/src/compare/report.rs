@@ -31,7 +31,7 @@ pub struct Goal {
 fn rps(rows: &[http::Row], server: &str, mode: &str) -> Option<f64> {
     rows.iter()
         .find(|r| r.server.starts_with(server) && r.mode == mode)
-        .and_then(|r| r.requests_per_sec)
+        .and_then(|r| r.ok_per_sec)
 }
 
 fn delivered(rows: &[bus::Row], system: &str, shape: &str) -> Option<f64> {
@@ -161,15 +161,16 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## HTTP (wrk -t1)\n\nTracker's row is the whole path: parse, account lookup, event encode, batch to the embedded busd, delivery to one subscriber that counts every event.\n\n| server | load | req/s | p50 | p99 | errors | note |\n| --- | --- | --- | --- | --- | --- | --- |"
+        "\n## HTTP (wrk -t1)\n\nTracker's row is the whole path: parse, account lookup, event encode, batch to the embedded busd, delivery to one subscriber that counts every event. `2xx/s` counts successful responses only (ingest answers 503 when its outbound buffer is full) and is what the goals compare.\n\n| server | load | req/s | 2xx/s | p50 | p99 | non-2xx or socket errors | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for h in &r.http {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             h.server,
             h.mode,
             h.requests_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            h.ok_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
             opt(&h.p50),
             opt(&h.p99),
             opt(&h.errors),
