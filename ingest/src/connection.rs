@@ -6,6 +6,7 @@
 //! an idle keep-alive connection is closed after the idle timeout.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -52,6 +53,7 @@ pub async fn serve(
         if close {
             return linger(stream).await;
         }
+        throttle(&app).await;
         let deadline =
             head_started.map_or_else(|| Instant::now() + timeouts.idle, |t| t + timeouts.header);
         let read = tokio::select! {
@@ -71,6 +73,20 @@ pub async fn serve(
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Backpressure: while busd is connected but behind (the outbox is over half full), stop
+/// reading for up to a second so TCP slows the client down, instead of filling the buffer
+/// and answering 503. When busd is away, or stays behind, the buffer fills and the 503s of
+/// the contract follow.
+async fn throttle(app: &App) {
+    let give_up = Instant::now() + Duration::from_secs(1);
+    while app.outbox.above_high_water()
+        && app.bus_connected.load(Ordering::Acquire)
+        && Instant::now() < give_up
+    {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -126,6 +126,12 @@ impl Outbox {
         }
     }
 
+    /// Whether at least half the buffer is taken: busd is behind, and connections should
+    /// stop reading for a moment rather than fill the rest and answer 503.
+    pub fn above_high_water(&self) -> bool {
+        self.depth() >= self.capacity / 2
+    }
+
     /// Batches sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.lock().unacked.len()
@@ -168,6 +174,22 @@ mod tests {
         outbox.ack(501);
         assert_eq!(outbox.depth(), 0);
         assert!(outbox.unacked().is_empty());
+    }
+
+    #[test]
+    fn high_water_is_half_the_buffer() {
+        let outbox = Outbox::new(4, 100, 1);
+        outbox.push(1, 2, "a", "o").unwrap();
+        assert!(!outbox.above_high_water());
+        outbox.push(1, 2, "b", "o").unwrap();
+        assert!(outbox.above_high_water());
+        let batch = outbox.take_batch().unwrap();
+        assert!(
+            outbox.above_high_water(),
+            "unacknowledged events still count"
+        );
+        outbox.ack(batch.id);
+        assert!(!outbox.above_high_water());
     }
 
     #[tokio::test]
