@@ -10,25 +10,8 @@ use std::time::Duration;
 use protocol::{Filter, Position, Role, ServerFrame};
 use support::*;
 use testkit::bus::{Busd, collect, join, next_or_closed, subscriber};
-use testkit::http::{Client, get};
+use testkit::http::get;
 use testkit::{Proc, binary, free_port};
-
-/// Sends `count` events with unique data over one keep-alive connection; returns the data
-/// of those answered 202.
-async fn send(at: std::net::SocketAddr, prefix: &str, count: usize) -> Vec<String> {
-    let mut client = Client::connect(at).await;
-    let mut accepted = Vec::new();
-    for i in 0..count {
-        let data = format!("{prefix}-{i}");
-        let reply = client.get(&format!("/{}?data={data}", 1 + i % 9)).await;
-        match reply.status {
-            202 => accepted.push(data),
-            503 => {}
-            other => panic!("unexpected {other}: {}", reply.body),
-        }
-    }
-    accepted
-}
 
 #[tokio::test]
 async fn a_busd_restart_under_load_loses_no_accepted_event() {

@@ -3,7 +3,7 @@
 //! kind of raw client: a pipelining publisher with a window of 8 batches of 512, and
 //! subscribers that count messages without decoding them.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use protocol::Filter;
 use serde::Serialize;
 
-use super::tools::{ensure, free_port, wait_listening};
+use super::tools::{ensure, free_port, spawn_listening};
 use super::{Budget, nats, redis};
 use crate::bus_load::{self, Shape};
 use crate::process::{Running, release_binary};
@@ -75,15 +75,7 @@ impl System {
                 c
             }
         };
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("{}: {e}", self.name()))?;
-        let running = Running(child);
-        wait_listening(&addr)
-            .then_some(())
-            .ok_or(format!("{} did not start", self.name()))?;
+        let running = spawn_listening(&mut command, &addr, self.name())?;
         Ok((running, addr))
     }
 }

@@ -8,7 +8,7 @@ use protocol::{Filter, Role};
 use serde::Serialize;
 
 use super::Budget;
-use super::tools::{free_port, rss, wait_listening};
+use super::tools::{free_port, rss, spawn_listening};
 use crate::bus_load;
 use crate::process::{Running, release_binary};
 
@@ -95,17 +95,9 @@ fn ingest_start(work: &std::path::Path, accounts: u64) -> Result<Vec<Row>, Strin
 
 fn busd_idle(subscribers: u32) -> Result<Vec<Row>, String> {
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(release_binary("busd", "busd").map_err(|e| e.to_string())?)
-        .args(["--listen", &addr])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let process = Running(child);
-    wait_listening(&addr)
-        .then_some(())
-        .ok_or("busd did not start")?;
+    let mut command = Command::new(release_binary("busd", "busd").map_err(|e| e.to_string())?);
+    command.args(["--listen", &addr]).env("RUST_LOG", "warn");
+    let process = spawn_listening(&mut command, &addr, "busd")?;
     let before = rss(process.0.id());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

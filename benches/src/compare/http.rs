@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use serde::Serialize;
 
 use super::Budget;
-use super::tools::{ensure, free_port, wait_listening};
+use super::tools::{ensure, free_port, spawn_listening, wait_listening};
 use crate::bus_load;
 use crate::process::{Running, WrkReport, release_binary, start_ingest, wrk};
 
@@ -184,16 +184,7 @@ fn nginx(work: &std::path::Path) -> Result<Target, String> {
 fn hello(name: &'static str, binary: &str) -> Result<Target, String> {
     let addr = format!("127.0.0.1:{}", free_port());
     let path = release_binary("benches", binary).map_err(|e| e.to_string())?;
-    let child = Command::new(path)
-        .arg(&addr)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let process = Running(child);
-    wait_listening(&addr)
-        .then_some(())
-        .ok_or(format!("{binary} did not start"))?;
+    let process = spawn_listening(Command::new(path).arg(&addr), &addr, binary)?;
     Ok(Target {
         name,
         url: format!("http://{addr}/"),

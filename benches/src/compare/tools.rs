@@ -60,6 +60,25 @@ pub fn wait_listening(addr: &str) -> bool {
     false
 }
 
+/// Starts `command` (output discarded) and waits until it accepts connections on `addr`.
+pub fn spawn_listening(
+    command: &mut Command,
+    addr: &str,
+    name: &str,
+) -> Result<crate::process::Running, String> {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{name}: {e}"))?;
+    let running = crate::process::Running(child);
+    if wait_listening(addr) {
+        Ok(running)
+    } else {
+        Err(format!("{name} did not start"))
+    }
+}
+
 /// Resident memory of a process, in bytes (Linux).
 pub fn rss(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -79,3 +79,25 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
+
+/// Sends `count` events with unique data `prefix-i` over keep-alive connections (a new one
+/// whenever the server, or a proxy in front of it, says it will close) and returns the data
+/// of those answered 202. A 503 is left out; any other status fails the test.
+pub async fn send(at: SocketAddr, prefix: &str, count: usize) -> Vec<String> {
+    let mut client = testkit::http::Client::connect(at).await;
+    let mut accepted = Vec::new();
+    for i in 0..count {
+        let data = format!("{prefix}-{i}");
+        let reply = client.get(&format!("/{}?data={data}", 1 + i % 9)).await;
+        match reply.status {
+            202 => accepted.push(data),
+            503 => {}
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+        // nginx, for one, closes a keep-alive connection after keepalive_requests requests.
+        if reply.header("connection") == Some("close") {
+            client = testkit::http::Client::connect(at).await;
+        }
+    }
+    accepted
+}
