@@ -15,6 +15,7 @@ fn events(n: u64) -> Vec<Event> {
             timestamp_us: 1_795_255_200_000_000 + i,
             data: "d".repeat(64),
             origin: "bench".into(),
+            id: i,
         })
         .collect()
 }

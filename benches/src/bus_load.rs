@@ -143,6 +143,7 @@ pub async fn connect(
         role,
         name: String::new(),
         token: None,
+        instance: 0,
     };
     protocol::encode_frame(&hello, &mut out, usize::MAX).map_err(std::io::Error::other)?;
     if let Some(filter) = filter {
@@ -165,6 +166,7 @@ fn batch_events(accounts: u64, offset: u64) -> Vec<u8> {
             timestamp_us: 1_795_255_200_000_000 + i,
             data: "d".repeat(DATA_BYTES),
             origin: "bench".into(),
+            id: offset + i,
         })
         .collect();
     postcard::to_allocvec(&events).unwrap_or_default()

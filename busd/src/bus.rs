@@ -73,8 +73,10 @@ struct State {
     slots: Vec<Option<Slot>>,
     free: Vec<SubKey>,
     next_id: u64,
-    /// Highest batch id seen per publisher name, to drop resent batches.
-    last_batch: FxHashMap<String, u64>,
+    /// Highest batch id seen per publisher, to drop resent batches: per name, the few most
+    /// recent instances (process) with their last id, newest last. Ids are only comparable
+    /// within one instance.
+    last_batch: FxHashMap<String, Vec<(u64, u64)>>,
     /// Per-slot staging for one publish, kept to reuse its allocations.
     scratch: Vec<Vec<Entry>>,
     touched: Vec<SubKey>,
@@ -119,26 +121,22 @@ impl Bus {
     }
 
     /// Sequences a batch, keeps it in the ring and routes it to every matching queue.
-    /// `publisher` names the sender for duplicate detection; an empty name opts out.
-    pub fn publish(&self, publisher: &str, batch: RawPublish) -> Result<Published, Closed> {
+    /// `publisher` and `instance` name the sender for duplicate detection; an empty name
+    /// opts out.
+    pub fn publish(
+        &self,
+        publisher: &str,
+        instance: u64,
+        batch: RawPublish,
+    ) -> Result<Published, Closed> {
         let mut guard = self.lock();
         let state = &mut *guard;
         if state.closed {
             return Err(Closed);
         }
-        if !publisher.is_empty() {
-            match state.last_batch.get_mut(publisher) {
-                Some(last) if batch.batch_id <= *last => {
-                    self.counters.duplicate_batches.fetch_add(1, Relaxed);
-                    return Ok(Published::Duplicate);
-                }
-                Some(last) => *last = batch.batch_id,
-                None => {
-                    state
-                        .last_batch
-                        .insert(publisher.to_owned(), batch.batch_id);
-                }
-            }
+        if !publisher.is_empty() && !state.is_new_batch(publisher, instance, batch.batch_id) {
+            self.counters.duplicate_batches.fetch_add(1, Relaxed);
+            return Ok(Published::Duplicate);
         }
         let first = state.head + 1;
         let size: usize = batch.events.iter().map(|e| e.bytes.len()).sum();
@@ -289,7 +287,35 @@ impl Bus {
     }
 }
 
+/// Publisher instances remembered per name for duplicate detection.
+const INSTANCES_PER_NAME: usize = 8;
+
 impl State {
+    /// Whether `batch_id` is above every id this publisher instance sent before; if so it
+    /// becomes the new mark.
+    fn is_new_batch(&mut self, name: &str, instance: u64, batch_id: u64) -> bool {
+        if !self.last_batch.contains_key(name) {
+            self.last_batch.insert(name.to_owned(), Vec::new());
+        }
+        let Some(instances) = self.last_batch.get_mut(name) else {
+            return true;
+        };
+        match instances.iter_mut().find(|(i, _)| *i == instance) {
+            Some((_, last)) if batch_id <= *last => false,
+            Some((_, last)) => {
+                *last = batch_id;
+                true
+            }
+            None => {
+                if instances.len() == INSTANCES_PER_NAME {
+                    instances.remove(0);
+                }
+                instances.push((instance, batch_id));
+                true
+            }
+        }
+    }
+
     /// Stages `entry` for every subscriber whose filter matches it.
     fn route(&mut self, entry: &Entry) {
         for key in self.index.targets(entry.account_id) {

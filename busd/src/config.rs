@@ -1,5 +1,6 @@
 //! busd's settings, as plain data so the binary and an embedding `ingest` fill them alike.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::queue::WhenFull;
@@ -42,6 +43,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// How long shutdown waits for queues to flush before closing anyway.
     pub drain_timeout: Duration,
+    /// Where this run records itself for the next (see [`crate::state`]); `None` keeps no
+    /// record, and clients then report a gap of unknown size after every restart.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             hello_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(5),
+            state_file: None,
         }
     }
 }

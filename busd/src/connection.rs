@@ -6,13 +6,16 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
 use protocol::codec::decode_body;
 use protocol::frame::peek_hello_version;
-use protocol::{ClientFrame, CodecError, ErrorCode, PROTOCOL_VERSION, RawCodec, Role, ServerFrame};
+use protocol::{
+    ClientFrame, CodecError, ErrorCode, PROTOCOL_VERSION, Position, RawCodec, Role, ServerFrame,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -21,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::publishers::Publishers;
 use crate::shutdown::Shutdown;
 use crate::{publisher, subscriber};
 
@@ -29,6 +33,19 @@ pub struct Context {
     pub bus: Arc<Bus>,
     pub config: Config,
     pub shutdown: Shutdown,
+    /// The publisher names connected now.
+    pub publishers: Publishers,
+    /// The run this one follows, named in every `Welcome` (see [`crate::state`]).
+    pub follows: Option<Position>,
+    /// Numbers connections, so a publisher's name claim knows whose it is.
+    pub connections: AtomicU64,
+}
+
+/// What a client said in its `Hello`.
+struct Hello {
+    role: Role,
+    name: String,
+    instance: u64,
 }
 
 pub type Reader = FramedRead<OwnedReadHalf, RawCodec>;
@@ -166,27 +183,45 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
             Err(Close::refuse(ErrorCode::ShuttingDown, "busd is shutting down"))
         }
     };
-    let (role, name) = match hello {
+    let hello = match hello {
         Ok(hello) => hello,
         Err(reason) => return close(reader, out, reason, &peer).await,
     };
-    debug!(%peer, ?role, %name, "hello");
+    debug!(%peer, role = ?hello.role, name = %hello.name, "hello");
+    let connection = ctx.connections.fetch_add(1, Relaxed);
+    let claim = match hello.role {
+        Role::Subscriber => None,
+        Role::Publisher => match ctx.publishers.claim(&hello.name, hello.instance, connection) {
+            Ok(claim) => Some(claim),
+            Err(_) => {
+                let message = format!(
+                    "publisher name {:?} is in use by another live connection; \
+                     every publisher process needs its own name (ingest --origin)",
+                    hello.name
+                );
+                let reason = Close::refuse(ErrorCode::NameInUse, message);
+                return close(reader, out, reason, &peer).await;
+            }
+        },
+    };
     out.push(&ServerFrame::Welcome {
         version: PROTOCOL_VERSION,
         epoch: ctx.bus.epoch(),
         head_seq: ctx.bus.head(),
+        max_frame: ctx.config.max_frame as u64,
+        follows: ctx.follows,
     });
     // Now, not with the first reply: a client waits for Welcome before it subscribes.
     if let Err(err) = out.flush().await {
         return debug!(%peer, %err, "connection lost after Hello");
     }
-    match role {
-        Role::Publisher => publisher::run(reader, out, &ctx, &name, &peer).await,
-        Role::Subscriber => subscriber::run(reader, out, &ctx, name, &peer).await,
+    match claim {
+        Some(claim) => publisher::run(reader, out, &ctx, &claim, hello.instance, &peer).await,
+        None => subscriber::run(reader, out, &ctx, hello.name, &peer).await,
     }
 }
 
-async fn read_hello(reader: &mut Reader, config: &Config) -> Result<(Role, String), Close> {
+async fn read_hello(reader: &mut Reader, config: &Config) -> Result<Hello, Close> {
     let body = match tokio::time::timeout(config.hello_timeout, reader.next()).await {
         Err(_) => {
             let limit = humantime::format_duration(config.hello_timeout);
@@ -205,10 +240,15 @@ async fn read_hello(reader: &mut Reader, config: &Config) -> Result<(Role, Strin
             role,
             name,
             token,
+            instance,
         }) => {
             check_version(version)?;
             check_token(config.token.as_deref(), token.as_deref())?;
-            Ok((role, name))
+            Ok(Hello {
+                role,
+                name,
+                instance,
+            })
         }
         Ok(_) => Err(Close::refuse(
             ErrorCode::ExpectedHello,

@@ -19,6 +19,8 @@ pub mod filter;
 pub mod logging;
 #[cfg(not(loom))]
 pub mod publisher;
+#[cfg(not(loom))]
+pub mod publishers;
 pub mod queue;
 
 #[cfg(not(loom))]
@@ -29,6 +31,8 @@ pub mod ring;
 pub mod server;
 #[cfg(not(loom))]
 pub mod shutdown;
+#[cfg(not(loom))]
+pub mod state;
 #[cfg(not(loom))]
 pub mod subscriber;
 

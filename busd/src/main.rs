@@ -3,6 +3,7 @@
 //! Exit codes: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when it cannot serve (for
 //! example the address is taken), 2 for bad arguments.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -56,6 +57,10 @@ struct Args {
     /// How long shutdown waits for subscriber queues to flush.
     #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// File where each run records itself, so that after a graceful restart clients can
+    /// prove nothing was missed ("" keeps no record: every restart is reported as a gap).
+    #[arg(long, env = "TRACKER_STATE_FILE", default_value = "busd.state")]
+    state_file: PathBuf,
 }
 
 fn positive(s: &str) -> Result<usize, String> {
@@ -84,6 +89,7 @@ impl Args {
             hello_timeout: self.hello_timeout,
             heartbeat: self.heartbeat,
             drain_timeout: self.drain_timeout,
+            state_file: Some(self.state_file.clone()).filter(|p| !p.as_os_str().is_empty()),
         })
     }
 }

@@ -11,10 +11,20 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::bus::Published;
 use crate::connection::{Close, Context, Outbound, Reader, close};
+use crate::publishers::Claim;
 
-pub async fn run(mut reader: Reader, mut out: Outbound, ctx: &Context, name: &str, peer: &str) {
+/// Serves a publisher that holds `claim` on its name until it leaves, breaks the protocol,
+/// is replaced by a newer connection of its own process, or busd shuts down.
+pub async fn run(
+    mut reader: Reader,
+    mut out: Outbound,
+    ctx: &Context,
+    claim: &Claim<'_>,
+    instance: u64,
+    peer: &str,
+) {
     ctx.bus.counters.publishers.fetch_add(1, Relaxed);
-    let ended = serve(&mut reader, &mut out, ctx, name).await;
+    let ended = serve(&mut reader, &mut out, ctx, claim, instance).await;
     ctx.bus.counters.publishers.fetch_sub(1, Relaxed);
     match ended {
         Some(reason) => close(reader, out, reason, peer).await,
@@ -33,8 +43,10 @@ async fn serve(
     reader: &mut Reader,
     out: &mut Outbound,
     ctx: &Context,
-    name: &str,
+    claim: &Claim<'_>,
+    instance: u64,
 ) -> Option<Close> {
+    let name = claim.name();
     loop {
         if !has_complete_frame(reader.read_buffer()) {
             if let Err(err) = out.flush().await {
@@ -44,6 +56,10 @@ async fn serve(
         let next = tokio::select! {
             biased;
             _ = ctx.shutdown.stop_reading.cancelled() => return None,
+            _ = claim.replaced.cancelled() => {
+                let message = "replaced by a newer connection of the same publisher";
+                return Some(Close::refuse(ErrorCode::NameInUse, message));
+            }
             next = reader.next() => next,
         };
         let body = match next {
@@ -51,18 +67,24 @@ async fn serve(
             Some(Err(err)) => return Some(err.into()),
             Some(Ok(body)) => body,
         };
-        if let Err(reason) = handle(&body, out, ctx, name) {
+        if let Err(reason) = handle(&body, out, ctx, name, instance) {
             return Some(reason);
         }
     }
 }
 
-fn handle(body: &bytes::Bytes, out: &mut Outbound, ctx: &Context, name: &str) -> Result<(), Close> {
+fn handle(
+    body: &bytes::Bytes,
+    out: &mut Outbound,
+    ctx: &Context,
+    name: &str,
+    instance: u64,
+) -> Result<(), Close> {
     if publish::is_publish(body) {
         let batch =
             publish::parse(body).map_err(|e| Close::refuse(ErrorCode::Malformed, e.to_string()))?;
         let batch_id = batch.batch_id;
-        return match ctx.bus.publish(name, batch) {
+        return match ctx.bus.publish(name, instance, batch) {
             Ok(Published::Accepted { .. } | Published::Duplicate) => {
                 out.push(&ServerFrame::PubAck { batch_id });
                 Ok(())

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,9 @@ use crate::accept::accept_loop;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::connection::{self, Context};
+use crate::publishers::Publishers;
 use crate::shutdown::Shutdown;
+use crate::state::StateFile;
 
 /// Serves publishers and subscribers on `listener` until `shutdown` is cancelled, then stops
 /// reading, closes the bus, flushes every subscriber and says `Goodbye` (see [`Shutdown`]).
@@ -22,19 +25,30 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let epoch = new_epoch();
+    let (follows, state) = match &config.state_file {
+        Some(path) => StateFile::start(path, epoch),
+        None => (None, None),
+    };
     let bus = Arc::new(Bus::new(
-        new_epoch(),
+        epoch,
         config.replay_bytes,
         config.queue_events,
         config.slow_policy.when_full(),
     ));
-    info!(epoch = bus.epoch(), "bus ready");
+    match follows {
+        Some(prev) => info!(epoch, follows_epoch = prev.epoch, follows_last_seq = prev.seq, "bus ready"),
+        None => info!(epoch, "bus ready (follows no graceful run)"),
+    }
     let drain_timeout = config.drain_timeout;
     let max_connections = config.max_connections;
     let ctx = Arc::new(Context {
         bus: bus.clone(),
         config,
         shutdown: Shutdown::default(),
+        publishers: Publishers::default(),
+        follows,
+        connections: AtomicU64::new(0),
     });
     let tasks = accept_loop(
         listener,
@@ -66,6 +80,9 @@ pub async fn serve(
             remaining = tasks.len(),
             "gave up waiting for connections to flush"
         );
+    }
+    if let Some(state) = state {
+        state.finish(bus.epoch(), last_seq);
     }
     info!(epoch = bus.epoch(), last_seq, "stopped");
     Ok(())

@@ -135,6 +135,7 @@ async fn a_wrong_protocol_version_is_refused_naming_both() {
         role: Role::Subscriber,
         name: "old".into(),
         token: None,
+        instance: 0,
     };
     conn.send(hello).await.unwrap();
     let message = expect_error(&mut conn, ErrorCode::VersionMismatch).await;

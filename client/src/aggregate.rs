@@ -155,6 +155,7 @@ mod tests {
             timestamp_us,
             data: String::new(),
             origin: String::new(),
+            id: 0,
         }
     }
 

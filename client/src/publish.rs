@@ -24,10 +24,11 @@ const WINDOW: usize = 16;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: PublishArgs) -> i32 {
-    let batches = batches(&args);
-    let total: usize = batches.iter().map(|(_, events)| events.len()).sum();
-    // Unique per run: busd drops batch ids it has seen from a publisher of the same name.
+    // Unique per run: busd drops batch ids it has seen from a publisher of the same name,
+    // and subscribers drop event ids they have seen from the same origin.
     let name = format!("busctl-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let batches = batches(&args, &name);
+    let total: usize = batches.iter().map(|(_, events)| events.len()).sum();
     let mut acked = 0;
     let mut backoff = Backoff::default();
     let mut down_since: Option<Instant> = None;
@@ -81,19 +82,26 @@ pub async fn run(args: PublishArgs) -> i32 {
     }
 }
 
-fn batches(args: &PublishArgs) -> Vec<(u64, Vec<Event>)> {
-    let event = Event {
+fn batches(args: &PublishArgs, origin: &str) -> Vec<(u64, Vec<Event>)> {
+    let mut event = Event {
         account_id: args.account,
         timestamp_us: now_us(),
         data: args.data.clone(),
-        origin: "busctl".into(),
+        origin: origin.into(),
+        id: 0,
     };
     let per_batch = (BATCH_BYTES / (args.data.len() + 32)).clamp(1, BATCH_EVENTS) as u64;
     let mut left = args.repeat;
     let mut out = Vec::new();
     while left > 0 {
         let n = left.min(per_batch);
-        out.push((out.len() as u64 + 1, vec![event.clone(); n as usize]));
+        let events = (0..n)
+            .map(|_| {
+                event.id += 1;
+                event.clone()
+            })
+            .collect();
+        out.push((out.len() as u64 + 1, events));
         left -= n;
     }
     out
@@ -168,7 +176,7 @@ mod tests {
             repeat: 2500,
             max_outage: Duration::from_secs(1),
         };
-        let batches = batches(&args);
+        let batches = batches(&args, "o");
         let sizes: Vec<usize> = batches.iter().map(|(_, e)| e.len()).collect();
         assert_eq!(sizes, [1000, 1000, 500]);
         assert_eq!(
@@ -189,6 +197,6 @@ mod tests {
             repeat: 5,
             max_outage: Duration::from_secs(1),
         };
-        assert!(batches(&args).iter().all(|(_, e)| e.len() <= 2));
+        assert!(batches(&args, "o").iter().all(|(_, e)| e.len() <= 2));
     }
 }

@@ -111,6 +111,7 @@ mod tests {
             timestamp_us: 1_795_341_600_123_456,
             data: "a \"quoted\" é".into(),
             origin: "ingest-1".into(),
+            id: 7,
         }
     }
 

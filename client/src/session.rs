@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use protocol::{ClientFrame, ErrorCode, FrameCodec, PROTOCOL_VERSION, Role, ServerFrame};
+use protocol::{ClientFrame, ErrorCode, FrameCodec, PROTOCOL_VERSION, Position, Role, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -18,6 +18,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Welcome {
     pub epoch: u64,
     pub head_seq: u64,
+    /// busd's largest accepted frame body.
+    pub max_frame: u64,
+    /// The run this busd directly follows, if that run ended with a `Goodbye`.
+    pub follows: Option<Position>,
+}
+
+/// Random per process: busd tells a reconnection of this process from another process
+/// that uses the same publisher name.
+fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(|| fastrand::u64(..))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +81,7 @@ pub async fn open(
         role,
         name: name.to_owned(),
         token: token.filter(|t| !t.is_empty()).map(str::to_owned),
+        instance: instance(),
     };
     conn.send(hello)
         .await
@@ -79,8 +91,20 @@ pub async fn open(
         .map_err(|_| SessionError::Lost("no Welcome from busd".into()))?;
     match answer {
         Some(Ok(ServerFrame::Welcome {
-            epoch, head_seq, ..
-        })) => Ok((conn, Welcome { epoch, head_seq })),
+            epoch,
+            head_seq,
+            max_frame,
+            follows,
+            ..
+        })) => Ok((
+            conn,
+            Welcome {
+                epoch,
+                head_seq,
+                max_frame,
+                follows,
+            },
+        )),
         Some(Ok(ServerFrame::Error { code, message })) => {
             Err(SessionError::Refused { code, message })
         }

@@ -49,6 +49,10 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:7070"
     )]
     pub embedded_bus_listen: String,
+    /// The embedded busd's state file, which lets watchers prove nothing was missed across
+    /// a graceful restart (default: busd.state beside --db).
+    #[arg(long, env = "TRACKER_EMBEDDED_BUS_STATE")]
+    pub embedded_bus_state: Option<PathBuf>,
     /// Token for busd (and for the embedded busd's clients).
     #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     pub bus_token: Option<String>,

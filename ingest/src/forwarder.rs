@@ -27,6 +27,9 @@ pub struct Settings {
     pub token: Option<String>,
     /// Publisher name: the origin, unique per ingest instance.
     pub name: String,
+    /// Random per process: tells busd a reconnection of this process from another one
+    /// using the same name.
+    pub instance: u64,
     pub linger: Duration,
     /// Batches sent to busd and not yet acknowledged before the next waits.
     pub max_in_flight: usize,
@@ -83,6 +86,7 @@ async fn connect(settings: &Settings) -> Result<TcpStream, String> {
         role: Role::Publisher,
         name: settings.name.clone(),
         token: settings.token.clone(),
+        instance: settings.instance,
     };
     framed.send(hello).await.map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(3), framed.next()).await {

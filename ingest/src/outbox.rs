@@ -40,6 +40,7 @@ struct Inner {
     unacked: VecDeque<Batch>,
     unacked_count: usize,
     next_id: u64,
+    next_event_id: u64,
 }
 
 impl Outbox {
@@ -53,6 +54,7 @@ impl Outbox {
                 unacked: VecDeque::new(),
                 unacked_count: 0,
                 next_id: first_batch_id,
+                next_event_id: first_batch_id,
             }),
             capacity,
             batch_events: batch_events.max(1),
@@ -77,7 +79,9 @@ impl Outbox {
         if inner.pending_count + inner.unacked_count >= self.capacity {
             return Err(Full);
         }
-        encode_event(&mut inner.pending, account_id, timestamp_us, data, origin);
+        let id = inner.next_event_id;
+        inner.next_event_id += 1;
+        encode_event(&mut inner.pending, account_id, timestamp_us, data, origin, id);
         inner.pending_count += 1;
         let wake = inner.pending_count == 1 || inner.pending_count == self.batch_events;
         drop(inner);

@@ -42,8 +42,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
                 })?;
             let addr = listener.local_addr()?;
             info!("embedded busd listening on {addr}");
+            let state_file = args
+                .embedded_bus_state
+                .clone()
+                .unwrap_or_else(|| args.db.with_file_name("busd.state"));
             let config = busd::Config {
                 token: args.bus_token.clone(),
+                state_file: Some(state_file),
                 ..busd::Config::default()
             };
             (
@@ -75,6 +80,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         bus,
         token: args.bus_token.clone(),
         name: origin.clone(),
+        instance: fastrand::u64(..),
         linger: args.linger,
         max_in_flight: usize::from(args.max_in_flight),
     };

@@ -84,13 +84,13 @@ mod tests {
         #[test]
         fn a_hand_built_frame_decodes_like_one_encoded_from_values(
             events in proptest::collection::vec(
-                (any::<u64>(), any::<u64>(), any::<u64>(), ".{0,80}", "[a-z]{0,8}"), 0..300),
+                (any::<u64>(), any::<u64>(), any::<u64>(), ".{0,80}", "[a-z]{0,8}", any::<u64>()), 0..300),
             junk in proptest::collection::vec(any::<u8>(), 0..8),
         ) {
             let events: Vec<(u64, Event)> = events
                 .into_iter()
-                .map(|(seq, account_id, timestamp_us, data, origin)| {
-                    (seq, Event { account_id, timestamp_us, data, origin })
+                .map(|(seq, account_id, timestamp_us, data, origin, id)| {
+                    (seq, Event { account_id, timestamp_us, data, origin, id })
                 })
                 .collect();
             let mut expected = BytesMut::from(&junk[..]);

@@ -17,6 +17,10 @@ pub struct Event {
     pub data: String,
     /// Which ingest instance accepted it, so a scaled-out deployment can be told apart.
     pub origin: String,
+    /// Unique per `origin` and growing in the order the origin published, so that
+    /// `(origin, id)` names the event: a subscriber drops a copy that a publisher sent again
+    /// after a busd crash, which busd itself cannot recognise across epochs.
+    pub id: u64,
 }
 
 /// What a connection is for; fixed at `Hello` so busd can refuse frames outside the role.
@@ -60,6 +64,10 @@ pub enum ClientFrame {
         role: Role,
         name: String,
         token: Option<String>,
+        /// Random per publisher process: a reconnection of the same process (same `name`
+        /// and `instance`) takes over its old connection, another process with a live name
+        /// is refused with `NameInUse`.
+        instance: u64,
     },
     /// Sets (or replaces) the subscriber's filter; `resume_after` asks for what was missed.
     Subscribe {
@@ -82,6 +90,12 @@ pub enum ServerFrame {
         version: u32,
         epoch: u64,
         head_seq: u64,
+        /// busd's largest accepted frame body, so a publisher sizes its batches to fit.
+        max_frame: u64,
+        /// The run this one directly follows, when it ended with a `Goodbye`: its epoch and
+        /// last seq. `None` after a crash or with no record. Only this chain lets a client
+        /// that saw that `Goodbye` conclude nothing was missed across the restart.
+        follows: Option<Position>,
     },
     /// Events in sequence order, each with its sequence number.
     Events(Vec<(u64, Event)>),
@@ -127,6 +141,11 @@ pub enum ErrorCode {
     TooManyConnections,
     SlowConsumer,
     ShuttingDown,
+    /// Another live publisher process already uses this name; batch ids are only comparable
+    /// within one publisher, so sharing a name would make busd drop one's batches.
+    NameInUse,
+    /// A frame that had started did not finish within the frame deadline.
+    FrameTimeout,
 }
 
 /// A snapshot of busd's counters, for `busctl stats` and monitoring.

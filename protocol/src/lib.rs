@@ -18,7 +18,7 @@ pub use frame::{
 
 /// Bumped whenever an existing frame changes shape; peers with another version are refused
 /// with an `Error` frame naming both versions.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default largest frame body, in bytes. Large enough for a big publish batch, small enough
 /// that one peer cannot make a server buffer without bound.

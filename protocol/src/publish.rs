@@ -18,6 +18,7 @@ pub fn encode_event(
     timestamp_us: u64,
     data: &str,
     origin: &str,
+    id: u64,
 ) {
     varint::put(dst, account_id);
     varint::put(dst, timestamp_us);
@@ -25,6 +26,16 @@ pub fn encode_event(
     dst.extend_from_slice(data.as_bytes());
     varint::put(dst, origin.len() as u64);
     dst.extend_from_slice(origin.as_bytes());
+    varint::put(dst, id);
+}
+
+/// Bytes a `Publish` frame body takes besides its events: the tag and two varints at most.
+pub const FRAME_OVERHEAD: usize = 1 + 2 * varint::MAX_LEN;
+
+/// The most bytes [`encode_event`] can write for `data_len` bytes of data and `origin_len`
+/// bytes of origin: what a publisher checks against busd's frame limit.
+pub fn max_event_len(data_len: usize, origin_len: usize) -> usize {
+    5 * varint::MAX_LEN + data_len + origin_len
 }
 
 /// Appends a whole `Publish` frame, length prefix included, around `count` events already
@@ -74,14 +85,15 @@ pub fn parse(body: &Bytes) -> Result<RawPublish, MalformedPublish> {
     let _tag = varint::take(buf, &mut pos).ok_or(fail(pos))?;
     let batch_id = varint::take(buf, &mut pos).ok_or(fail(pos))?;
     let count = varint::take(buf, &mut pos).ok_or(fail(pos))?;
-    // Every event takes at least 4 bytes, which bounds the allocation a liar can ask for.
-    let mut events = Vec::with_capacity((count as usize).min((buf.len() - pos) / 4));
+    // Every event takes at least 5 bytes, which bounds the allocation a liar can ask for.
+    let mut events = Vec::with_capacity((count as usize).min((buf.len() - pos) / 5));
     for _ in 0..count {
         let start = pos;
         let account_id = varint::take(buf, &mut pos).ok_or(fail(pos))?;
         varint::take(buf, &mut pos).ok_or(fail(pos))?;
         skip_str(buf, &mut pos).ok_or(fail(pos))?;
         skip_str(buf, &mut pos).ok_or(fail(pos))?;
+        varint::take(buf, &mut pos).ok_or(fail(pos))?;
         events.push(RawEvent {
             account_id,
             bytes: body.slice(start..pos),
@@ -109,12 +121,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn event() -> impl Strategy<Value = Event> {
-        (any::<u64>(), any::<u64>(), ".{0,40}", "[a-z0-9-]{0,12}").prop_map(
-            |(account_id, timestamp_us, data, origin)| Event {
+        (any::<u64>(), any::<u64>(), ".{0,40}", "[a-z0-9-]{0,12}", any::<u64>()).prop_map(
+            |(account_id, timestamp_us, data, origin, id)| Event {
                 account_id,
                 timestamp_us,
                 data,
                 origin,
+                id,
             },
         )
     }
@@ -169,7 +182,7 @@ mod tests {
         fn hand_encoded_batches_match_postcard(batch_id: u64, events in proptest::collection::vec(event(), 0..10)) {
             let mut bytes = BytesMut::new();
             for e in &events {
-                encode_event(&mut bytes, e.account_id, e.timestamp_us, &e.data, &e.origin);
+                encode_event(&mut bytes, e.account_id, e.timestamp_us, &e.data, &e.origin, e.id);
             }
             let mut ours = BytesMut::new();
             encode_frame(&mut ours, batch_id, events.len() as u64, &bytes);
@@ -193,6 +206,7 @@ mod tests {
             timestamp_us: 2,
             data: "ab".into(),
             origin: "o".into(),
+            id: 3,
         };
         let frame = ClientFrame::Publish {
             batch_id: 1,

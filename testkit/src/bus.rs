@@ -27,12 +27,18 @@ impl Busd {
         Self::start_on("127.0.0.1:0", args)
     }
 
+    /// Starts busd on `listen`. Unless `args` name a `--state-file`, a busd restarted on the
+    /// same fixed address finds the record its previous run left (as a real deployment's
+    /// would), and one on an ephemeral port starts with none.
     pub fn start_on(listen: &str, args: &[&str]) -> Busd {
         let mut command = Command::new(binary("busd", "busd"));
         command
             .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", "busd=debug,info");
+        if !args.contains(&"--state-file") {
+            command.arg("--state-file").arg(state_file(listen));
+        }
         let proc = Proc::spawn("busd", &mut command);
         let addr = proc.listening_addr();
         Busd { proc, addr }
@@ -56,6 +62,19 @@ impl Busd {
     }
 }
 
+/// A state file private to this test process and `listen` address.
+fn state_file(listen: &str) -> std::path::PathBuf {
+    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = if listen.ends_with(":0") {
+        let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("tracker-busd-{}-ephemeral-{n}.state", std::process::id())
+    } else {
+        let port = listen.rsplit(':').next().unwrap_or("x");
+        format!("tracker-busd-{}-{port}.state", std::process::id())
+    };
+    std::env::temp_dir().join(name)
+}
+
 pub type Conn = Framed<TcpStream, FrameCodec<ServerFrame, ClientFrame>>;
 
 pub fn hello(role: Role, name: &str, token: Option<&str>) -> ClientFrame {
@@ -64,6 +83,7 @@ pub fn hello(role: Role, name: &str, token: Option<&str>) -> ClientFrame {
         role,
         name: name.into(),
         token: token.map(Into::into),
+        instance: 1,
     }
 }
 
@@ -83,6 +103,7 @@ pub async fn join(addr: SocketAddr, role: Role, name: &str) -> (Conn, u64, u64) 
             version,
             epoch,
             head_seq,
+            ..
         } => {
             assert_eq!(version, PROTOCOL_VERSION);
             (conn, epoch, head_seq)
@@ -156,6 +177,7 @@ pub fn event(account_id: u64, data: &str) -> Event {
         timestamp_us: 1_795_255_200_123_456,
         data: data.into(),
         origin: "test".into(),
+        id: 0,
     }
 }
 

@@ -12,6 +12,7 @@ fn batch(batch_id: u64, accounts: &[u64]) -> RawPublish {
             timestamp_us: 1,
             data: format!("a{account_id}"),
             origin: "t".into(),
+            id: account_id,
         })
         .collect();
     let body =
@@ -54,7 +55,7 @@ fn events_reach_exactly_the_matching_subscribers() {
     let (b, sub_b) = bus.register("b".into());
     bus.subscribe(a, accounts(&[1]), None);
     bus.subscribe(b, Filter::All, None);
-    let published = bus.publish("p", batch(1, &[1, 2, 1])).unwrap();
+    let published = bus.publish("p", 0, batch(1, &[1, 2, 1])).unwrap();
     assert_eq!(published, Published::Accepted { first: 1, last: 3 });
     assert_eq!(drain(&sub_a).1, vec![(1, 1), (3, 1)]);
     assert_eq!(drain(&sub_b).1, vec![(1, 1), (2, 2), (3, 1)]);
@@ -65,26 +66,43 @@ fn a_resent_batch_is_dropped_per_publisher() {
     let bus = bus();
     let (a, sub) = bus.register("a".into());
     bus.subscribe(a, Filter::All, None);
-    bus.publish("p", batch(5, &[1])).unwrap();
+    bus.publish("p", 0, batch(5, &[1])).unwrap();
     assert_eq!(
-        bus.publish("p", batch(5, &[1])).unwrap(),
+        bus.publish("p", 0, batch(5, &[1])).unwrap(),
         Published::Duplicate
     );
     assert_eq!(
-        bus.publish("p", batch(4, &[1])).unwrap(),
+        bus.publish("p", 0, batch(4, &[1])).unwrap(),
         Published::Duplicate
     );
-    bus.publish("q", batch(5, &[1])).unwrap();
-    bus.publish("", batch(1, &[1])).unwrap();
-    bus.publish("", batch(1, &[1])).unwrap();
+    bus.publish("q", 0, batch(5, &[1])).unwrap();
+    bus.publish("", 0, batch(1, &[1])).unwrap();
+    bus.publish("", 0, batch(1, &[1])).unwrap();
     assert_eq!(drain(&sub).1.len(), 4);
     assert_eq!(bus.stats().duplicate_batches, 2);
 }
 
 #[test]
+fn batch_ids_are_compared_within_one_publisher_instance_only() {
+    let bus = bus();
+    let (a, sub) = bus.register("a".into());
+    bus.subscribe(a, Filter::All, None);
+    // Two processes under one name, taking turns: neither's batches pass for the other's.
+    bus.publish("p", 1, batch(100, &[1])).unwrap();
+    bus.publish("p", 2, batch(50, &[1])).unwrap();
+    bus.publish("p", 1, batch(101, &[1])).unwrap();
+    assert_eq!(
+        bus.publish("p", 2, batch(50, &[1])).unwrap(),
+        Published::Duplicate
+    );
+    bus.publish("p", 2, batch(51, &[1])).unwrap();
+    assert_eq!(drain(&sub).1.len(), 4);
+}
+
+#[test]
 fn resume_replays_only_what_matches_and_was_missed() {
     let bus = bus();
-    bus.publish("p", batch(1, &[1, 2, 1, 2, 1])).unwrap();
+    bus.publish("p", 0, batch(1, &[1, 2, 1, 2, 1])).unwrap();
     let (key, sub) = bus.register("late".into());
     bus.subscribe(key, accounts(&[1]), Some(Position { epoch: 7, seq: 1 }));
     assert_eq!(drain(&sub), (None, vec![(3, 1), (5, 1)]));
@@ -93,7 +111,7 @@ fn resume_replays_only_what_matches_and_was_missed() {
 #[test]
 fn resume_from_another_epoch_starts_at_this_epochs_first_event() {
     let bus = bus();
-    bus.publish("p", batch(1, &[1, 1])).unwrap();
+    bus.publish("p", 0, batch(1, &[1, 1])).unwrap();
     let (key, sub) = bus.register("s".into());
     bus.subscribe(key, Filter::All, Some(Position { epoch: 3, seq: 900 }));
     assert_eq!(drain(&sub), (None, vec![(1, 1), (2, 1)]));
@@ -103,7 +121,7 @@ fn resume_from_another_epoch_starts_at_this_epochs_first_event() {
 fn resume_past_the_ring_reports_a_gap_first() {
     let bus = Bus::new(7, 300, 1000, WhenFull::DropOldest);
     for id in 1..=20 {
-        bus.publish("p", batch(id, &[1])).unwrap();
+        bus.publish("p", 0, batch(id, &[1])).unwrap();
     }
     let (key, sub) = bus.register("s".into());
     bus.subscribe(key, Filter::All, Some(Position { epoch: 7, seq: 0 }));
@@ -119,9 +137,9 @@ fn a_changed_filter_applies_to_the_next_publish() {
     let bus = bus();
     let (key, sub) = bus.register("s".into());
     bus.subscribe(key, accounts(&[1]), None);
-    bus.publish("p", batch(1, &[1, 2])).unwrap();
+    bus.publish("p", 0, batch(1, &[1, 2])).unwrap();
     bus.subscribe(key, accounts(&[2]), None);
-    bus.publish("p", batch(2, &[1, 2])).unwrap();
+    bus.publish("p", 0, batch(2, &[1, 2])).unwrap();
     assert_eq!(drain(&sub).1, vec![(1, 1), (4, 2)]);
 }
 
@@ -133,14 +151,14 @@ fn an_unregistered_slot_is_reused_without_inheriting_its_filter() {
     bus.unregister(key);
     let (again, sub) = bus.register("b".into());
     assert_eq!(again, key);
-    bus.publish("p", batch(1, &[1])).unwrap();
+    bus.publish("p", 0, batch(1, &[1])).unwrap();
     assert!(drain(&sub).1.is_empty());
 }
 
 #[test]
 fn a_closed_bus_refuses_publishes() {
     let bus = bus();
-    bus.publish("p", batch(1, &[1])).unwrap();
+    bus.publish("p", 0, batch(1, &[1])).unwrap();
     assert_eq!(bus.close(), 1);
-    assert_eq!(bus.publish("p", batch(2, &[1])), Err(Closed));
+    assert_eq!(bus.publish("p", 0, batch(2, &[1])), Err(Closed));
 }

@@ -8,12 +8,13 @@ use super::*;
 use crate::*;
 
 fn event() -> impl Strategy<Value = Event> {
-    (any::<u64>(), any::<u64>(), ".{0,64}", ".{0,16}").prop_map(
-        |(account_id, timestamp_us, data, origin)| Event {
+    (any::<u64>(), any::<u64>(), ".{0,64}", ".{0,16}", any::<u64>()).prop_map(
+        |(account_id, timestamp_us, data, origin, id)| Event {
             account_id,
             timestamp_us,
             data,
             origin,
+            id,
         },
     )
 }
@@ -29,18 +30,22 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             any::<u32>(),
             any::<bool>(),
             ".{0,20}",
-            proptest::option::of(".{0,20}")
+            proptest::option::of(".{0,20}"),
+            any::<u64>(),
         )
-            .prop_map(|(version, publisher, name, token)| ClientFrame::Hello {
-                version,
-                role: if publisher {
-                    Role::Publisher
-                } else {
-                    Role::Subscriber
-                },
-                name,
-                token,
-            }),
+            .prop_map(
+                |(version, publisher, name, token, instance)| ClientFrame::Hello {
+                    version,
+                    role: if publisher {
+                        Role::Publisher
+                    } else {
+                        Role::Subscriber
+                    },
+                    name,
+                    token,
+                    instance,
+                }
+            ),
         (filter, proptest::option::of(position)).prop_map(|(filter, resume_after)| {
             ClientFrame::Subscribe {
                 filter,
@@ -60,6 +65,8 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         Just(ErrorCode::FrameTooLarge),
         Just(ErrorCode::SlowConsumer),
         Just(ErrorCode::ShuttingDown),
+        Just(ErrorCode::NameInUse),
+        Just(ErrorCode::FrameTimeout),
     ];
     let subscriber = (
         any::<u64>(),
@@ -76,13 +83,22 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
             dropped: queue_depth / 2,
         });
     prop_oneof![
-        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(version, epoch, head_seq)| {
-            ServerFrame::Welcome {
-                version,
-                epoch,
-                head_seq,
-            }
-        }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of((any::<u64>(), any::<u64>()))
+        )
+            .prop_map(|(version, epoch, head_seq, max_frame, follows)| {
+                ServerFrame::Welcome {
+                    version,
+                    epoch,
+                    head_seq,
+                    max_frame,
+                    follows: follows.map(|(epoch, seq)| Position { epoch, seq }),
+                }
+            }),
         proptest::collection::vec((any::<u64>(), event()), 0..20).prop_map(ServerFrame::Events),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(from_seq, to_seq, missed)| {
             ServerFrame::Gap {
@@ -195,6 +211,7 @@ fn an_oversized_frame_is_refused_on_encode_and_leaves_the_buffer_alone() {
             timestamp_us: 1,
             data: "x".repeat(200),
             origin: String::new(),
+            id: 1,
         }],
     };
     let mut buf = BytesMut::from(&b"keep"[..]);
@@ -220,6 +237,7 @@ fn variant_tags_match_the_derive() {
         role: Role::Subscriber,
         name: String::new(),
         token: None,
+        instance: 0,
     };
     assert_eq!(
         postcard::to_allocvec(&hello).unwrap()[0],
