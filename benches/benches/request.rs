@@ -3,12 +3,12 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use data::Accounts;
+use ingest::forwarder::Link;
 use ingest::metrics::Metrics;
-use ingest::outbox::Outbox;
+use ingest::outbox::{self, Outbox};
 use ingest::request::{self, Limits};
 use ingest::route::{self, App};
 
@@ -20,8 +20,16 @@ fn app() -> App {
     accounts.load(&conn).expect("load");
     App {
         accounts,
-        outbox: Arc::new(Outbox::new(usize::MAX, 4096, 1)),
-        bus_connected: Arc::new(AtomicBool::new(true)),
+        outbox: Arc::new(Outbox::new(
+            outbox::Limits {
+                events: usize::MAX,
+                bytes: usize::MAX,
+                batch_events: 4096,
+                batch_bytes: 512 * 1024,
+            },
+            1,
+        )),
+        link: Arc::new(Link::default()),
         metrics: Arc::new(Metrics::default()),
         origin: "bench:8080".into(),
         max_data: 4096,

@@ -191,7 +191,10 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
     let connection = ctx.connections.fetch_add(1, Relaxed);
     let claim = match hello.role {
         Role::Subscriber => None,
-        Role::Publisher => match ctx.publishers.claim(&hello.name, hello.instance, connection) {
+        Role::Publisher => match ctx
+            .publishers
+            .claim(&hello.name, hello.instance, connection)
+        {
             Ok(claim) => Some(claim),
             Err(_) => {
                 let message = format!(

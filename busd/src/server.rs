@@ -37,7 +37,12 @@ pub async fn serve(
         config.slow_policy.when_full(),
     ));
     match follows {
-        Some(prev) => info!(epoch, follows_epoch = prev.epoch, follows_last_seq = prev.seq, "bus ready"),
+        Some(prev) => info!(
+            epoch,
+            follows_epoch = prev.epoch,
+            follows_last_seq = prev.seq,
+            "bus ready"
+        ),
         None => info!(epoch, "bus ready (follows no graceful run)"),
     }
     let drain_timeout = config.drain_timeout;

@@ -99,7 +99,15 @@ mod tests {
 
     #[test]
     fn garbage_names_nothing() {
-        for text in ["", "ended", "ended 1", "ended x 2", "ended 1 2 3", "running 5", "ENDED 1 2"] {
+        for text in [
+            "",
+            "ended",
+            "ended 1",
+            "ended x 2",
+            "ended 1 2 3",
+            "running 5",
+            "ENDED 1 2",
+        ] {
             assert_eq!(parse(text), None, "{text:?}");
         }
         assert_eq!(parse("ended 1 2\n"), Some(Position { epoch: 1, seq: 2 }));

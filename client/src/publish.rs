@@ -41,7 +41,15 @@ pub async fn run(args: PublishArgs) -> i32 {
         )
         .await
         {
-            Ok((mut conn, _)) => {
+            Ok((mut conn, welcome)) => {
+                if let Some(size) = oversized(&batches, welcome.max_frame) {
+                    status!(
+                        "a batch of {size} bytes is over busd's frame limit of {} bytes: \
+                         use smaller --data",
+                        welcome.max_frame
+                    );
+                    return exit::ERROR;
+                }
                 backoff.reset();
                 down_since = None;
                 let (newly, failure) = send(&mut conn, &batches[acked..]).await;
@@ -80,6 +88,20 @@ pub async fn run(args: PublishArgs) -> i32 {
         );
         tokio::time::sleep(backoff.next_delay()).await;
     }
+}
+
+/// The encoded size of the first batch busd would refuse as too large, if any.
+fn oversized(batches: &[(u64, Vec<Event>)], max_frame: u64) -> Option<u64> {
+    batches.iter().find_map(|(batch_id, events)| {
+        let frame = ClientFrame::Publish {
+            batch_id: *batch_id,
+            events: events.clone(),
+        };
+        let mut buf = bytes::BytesMut::new();
+        let size = protocol::encode_frame(&frame, &mut buf, usize::MAX)
+            .map_or(u64::MAX, |()| buf.len() as u64 - 4);
+        (size > max_frame).then_some(size)
+    })
 }
 
 fn batches(args: &PublishArgs, origin: &str) -> Vec<(u64, Vec<Event>)> {

@@ -46,6 +46,8 @@ struct EventJson<'a> {
     timestamp_us: u64,
     data: &'a str,
     origin: &'a str,
+    /// With `origin`, names the event: a consumer can drop a copy by it.
+    id: u64,
 }
 
 #[derive(Serialize)]
@@ -70,6 +72,7 @@ pub fn event_line(format: Format, seq: u64, event: &Event) -> String {
             timestamp_us: event.timestamp_us,
             data: &event.data,
             origin: &event.origin,
+            id: event.id,
         }),
     }
 }
@@ -89,7 +92,7 @@ pub fn describe_gap(gap: &GapReport) -> String {
             gap.from_seq, gap.epoch
         ),
         _ => format!(
-            "busd restarted without a Goodbye: events after seq {} of epoch {} may be lost",
+            "busd restarted and nothing proves what was missed: events after seq {} of epoch {} may be lost",
             gap.from_seq.saturating_sub(1),
             gap.epoch
         ),
@@ -127,7 +130,7 @@ mod tests {
     fn json_matches_the_contract() {
         assert_eq!(
             event_line(Format::Json, 123, &event()),
-            r#"{"seq":123,"account_id":5,"timestamp":"2026-11-22T10:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1"}"#
+            r#"{"seq":123,"account_id":5,"timestamp":"2026-11-22T10:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1","id":7}"#
         );
     }
 

@@ -2,10 +2,17 @@
 //!
 //! It remembers the last position it printed (epoch, seq) and, after any disconnect,
 //! reconnects with backoff, sends its filter again with `resume_after` that position, and
-//! prints only what is new. A busd restart shows up as a new epoch: if the old busd said
-//! `Goodbye` and we had seen everything up to its `last_seq`, nothing was missed; otherwise
-//! the loss is reported as a gap of unknown size.
+//! prints only what is new. A busd restart shows up as a new epoch. Nothing was missed only
+//! when the new busd's `Welcome` says it directly follows the run we were watching and we
+//! had everything up to that run's last seq (its `Goodbye`); a chain that does not reach
+//! back to our epoch (a crash, or a restart we slept through) is a gap of unknown size.
+//!
+//! Events also carry `(origin, id)`, with ids growing per origin. After a busd crash a
+//! publisher resends the batches the dead busd had not acknowledged, and the new busd
+//! numbers them afresh; the watcher drops any event whose id is not above the last it
+//! printed from that origin, so such a copy is never printed twice.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -80,8 +87,8 @@ struct Watch {
     output: mpsc::Sender<Output>,
     /// The last seq printed (or, before any, where watching started), in busd's epoch.
     position: Option<Position>,
-    /// The last `Goodbye` busd sent, as a position.
-    goodbye: Option<Position>,
+    /// Per origin, the highest event id printed: anything at or below it is a copy.
+    printed: HashMap<String, u64>,
     events: u64,
     gaps: u64,
     reconnects: u64,
@@ -99,7 +106,7 @@ impl Watch {
             name: format!("busctl-watch-{}", std::process::id()),
             output,
             position: None,
-            goodbye: None,
+            printed: HashMap::new(),
             events: 0,
             gaps: 0,
             reconnects: 0,
@@ -200,27 +207,7 @@ impl Watch {
         if position.epoch == welcome.epoch {
             return Ok(position);
         }
-        let clean = self
-            .goodbye
-            .is_some_and(|bye| bye.epoch == position.epoch && position.seq >= bye.seq);
-        if clean {
-            status!(
-                "busd restarted (epoch {} -> {}); its Goodbye confirms nothing was missed",
-                position.epoch,
-                welcome.epoch
-            );
-        } else {
-            status!(
-                "busd restarted (epoch {} -> {}) without a Goodbye",
-                position.epoch,
-                welcome.epoch
-            );
-            let gap = GapReport {
-                from_seq: position.seq + 1,
-                to_seq: None,
-                missed: None,
-                epoch: position.epoch,
-            };
+        if let Some(gap) = restart_gap(position, welcome) {
             self.report_gap(gap).await?;
         }
         Ok(Position {
@@ -288,10 +275,6 @@ impl Watch {
                 if position.epoch == epoch {
                     position.seq = position.seq.max(last_seq);
                 }
-                self.goodbye = Some(Position {
-                    epoch,
-                    seq: last_seq,
-                });
                 status!("busd is shutting down (epoch {epoch}, last seq {last_seq}); will resume");
                 Some(Ended::Lost("busd said goodbye".into()))
             }
@@ -315,14 +298,16 @@ impl Watch {
     /// Prints events not seen before, up to `--count`.
     async fn on_events(&mut self, events: Vec<(u64, Event)>) -> Option<Ended> {
         let position = self.position.as_mut()?;
+        let printed = &mut self.printed;
         let mut fresh: Vec<(u64, Event)> = events
             .into_iter()
-            .filter(|(seq, _)| *seq > position.seq)
+            .filter(|(seq, event)| *seq > position.seq && is_new(printed, event))
             .collect();
         if let Some(count) = self.args.count {
             fresh
                 .truncate(usize::try_from(count.saturating_sub(self.events)).unwrap_or(usize::MAX));
         }
+        // Seqs still advance past copies, so a resume does not ask for them again.
         let &(last, _) = fresh.last()?;
         position.seq = last;
         self.events += fresh.len() as u64;
@@ -343,5 +328,108 @@ impl Watch {
             return Err(Ended::Exit(exit::GAP));
         }
         Ok(())
+    }
+}
+
+/// What a restart into `welcome`'s epoch cost a watcher at `position` of an older epoch:
+/// nothing (`None`) only when busd's chain proves it, else the gap to report.
+fn restart_gap(position: Position, welcome: Welcome) -> Option<GapReport> {
+    let (old, new) = (position.epoch, welcome.epoch);
+    let gap = |to_seq: Option<u64>| GapReport {
+        from_seq: position.seq + 1,
+        to_seq,
+        missed: to_seq.map(|to| to - position.seq),
+        epoch: old,
+    };
+    match welcome.follows {
+        Some(prev) if prev.epoch == old && position.seq >= prev.seq => {
+            status!(
+                "busd restarted (epoch {old} -> {new}) right after the run whose end we saw: nothing was missed"
+            );
+            None
+        }
+        Some(prev) if prev.epoch == old => {
+            status!(
+                "busd restarted (epoch {old} -> {new}); epoch {old} ended at seq {} before we had it all",
+                prev.seq
+            );
+            Some(gap(Some(prev.seq)))
+        }
+        Some(prev) => {
+            status!(
+                "busd restarted (epoch {old} -> {new}) after epoch {}, a run this watcher never saw",
+                prev.epoch
+            );
+            Some(gap(None))
+        }
+        None => {
+            status!("busd restarted (epoch {old} -> {new}) without a Goodbye");
+            Some(gap(None))
+        }
+    }
+}
+
+/// Whether `event` is above the last id printed from its origin; if so it becomes the mark.
+fn is_new(printed: &mut HashMap<String, u64>, event: &Event) -> bool {
+    match printed.get_mut(&event.origin) {
+        Some(last) if event.id <= *last => false,
+        Some(last) => {
+            *last = event.id;
+            true
+        }
+        None => {
+            printed.insert(event.origin.clone(), event.id);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn welcome(epoch: u64, follows: Option<(u64, u64)>) -> Welcome {
+        Welcome {
+            epoch,
+            head_seq: 0,
+            max_frame: 1 << 20,
+            follows: follows.map(|(epoch, seq)| Position { epoch, seq }),
+        }
+    }
+
+    #[test]
+    fn only_an_unbroken_chain_means_nothing_was_missed() {
+        let at = Position { epoch: 10, seq: 50 };
+        assert_eq!(restart_gap(at, welcome(20, Some((10, 50)))), None);
+        let short = restart_gap(at, welcome(20, Some((10, 80)))).unwrap();
+        assert_eq!(
+            (short.from_seq, short.to_seq, short.missed),
+            (51, Some(80), Some(30))
+        );
+        // Two restarts while we were away: the chain names epoch 15, not ours.
+        let skipped = restart_gap(at, welcome(20, Some((15, 7)))).unwrap();
+        assert_eq!(
+            (skipped.from_seq, skipped.to_seq, skipped.missed),
+            (51, None, None)
+        );
+        let crashed = restart_gap(at, welcome(20, None)).unwrap();
+        assert_eq!((crashed.to_seq, crashed.epoch), (None, 10));
+    }
+
+    #[test]
+    fn copies_are_dropped_per_origin() {
+        let event = |origin: &str, id| Event {
+            account_id: 1,
+            timestamp_us: 0,
+            data: String::new(),
+            origin: origin.into(),
+            id,
+        };
+        let mut printed = HashMap::new();
+        assert!(is_new(&mut printed, &event("a", 5)));
+        assert!(is_new(&mut printed, &event("b", 1)));
+        assert!(!is_new(&mut printed, &event("a", 5)));
+        assert!(!is_new(&mut printed, &event("a", 4)));
+        assert!(is_new(&mut printed, &event("a", 6)));
     }
 }

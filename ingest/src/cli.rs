@@ -81,9 +81,21 @@ pub struct ServeArgs {
     /// Accepted events held until busd acknowledges them; when full, requests get 503.
     #[arg(long, env = "TRACKER_BUFFER_EVENTS", default_value_t = 1_000_000)]
     pub buffer_events: usize,
+    /// Encoded bytes of accepted events held until busd acknowledges them; when full,
+    /// requests get 503.
+    #[arg(long, env = "TRACKER_BUFFER_BYTES", default_value = "256MiB")]
+    pub buffer_bytes: ByteSize,
     /// Most events in one batch to busd.
-    #[arg(long, env = "TRACKER_BATCH_EVENTS", default_value_t = 4096)]
-    pub batch_events: usize,
+    #[arg(long, env = "TRACKER_BATCH_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_events: u32,
+    /// Most encoded bytes in one batch to busd; must fit busd's frame limit (1MiB by
+    /// default) and hold one event of --max-data.
+    #[arg(long, env = "TRACKER_BATCH_BYTES", default_value = "512KiB")]
+    pub batch_bytes: ByteSize,
+    /// How long busd may leave a batch or a ping unanswered before ingest takes it for
+    /// dead: /readyz turns 503 and ingest reconnects and resends.
+    #[arg(long, env = "TRACKER_BUS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub bus_timeout: Duration,
     /// How long a batch waits for more events before it is sent (0: send what is there).
     #[arg(long, env = "TRACKER_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,

@@ -6,7 +6,6 @@
 //! an idle keep-alive connection is closed after the idle timeout.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -82,10 +81,7 @@ pub async fn serve(
 /// the contract follow.
 async fn throttle(app: &App) {
     let give_up = Instant::now() + Duration::from_secs(1);
-    while app.outbox.above_high_water()
-        && app.bus_connected.load(Ordering::Acquire)
-        && Instant::now() < give_up
-    {
+    while app.outbox.above_high_water() && app.link.is_up() && Instant::now() < give_up {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

@@ -69,6 +69,8 @@ pub struct Metrics {
     /// Counters fetched once, so counting a request takes no lock.
     outcomes: Vec<Counter>,
     pub buffer_depth: Gauge,
+    pub buffer_bytes: Gauge,
+    pub bus_up: Gauge,
     pub accounts: Gauge,
     pub bus_reconnects: Counter,
     /// Time to answer the requests one read brought: one request unless the client pipelines.
@@ -94,6 +96,18 @@ impl Default for Metrics {
             "Accepted events busd has not acknowledged yet",
             buffer_depth.clone(),
         );
+        let buffer_bytes = Gauge::default();
+        registry.register(
+            "buffer_bytes",
+            "Encoded bytes of the accepted events busd has not acknowledged yet",
+            buffer_bytes.clone(),
+        );
+        let bus_up = Gauge::default();
+        registry.register(
+            "bus_up",
+            "1 while connected to busd and busd answers in time, else 0",
+            bus_up.clone(),
+        );
         let accounts = Gauge::default();
         registry.register(
             "accounts",
@@ -117,6 +131,8 @@ impl Default for Metrics {
             registry,
             outcomes,
             buffer_depth,
+            buffer_bytes,
+            bus_up,
             accounts,
             bus_reconnects,
             answer_time,

@@ -2,21 +2,26 @@
 //! acknowledges it, so a reconnect (or a new busd) gets it again and a 202 is never lost.
 //!
 //! Events are encoded to their wire bytes as they are accepted, straight from the request,
-//! and a batch is just the bytes accumulated since the last one. The bound counts events both
-//! waiting and unacknowledged: when busd stops acknowledging, the buffer fills and requests
-//! get 503 instead of memory growing without end.
+//! into the batch being filled. A batch is sealed when it holds `batch_events` events or the
+//! next event would take it past `batch_bytes`, so every batch fits in one busd frame however
+//! large the backlog grows: a backlog drains batch by batch instead of becoming one frame busd
+//! must refuse. The buffer's bounds count events and bytes, waiting and unacknowledged alike:
+//! when busd stops acknowledging, the buffer fills and requests get 503 instead of memory
+//! growing without end.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
-use protocol::publish::encode_event;
+use protocol::publish::{encode_event, max_event_len};
 use tokio::sync::Notify;
 
 /// A batch sent (or to be sent) to busd, kept until acknowledged.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// Grows with every batch, so busd can drop one it already has.
     pub id: u64,
+    /// Events in the batch.
     pub count: u64,
     /// The events, encoded back to back.
     pub events: Bytes,
@@ -26,40 +31,72 @@ pub struct Batch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
+/// How much the outbox holds, and how it cuts batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most events held (waiting plus unacknowledged).
+    pub events: usize,
+    /// Most encoded bytes held (waiting plus unacknowledged).
+    pub bytes: usize,
+    /// Most events in one batch.
+    pub batch_events: usize,
+    /// Most encoded event bytes in one batch: below busd's frame limit.
+    pub batch_bytes: usize,
+}
+
+/// The buffer between accepting an event and busd acknowledging it.
 pub struct Outbox {
     inner: Mutex<Inner>,
-    capacity: usize,
-    batch_events: usize,
-    /// Wakes the forwarder when events arrive in an empty buffer or a batch fills up.
+    limits: Limits,
+    /// Wakes the forwarder when events arrive in an empty buffer or a batch is sealed.
     pub ready: Notify,
+    /// Wakes whoever waits for the buffer to empty (shutdown's drain).
+    pub drained: Notify,
 }
 
 struct Inner {
-    pending: BytesMut,
-    pending_count: usize,
+    /// The batch being filled.
+    filling: BytesMut,
+    filling_count: usize,
+    /// Batches sealed and not yet sent.
+    sealed: VecDeque<Batch>,
+    /// Batches sent and not yet acknowledged, oldest first.
     unacked: VecDeque<Batch>,
-    unacked_count: usize,
-    next_id: u64,
+    /// Events and bytes held, in all three places.
+    events: usize,
+    bytes: usize,
+    next_batch_id: u64,
     next_event_id: u64,
 }
 
 impl Outbox {
-    /// `first_batch_id` must exceed any id this publisher name used before: busd drops a
-    /// batch whose id is not above the last one it saw from the name.
-    pub fn new(capacity: usize, batch_events: usize, first_batch_id: u64) -> Self {
+    /// `first_id` must exceed any batch or event id this publisher name used before: busd
+    /// drops a batch whose id is not above the last one it saw from the name, and watchers
+    /// drop an event whose id is not above the last one they saw from the origin.
+    pub fn new(limits: Limits, first_id: u64) -> Self {
         Outbox {
             inner: Mutex::new(Inner {
-                pending: BytesMut::with_capacity(64 * 1024),
-                pending_count: 0,
+                filling: BytesMut::new(),
+                filling_count: 0,
+                sealed: VecDeque::new(),
                 unacked: VecDeque::new(),
-                unacked_count: 0,
-                next_id: first_batch_id,
-                next_event_id: first_batch_id,
+                events: 0,
+                bytes: 0,
+                next_batch_id: first_id,
+                next_event_id: first_id,
             }),
-            capacity,
-            batch_events: batch_events.max(1),
+            limits: Limits {
+                batch_events: limits.batch_events.max(1),
+                ..limits
+            },
             ready: Notify::new(),
+            drained: Notify::new(),
         }
+    }
+
+    /// The bounds this outbox was made with.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -76,14 +113,34 @@ impl Outbox {
         origin: &str,
     ) -> Result<(), Full> {
         let mut inner = self.lock();
-        if inner.pending_count + inner.unacked_count >= self.capacity {
+        if inner.events >= self.limits.events || inner.bytes >= self.limits.bytes {
             return Err(Full);
+        }
+        let room = max_event_len(data.len(), origin.len());
+        let mut wake = false;
+        if inner.filling_count > 0 && inner.filling.len() + room > self.limits.batch_bytes {
+            inner.seal();
+            wake = true;
         }
         let id = inner.next_event_id;
         inner.next_event_id += 1;
-        encode_event(&mut inner.pending, account_id, timestamp_us, data, origin, id);
-        inner.pending_count += 1;
-        let wake = inner.pending_count == 1 || inner.pending_count == self.batch_events;
+        let before = inner.filling.len();
+        encode_event(
+            &mut inner.filling,
+            account_id,
+            timestamp_us,
+            data,
+            origin,
+            id,
+        );
+        inner.bytes += inner.filling.len() - before;
+        inner.events += 1;
+        inner.filling_count += 1;
+        wake |= inner.filling_count == 1 && inner.sealed.is_empty();
+        if inner.filling_count == self.limits.batch_events {
+            inner.seal();
+            wake = true;
+        }
         drop(inner);
         if wake {
             self.ready.notify_one();
@@ -93,23 +150,17 @@ impl Outbox {
 
     /// Whether a full batch is waiting.
     pub fn batch_ready(&self) -> bool {
-        self.lock().pending_count >= self.batch_events
+        !self.lock().sealed.is_empty()
     }
 
-    /// Cuts the waiting events into a batch, keeps it as unacknowledged and returns it.
+    /// The oldest batch not yet sent (sealing the one being filled if it is the only one);
+    /// it is kept as unacknowledged.
     pub fn take_batch(&self) -> Option<Batch> {
         let mut inner = self.lock();
-        if inner.pending_count == 0 {
-            return None;
+        if inner.sealed.is_empty() {
+            inner.seal();
         }
-        let batch = Batch {
-            id: inner.next_id,
-            count: inner.pending_count as u64,
-            events: inner.pending.split().freeze(),
-        };
-        inner.next_id += 1;
-        inner.unacked_count += inner.pending_count;
-        inner.pending_count = 0;
+        let batch = inner.sealed.pop_front()?;
         inner.unacked.push_back(batch.clone());
         Some(batch)
     }
@@ -120,20 +171,26 @@ impl Outbox {
         let mut inner = self.lock();
         while inner.unacked.front().is_some_and(|b| b.id <= batch_id) {
             if let Some(batch) = inner.unacked.pop_front() {
-                inner.unacked_count -= batch.count as usize;
+                inner.events -= batch.count as usize;
+                inner.bytes -= batch.events.len();
             }
         }
-        let waiting = inner.pending_count > 0;
+        let waiting = inner.filling_count > 0 || !inner.sealed.is_empty();
+        let empty = inner.events == 0;
         drop(inner);
         if waiting {
             self.ready.notify_one();
+        }
+        if empty {
+            self.drained.notify_waiters();
         }
     }
 
     /// Whether at least half the buffer is taken: busd is behind, and connections should
     /// stop reading for a moment rather than fill the rest and answer 503.
     pub fn above_high_water(&self) -> bool {
-        self.depth() >= self.capacity / 2
+        let inner = self.lock();
+        inner.events >= self.limits.events / 2 || inner.bytes >= self.limits.bytes / 2
     }
 
     /// Batches sent and not yet acknowledged.
@@ -148,8 +205,29 @@ impl Outbox {
 
     /// Accepted events busd does not have yet: waiting plus unacknowledged.
     pub fn depth(&self) -> usize {
-        let inner = self.lock();
-        inner.pending_count + inner.unacked_count
+        self.lock().events
+    }
+
+    /// Encoded bytes of the events busd does not have yet.
+    pub fn depth_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl Inner {
+    /// Turns the events being filled into a batch with the next id.
+    fn seal(&mut self) {
+        if self.filling_count == 0 {
+            return;
+        }
+        let batch = Batch {
+            id: self.next_batch_id,
+            count: self.filling_count as u64,
+            events: self.filling.split().freeze(),
+        };
+        self.next_batch_id += 1;
+        self.filling_count = 0;
+        self.sealed.push_back(batch);
     }
 }
 
@@ -157,9 +235,18 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn limits(events: usize, batch_events: usize) -> Limits {
+        Limits {
+            events,
+            bytes: usize::MAX,
+            batch_events,
+            batch_bytes: usize::MAX,
+        }
+    }
+
     #[test]
     fn batches_are_kept_until_acknowledged() {
-        let outbox = Outbox::new(10, 100, 500);
+        let outbox = Outbox::new(limits(10, 100), 500);
         outbox.push(1, 2, "a", "o").unwrap();
         outbox.push(1, 2, "b", "o").unwrap();
         let first = outbox.take_batch().unwrap();
@@ -177,12 +264,80 @@ mod tests {
         assert_eq!(outbox.depth(), 1);
         outbox.ack(501);
         assert_eq!(outbox.depth(), 0);
+        assert_eq!(outbox.depth_bytes(), 0);
         assert!(outbox.unacked().is_empty());
     }
 
     #[test]
+    fn a_backlog_is_cut_into_batches_that_fit_a_frame() {
+        let data = "x".repeat(4000);
+        let outbox = Outbox::new(
+            Limits {
+                events: usize::MAX,
+                bytes: usize::MAX,
+                batch_events: 4096,
+                batch_bytes: 64 * 1024,
+            },
+            1,
+        );
+        for _ in 0..1000 {
+            outbox.push(1, 2, &data, "origin").unwrap();
+        }
+        let mut events = 0;
+        let mut ids = Vec::new();
+        while let Some(batch) = outbox.take_batch() {
+            assert!(batch.events.len() <= 64 * 1024, "{}", batch.events.len());
+            events += batch.count;
+            ids.push(batch.id);
+        }
+        assert_eq!(events, 1000);
+        assert!(ids.len() >= 1000 * 4000 / (64 * 1024));
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids grow by one");
+    }
+
+    #[test]
+    fn batches_hold_at_most_batch_events() {
+        let outbox = Outbox::new(limits(100, 3), 1);
+        for _ in 0..7 {
+            outbox.push(1, 2, "a", "o").unwrap();
+        }
+        assert!(outbox.batch_ready());
+        let counts: Vec<u64> = std::iter::from_fn(|| outbox.take_batch())
+            .map(|b| b.count)
+            .collect();
+        assert_eq!(counts, [3, 3, 1]);
+    }
+
+    #[test]
+    fn the_byte_budget_refuses_before_memory_grows() {
+        let outbox = Outbox::new(
+            Limits {
+                events: usize::MAX,
+                bytes: 10_000,
+                batch_events: 4096,
+                batch_bytes: 4096,
+            },
+            1,
+        );
+        let data = "x".repeat(1000);
+        let mut accepted = 0;
+        while outbox.push(1, 2, &data, "o").is_ok() {
+            accepted += 1;
+        }
+        assert_eq!(accepted, 10, "ten events of ~1 KB fill 10,000 bytes");
+        assert!(outbox.depth_bytes() < 11_000);
+        let mut last = 0;
+        while let Some(batch) = outbox.take_batch() {
+            last = batch.id;
+        }
+        assert_eq!(outbox.push(1, 2, &data, "o"), Err(Full), "unacked counts");
+        outbox.ack(last);
+        outbox.push(1, 2, &data, "o").unwrap();
+    }
+
+    #[test]
     fn high_water_is_half_the_buffer() {
-        let outbox = Outbox::new(4, 100, 1);
+        let outbox = Outbox::new(limits(4, 100), 1);
         outbox.push(1, 2, "a", "o").unwrap();
         assert!(!outbox.above_high_water());
         outbox.push(1, 2, "b", "o").unwrap();
@@ -198,7 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ack_wakes_the_forwarder_when_events_wait() {
-        let outbox = Outbox::new(10, 100, 1);
+        let outbox = Outbox::new(limits(10, 100), 1);
         outbox.push(1, 2, "a", "o").unwrap();
         outbox.ready.notified().await;
         let batch = outbox.take_batch().unwrap();
@@ -215,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_refuses_until_acks_free_room() {
-        let outbox = Outbox::new(2, 100, 1);
+        let outbox = Outbox::new(limits(2, 100), 1);
         outbox.push(1, 2, "a", "o").unwrap();
         outbox.push(1, 2, "b", "o").unwrap();
         assert_eq!(outbox.push(1, 2, "c", "o"), Err(Full));
@@ -227,5 +382,26 @@ mod tests {
         );
         outbox.ack(batch.id);
         outbox.push(1, 2, "c", "o").unwrap();
+    }
+
+    #[test]
+    fn event_ids_grow_across_batches() {
+        let outbox = Outbox::new(limits(10, 1), 100);
+        outbox.push(1, 2, "a", "o").unwrap();
+        outbox.push(1, 2, "b", "o").unwrap();
+        let ids: Vec<u64> = std::iter::from_fn(|| outbox.take_batch())
+            .map(|b| {
+                let body = {
+                    let mut frame = bytes::BytesMut::new();
+                    protocol::publish::encode_frame(&mut frame, b.id, b.count, &b.events);
+                    frame.split_off(4).freeze()
+                };
+                let raw = protocol::publish::parse(&body).unwrap();
+                let event: protocol::Event =
+                    protocol::codec::decode_body(&raw.events[0].bytes).unwrap();
+                event.id
+            })
+            .collect();
+        assert_eq!(ids, [100, 101]);
     }
 }

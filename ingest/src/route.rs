@@ -2,11 +2,11 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use data::{Accounts, Status};
 use percent_encoding::percent_decode;
 
+use crate::forwarder::Link;
 use crate::metrics::{Metrics, Outcome};
 use crate::outbox::Outbox;
 use crate::request::{Head, Method};
@@ -16,7 +16,8 @@ use crate::response::{Body, Response};
 pub struct App {
     pub accounts: Arc<Accounts>,
     pub outbox: Arc<Outbox>,
-    pub bus_connected: Arc<AtomicBool>,
+    /// The forwarder's link to busd: readiness, and whether busd refuses us.
+    pub link: Arc<Link>,
     pub metrics: Arc<Metrics>,
     pub origin: String,
     pub max_data: usize,
@@ -40,13 +41,17 @@ pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
 
 fn ready(app: &App) -> Response {
     let loaded = app.accounts.is_loaded();
-    let bus = app.bus_connected.load(Ordering::Acquire);
+    let bus = app.link.is_up();
     let body = format!(r#"{{"accounts_loaded":{loaded},"bus_connected":{bus}}}"#);
     Response::json_owned(if loaded && bus { 200 } else { 503 }, body)
 }
 
 fn metrics(app: &App) -> Response {
     app.metrics.buffer_depth.set(app.outbox.depth() as i64);
+    app.metrics
+        .buffer_bytes
+        .set(i64::try_from(app.outbox.depth_bytes()).unwrap_or(i64::MAX));
+    app.metrics.bus_up.set(i64::from(app.link.is_up()));
     app.metrics.accounts.set(app.accounts.len() as i64);
     Response {
         status: 200,
@@ -81,15 +86,18 @@ fn event(path: &str, query: &str, probe: bool, app: &App, now_us: u64) -> (Respo
             Outcome::InactiveAccount,
         ),
         Status::Active if probe => (accepted(), Outcome::Probe),
+        Status::Active if app.link.is_refused() => bus_unavailable(),
         Status::Active => match app.outbox.push(account_id, now_us, &data, &app.origin) {
             Ok(()) => (accepted(), Outcome::Accepted),
-            Err(_) => {
-                let response = Response::json(503, r#"{"error":"bus_unavailable"}"#)
-                    .with_header("Retry-After", "1");
-                (response, Outcome::BusUnavailable)
-            }
+            Err(_) => bus_unavailable(),
         },
     }
+}
+
+fn bus_unavailable() -> (Response, Outcome) {
+    let response =
+        Response::json(503, r#"{"error":"bus_unavailable"}"#).with_header("Retry-After", "1");
+    (response, Outcome::BusUnavailable)
 }
 
 fn accepted() -> Response {

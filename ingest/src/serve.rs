@@ -3,20 +3,20 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use data::Accounts;
+use protocol::publish::{FRAME_OVERHEAD, max_event_len};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cli::ServeArgs;
 use crate::connection::Timeouts;
-use crate::forwarder::{self, Settings};
+use crate::forwarder::{self, Link, Settings};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{self, Outbox};
 use crate::request::Limits;
 use crate::route::App;
 use crate::server;
@@ -70,11 +70,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .origin
         .clone()
         .unwrap_or_else(|| format!("{}:{}", hostname(), local.port()));
-    // Batch ids grow with the clock, so they stay above those of an earlier run of this
-    // origin that a long-lived busd still remembers.
-    let outbox = Arc::new(Outbox::new(args.buffer_events, args.batch_events, now_us()));
+    let limits = outbox_limits(&args, &origin)?;
+    // Batch and event ids grow with the clock (in nanoseconds, faster than any event rate),
+    // so they stay above those of an earlier run of this origin that a long-lived busd or
+    // a watcher still remembers.
+    let outbox = Arc::new(Outbox::new(limits, now_ns()));
     let metrics = Arc::new(Metrics::default());
-    let connected = Arc::new(AtomicBool::new(false));
+    let link = Arc::new(Link::default());
     let forwarder_stop = CancellationToken::new();
     let settings = Settings {
         bus,
@@ -83,11 +85,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         instance: fastrand::u64(..),
         linger: args.linger,
         max_in_flight: usize::from(args.max_in_flight),
+        timeout: args.bus_timeout,
+        batch_bytes: limits.batch_bytes,
     };
+    preflight(&settings).await?;
     let forwarder = tokio::spawn(forwarder::run(
         settings,
         outbox.clone(),
-        connected.clone(),
+        link.clone(),
         metrics.clone(),
         forwarder_stop.clone(),
     ));
@@ -95,7 +100,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(App {
         accounts,
         outbox: outbox.clone(),
-        bus_connected: connected,
+        link,
         metrics,
         origin: origin.clone(),
         max_data: args.max_data,
@@ -126,7 +131,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     )
     .await;
 
-    drain(&outbox, args.drain_timeout).await;
+    let drained = drain(&outbox, args.drain_timeout).await;
     forwarder_stop.cancel();
     let _ = forwarder.await;
     if let Some(embedded) = embedded {
@@ -134,8 +139,51 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         let _ = embedded.await;
     }
     sync.stop();
+    drained?;
     info!("stopped");
     Ok(())
+}
+
+/// The outbox's bounds from the flags, refusing a `--max-data` no batch could carry.
+fn outbox_limits(args: &ServeArgs, origin: &str) -> anyhow::Result<outbox::Limits> {
+    let limits = outbox::Limits {
+        events: args.buffer_events,
+        bytes: usize::try_from(args.buffer_bytes.as_u64()).unwrap_or(usize::MAX),
+        batch_events: args.batch_events as usize,
+        batch_bytes: usize::try_from(args.batch_bytes.as_u64()).unwrap_or(usize::MAX),
+    };
+    let largest = max_event_len(args.max_data, origin.len());
+    if largest > limits.batch_bytes {
+        anyhow::bail!(
+            "--max-data {} makes events of up to {largest} bytes, more than --batch-bytes {} \
+             can carry; raise --batch-bytes (busd must accept frames that large)",
+            args.max_data,
+            args.batch_bytes
+        );
+    }
+    if limits.batch_bytes + FRAME_OVERHEAD > protocol::DEFAULT_MAX_FRAME && args.bus.is_none() {
+        anyhow::bail!(
+            "--batch-bytes {} is over the embedded busd's frame limit of {} bytes",
+            args.batch_bytes,
+            protocol::DEFAULT_MAX_FRAME
+        );
+    }
+    Ok(limits)
+}
+
+/// One handshake before serving: a busd that refuses this ingest (token, version, another
+/// ingest with the same origin, a frame limit too small) stops it at once, with the reason,
+/// instead of accepting events nobody will take. An unreachable busd is only a warning:
+/// events are buffered until it comes.
+async fn preflight(settings: &Settings) -> anyhow::Result<()> {
+    match forwarder::connect(settings).await {
+        Ok(_) => Ok(()),
+        Err(err) if err.is_refusal() => Err(err).context("cannot publish to busd"),
+        Err(err) => {
+            warn!(%err, "busd is not reachable yet; buffering events until it is");
+            Ok(())
+        }
+    }
 }
 
 fn load_accounts(path: &Path) -> anyhow::Result<Arc<Accounts>> {
@@ -155,19 +203,26 @@ fn load_accounts(path: &Path) -> anyhow::Result<Arc<Accounts>> {
     Ok(accounts)
 }
 
-/// Waits until busd has acknowledged every accepted event, or the timeout.
-async fn drain(outbox: &Outbox, timeout: std::time::Duration) {
+/// Waits until busd has acknowledged every accepted event, or the timeout; an error (and
+/// so a failing exit status) names how many accepted events are lost.
+async fn drain(outbox: &Outbox, timeout: std::time::Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
-    while outbox.depth() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    loop {
+        let drained = outbox.drained.notified();
+        if outbox.depth() == 0 {
+            info!("every accepted event was acknowledged by busd");
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            break;
+        }
     }
-    match outbox.depth() {
-        0 => info!("every accepted event was acknowledged by busd"),
-        left => error!(
-            left,
-            "busd did not acknowledge these accepted events before the drain timeout; they are lost"
-        ),
-    }
+    let left = outbox.depth();
+    error!(
+        left,
+        "busd did not acknowledge these accepted events before the drain timeout"
+    );
+    anyhow::bail!("{left} accepted events were lost: busd did not acknowledge them in time")
 }
 
 fn hostname() -> String {
@@ -178,8 +233,8 @@ fn hostname() -> String {
         .unwrap_or_else(|| "ingest".into())
 }
 
-fn now_us() -> u64 {
+fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
+        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -121,15 +121,20 @@ mod tests {
     use proptest::prelude::*;
 
     fn event() -> impl Strategy<Value = Event> {
-        (any::<u64>(), any::<u64>(), ".{0,40}", "[a-z0-9-]{0,12}", any::<u64>()).prop_map(
-            |(account_id, timestamp_us, data, origin, id)| Event {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            ".{0,40}",
+            "[a-z0-9-]{0,12}",
+            any::<u64>(),
+        )
+            .prop_map(|(account_id, timestamp_us, data, origin, id)| Event {
                 account_id,
                 timestamp_us,
                 data,
                 origin,
                 id,
-            },
-        )
+            })
     }
 
     proptest! {

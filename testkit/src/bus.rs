@@ -171,13 +171,15 @@ pub async fn next_or_closed(conn: &mut Conn) -> Option<ServerFrame> {
     }
 }
 
+/// An event of origin `test` whose id grows with every call, as a real publisher's do.
 pub fn event(account_id: u64, data: &str) -> Event {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Event {
         account_id,
         timestamp_us: 1_795_255_200_123_456,
         data: data.into(),
         origin: "test".into(),
-        id: 0,
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }
 }
 

@@ -8,15 +8,20 @@ use super::*;
 use crate::*;
 
 fn event() -> impl Strategy<Value = Event> {
-    (any::<u64>(), any::<u64>(), ".{0,64}", ".{0,16}", any::<u64>()).prop_map(
-        |(account_id, timestamp_us, data, origin, id)| Event {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        ".{0,64}",
+        ".{0,16}",
+        any::<u64>(),
+    )
+        .prop_map(|(account_id, timestamp_us, data, origin, id)| Event {
             account_id,
             timestamp_us,
             data,
             origin,
             id,
-        },
-    )
+        })
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
