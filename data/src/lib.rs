@@ -12,6 +12,8 @@ pub mod schema;
 pub mod sync;
 
 pub use index::{Accounts, Status};
+/// Re-exported so callers can hold what [`open`] returns without depending on rusqlite.
+pub use rusqlite::Connection;
 pub use schema::{open, open_existing};
 
 /// What can go wrong with the accounts database.
