@@ -48,6 +48,9 @@ fn ready(app: &App) -> Response {
 fn metrics(app: &App) -> Response {
     app.metrics.buffer_depth.set(app.outbox.depth() as i64);
     app.metrics.accounts.set(app.accounts.len() as i64);
+    app.metrics
+        .accounts_file_ok
+        .set(i64::from(app.accounts.file_ok()));
     Response {
         status: 200,
         content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
