@@ -1,4 +1,6 @@
-//! The operations behind `ingest accounts ...`.
+//! The operations behind `ingest accounts ...`. They take a connection from
+//! [`crate::open_existing`] (or, for seeding, [`crate::schema::open_seeded`]), so a mistyped
+//! path never becomes a new database.
 
 use std::io::Write;
 
@@ -12,6 +14,8 @@ fn id(account_id: u64) -> Result<i64> {
     i64::try_from(account_id).map_err(|_| DataError::IdOutOfRange(account_id))
 }
 
+/// Adds one account; an existing id is an error rather than an overwrite, so a typo cannot
+/// rename or reactivate someone else's account.
 pub fn add(conn: &Connection, account_id: u64, name: &str, active: bool) -> Result<()> {
     let inserted = conn.execute(
         "INSERT OR IGNORE INTO accounts(account_id, account_name, is_active) VALUES (?1, ?2, ?3)",
@@ -23,6 +27,7 @@ pub fn add(conn: &Connection, account_id: u64, name: &str, active: bool) -> Resu
     Ok(())
 }
 
+/// Activates or deactivates an account; the running ingest applies it on its next sync.
 pub fn set_active(conn: &Connection, account_id: u64, active: bool) -> Result<()> {
     let updated = conn.execute(
         "UPDATE accounts SET is_active = ?2 WHERE account_id = ?1",

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use rusqlite::Connection;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::Result;
 
@@ -20,6 +20,7 @@ pub enum Status {
     Unknown,
 }
 
+/// Account id to active or not, shared by every request thread and the sync thread.
 #[derive(Default)]
 pub struct Accounts {
     /// FxHash: the keys are integer ids from our own table, so SipHash's flood resistance
@@ -28,6 +29,9 @@ pub struct Accounts {
     /// Highest `version` applied so far.
     version: AtomicU64,
     loaded: AtomicBool,
+    /// Set by the sync thread while the file at the database path is not the one it reads
+    /// (deleted or replaced), so ingest can report it; inverted so the default means "fine".
+    file_missing: AtomicBool,
 }
 
 impl Accounts {
@@ -52,6 +56,17 @@ impl Accounts {
         self.loaded.load(Ordering::Acquire)
     }
 
+    /// Whether the database this index follows is still the file at its path. False while
+    /// it has been deleted or replaced and no usable database has been reloaded since: the
+    /// index then keeps answering from memory but no longer sees changes.
+    pub fn file_ok(&self) -> bool {
+        !self.file_missing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_file_ok(&self, ok: bool) {
+        self.file_missing.store(!ok, Ordering::Release);
+    }
+
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)
     }
@@ -61,6 +76,39 @@ impl Accounts {
         let applied = self.apply_changes(conn)?;
         self.loaded.store(true, Ordering::Release);
         Ok(applied)
+    }
+
+    /// Makes the index exactly what `conn` holds: every row applied, every account it no
+    /// longer has removed, and the version taken from it. For a database that replaced the one
+    /// the index was loaded from, whose versions say nothing about what the index has.
+    /// Returns how many accounts it holds.
+    pub fn reload(&self, conn: &Connection) -> Result<usize> {
+        // One read transaction: the rows and the version come from the same snapshot.
+        let tx = conn.unchecked_transaction()?;
+        let mut present = FxHashSet::default();
+        let mut highest = 0;
+        {
+            let mut all = tx.prepare("SELECT account_id, is_active, version FROM accounts")?;
+            let mut rows = all.query([])?;
+            while let Some(row) = rows.next()? {
+                let (id, active, version): (i64, bool, i64) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                self.active.insert(id as u64, active);
+                present.insert(id as u64);
+                highest = highest.max(version);
+            }
+        }
+        let deleted: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM account_deletions",
+            [],
+            |r| r.get(0),
+        )?;
+        tx.finish()?;
+        self.active.retain(|id, _| present.contains(id));
+        self.version
+            .store(highest.max(deleted) as u64, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+        Ok(present.len())
     }
 
     /// Applies every row changed (or deleted) since the last pass; returns how many.
@@ -146,5 +194,46 @@ mod tests {
             Status::Active,
             "re-added after deletion"
         );
+    }
+
+    #[test]
+    fn reload_makes_the_index_exactly_the_new_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, _) = open(&dir.path().join("old.db")).unwrap();
+        let accounts = Accounts::default();
+        accounts.load(&old).unwrap();
+        for _ in 0..3 {
+            old.execute("UPDATE accounts SET is_active = 1 - is_active", [])
+                .unwrap();
+        }
+        accounts.apply_changes(&old).unwrap();
+        assert!(accounts.version() > 3000);
+
+        let (new, _) = crate::schema::open_seeded(&dir.path().join("new.db"), 20).unwrap();
+        new.execute("DELETE FROM accounts WHERE account_id = 3", [])
+            .unwrap();
+        assert_eq!(accounts.reload(&new).unwrap(), 19);
+        assert_eq!(accounts.len(), 19);
+        assert_eq!(
+            accounts.status(500),
+            Status::Unknown,
+            "gone from the new file"
+        );
+        assert_eq!(accounts.status(3), Status::Unknown);
+        assert_eq!(accounts.status(10), Status::Inactive);
+        assert_eq!(accounts.version(), 21, "the new file's versions");
+
+        new.execute("UPDATE accounts SET is_active = 0 WHERE account_id = 1", [])
+            .unwrap();
+        assert_eq!(accounts.apply_changes(&new).unwrap(), 1);
+        assert_eq!(accounts.status(1), Status::Inactive);
+    }
+
+    #[test]
+    fn file_ok_until_told_otherwise() {
+        let accounts = Accounts::default();
+        assert!(accounts.file_ok());
+        accounts.set_file_ok(false);
+        assert!(!accounts.file_ok());
     }
 }

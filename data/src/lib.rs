@@ -4,19 +4,39 @@
 //! `version` grows on every change (triggers maintain it, so a write from any tool counts),
 //! which lets a sync pass read only the rows changed since the last one.
 
+use std::path::PathBuf;
+
 pub mod admin;
 pub mod index;
 pub mod schema;
 pub mod sync;
 
 pub use index::{Accounts, Status};
-pub use schema::open;
+/// Re-exported so callers can hold what [`open`] returns without depending on rusqlite.
+pub use rusqlite::Connection;
+pub use schema::{open, open_existing};
 
 /// What can go wrong with the accounts database.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// Raised instead of creating a file, so a mistyped `--db` never yields a second,
+    /// freshly seeded database that nothing else reads.
+    #[error(
+        "{p} does not exist (nothing was created); to create it, start ingest with --db {p} or run `ingest accounts seed --count N --db {p}`",
+        p = .0.display()
+    )]
+    Missing(PathBuf),
+    /// The file opens as SQLite but holds no accounts table: probably the wrong file.
+    #[error(
+        "{p} is not an accounts database (it has no accounts table); to set it up, start ingest with --db {p} or run `ingest accounts seed --count N --db {p}`",
+        p = .0.display()
+    )]
+    NotAccounts(PathBuf),
+    /// The file is not SQLite at all; SQLite itself only says "file is not a database".
+    #[error("{} is not an SQLite database", .0.display())]
+    NotSqlite(PathBuf),
     #[error("account {0} does not exist")]
     NotFound(u64),
     #[error("account {0} already exists")]

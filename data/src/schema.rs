@@ -2,12 +2,17 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use std::time::Duration;
 
-use crate::Result;
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
+
+use crate::{DataError, Result};
 
 /// Accounts a new database is seeded with.
 pub const SEED_ACCOUNTS: u64 = 1000;
+
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS accounts(
@@ -40,35 +45,96 @@ CREATE TRIGGER IF NOT EXISTS accounts_delete_version AFTER DELETE ON accounts BE
 END;
 ";
 
-/// Opens (creating if missing) the database at `path`. Returns whether it was created, in
-/// which case it has been seeded with [`SEED_ACCOUNTS`] accounts.
+/// Opens the database at `path` for ingest itself, creating the file if missing. Returns
+/// whether the accounts table had to be created, in which case it has been seeded with
+/// [`SEED_ACCOUNTS`] accounts.
+///
+/// "New" means "no accounts table", not "no file": SQLite takes a 0-byte file for an empty
+/// database, and serving from one would answer 404 to everything.
 pub fn open(path: &Path) -> Result<(Connection, bool)> {
-    let created = !path.exists();
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.execute_batch(SCHEMA)?;
-    if created {
-        seed(&conn, SEED_ACCOUNTS)?;
-    }
+    open_seeded(path, SEED_ACCOUNTS)
+}
+
+/// Like [`open`], but a new database gets accounts `1..=count` instead of the default seed,
+/// so `ingest accounts seed --count N` on a new path gives exactly N accounts.
+///
+/// The table and its seed are created in one transaction, so a running ingest watching the
+/// path never reloads a half-made database.
+pub fn open_seeded(path: &Path, count: u64) -> Result<(Connection, bool)> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let created = initialise(&mut conn, count).map_err(|err| not_sqlite(err, path))?;
     Ok((conn, created))
 }
 
-/// Deterministic accounts `1..=count`: `account-<id>`, every tenth one inactive. Existing
-/// ids are left alone, so seeding twice is harmless.
-pub fn seed(conn: &Connection, count: u64) -> Result<u64> {
-    let tx = conn.unchecked_transaction()?;
-    let mut added = 0;
-    {
-        let mut insert = tx.prepare(
-            "INSERT OR IGNORE INTO accounts(account_id, account_name, is_active) VALUES (?1, ?2, ?3)",
-        )?;
-        for id in 1..=count {
-            let id = i64::try_from(id).map_err(|_| crate::DataError::IdOutOfRange(id))?;
-            added += insert.execute(params![id, format!("account-{id}"), id % 10 != 0])? as u64;
+/// Opens an existing accounts database without ever creating one: for the commands that
+/// change or read accounts, where a missing or foreign file means a wrong `--db`, not a
+/// wish for a new database.
+pub fn open_existing(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| {
+        if path.exists() {
+            DataError::from(err)
+        } else {
+            DataError::Missing(path.to_owned())
         }
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if !has_accounts_table(&conn).map_err(|err| not_sqlite(err, path))? {
+        return Err(DataError::NotAccounts(path.to_owned()));
+    }
+    Ok(conn)
+}
+
+/// Creates the schema and seeds `count` accounts unless the accounts table exists; returns
+/// whether it did. `BEGIN IMMEDIATE` makes two processes opening a new file at once agree on
+/// which of them creates it.
+fn initialise(conn: &mut Connection, count: u64) -> Result<bool> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let created = !has_accounts_table(&tx)?;
+    tx.execute_batch(SCHEMA)?;
+    if created {
+        insert_seed(&tx, count)?;
     }
     tx.commit()?;
+    Ok(created)
+}
+
+fn has_accounts_table(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'accounts'")?
+        .exists([])
+}
+
+/// SQLite's own message for a non-SQLite file ("file is not a database") does not say which
+/// file; this does.
+fn not_sqlite(err: impl Into<DataError>, path: &Path) -> DataError {
+    match err.into() {
+        DataError::Sqlite(err) if err.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
+            DataError::NotSqlite(path.to_owned())
+        }
+        other => other,
+    }
+}
+
+/// Deterministic accounts `1..=count`: `account-<id>`, every tenth one inactive. Existing
+/// ids are left alone, so seeding twice is harmless. Returns how many were added.
+pub fn seed(conn: &Connection, count: u64) -> Result<u64> {
+    let tx = conn.unchecked_transaction()?;
+    let added = insert_seed(&tx, count)?;
+    tx.commit()?;
+    Ok(added)
+}
+
+fn insert_seed(conn: &Connection, count: u64) -> Result<u64> {
+    let mut insert = conn.prepare(
+        "INSERT OR IGNORE INTO accounts(account_id, account_name, is_active) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut added = 0;
+    for id in 1..=count {
+        let id = i64::try_from(id).map_err(|_| DataError::IdOutOfRange(id))?;
+        added += insert.execute(params![id, format!("account-{id}"), id % 10 != 0])? as u64;
+    }
     Ok(added)
 }
 
@@ -120,5 +186,95 @@ mod tests {
             )
             .unwrap();
         assert!(deleted > after);
+    }
+
+    fn count(conn: &Connection) -> u64 {
+        conn.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_zero_byte_file_is_initialised_and_seeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        std::fs::write(&path, b"").unwrap();
+        let (conn, created) = open(&path).unwrap();
+        assert!(created);
+        assert_eq!(count(&conn), SEED_ACCOUNTS);
+    }
+
+    #[test]
+    fn an_sqlite_file_without_the_table_is_initialised_and_seeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE other(x)")
+            .unwrap();
+        let (conn, created) = open(&path).unwrap();
+        assert!(created);
+        assert_eq!(count(&conn), SEED_ACCOUNTS);
+    }
+
+    #[test]
+    fn an_existing_empty_table_is_not_seeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let (conn, created) = open_seeded(&path, 0).unwrap();
+        assert!(created);
+        assert_eq!(count(&conn), 0);
+        let (conn, created) = open(&path).unwrap();
+        assert!(!created);
+        assert_eq!(count(&conn), 0);
+    }
+
+    #[test]
+    fn open_seeded_gives_exactly_the_count_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let (conn, created) = open_seeded(&path, 5).unwrap();
+        assert!(created);
+        assert_eq!(count(&conn), 5);
+        let (conn, created) = open_seeded(&path, 7).unwrap();
+        assert!(!created, "an existing database is not seeded again");
+        assert_eq!(count(&conn), 5);
+        assert_eq!(seed(&conn, 7).unwrap(), 2);
+    }
+
+    #[test]
+    fn open_existing_never_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typo.db");
+        let err = open_existing(&path).err().unwrap();
+        assert!(matches!(err, DataError::Missing(_)), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("typo.db does not exist") && message.contains("seed --count N"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn open_existing_refuses_what_is_not_an_accounts_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(matches!(
+            open_existing(&empty),
+            Err(DataError::NotAccounts(_))
+        ));
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+        let text = dir.path().join("text.db");
+        std::fs::write(
+            &text,
+            "not a database, just some text long enough".repeat(10),
+        )
+        .unwrap();
+        assert!(matches!(open_existing(&text), Err(DataError::NotSqlite(_))));
+        assert!(matches!(open(&text), Err(DataError::NotSqlite(_))));
+        let (_, _) = open(&dir.path().join("good.db")).unwrap();
+        let conn = open_existing(&dir.path().join("good.db")).unwrap();
+        assert_eq!(count(&conn), SEED_ACCOUNTS);
     }
 }

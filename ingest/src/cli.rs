@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// HTTP address to listen on.
     #[arg(long, env = "TRACKER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// SQLite accounts database; created and seeded when missing.
+    /// SQLite accounts database; created and seeded when missing (or without an accounts table).
     #[arg(long, env = "TRACKER_DB", default_value = "accounts.db")]
     pub db: PathBuf,
     /// busd to forward to; without it busd runs inside this process.
@@ -113,6 +113,7 @@ pub struct ServeArgs {
 
 #[derive(Args, Debug)]
 pub struct AccountsArgs {
+    /// SQLite accounts database; must exist, except for `seed`, which creates it.
     #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true)]
     pub db: PathBuf,
     #[command(subcommand)]
@@ -121,7 +122,8 @@ pub struct AccountsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AccountsCommand {
-    /// Add the deterministic accounts 1..=N (existing ids are kept).
+    /// Add the deterministic accounts 1..=N (existing ids are kept); creates the database,
+    /// with exactly these accounts, when it does not exist.
     Seed {
         #[arg(long, default_value_t = 1000)]
         count: u64,

@@ -3,7 +3,9 @@
 //! given `--bus`. `ingest accounts ...` manages the accounts table.
 //!
 //! Exit codes: 0 after a clean shutdown or a successful command, 1 on failure, 2 for bad
-//! arguments. Logs go to stderr; `ingest accounts list` prints to stdout.
+//! arguments. Logs go to stderr; `ingest accounts ...` prints its result to stdout.
+
+use std::path::Path;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -37,27 +39,46 @@ fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
 }
 
 fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
-    let (conn, created) =
-        data::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))?;
-    if created {
-        tracing::info!(
-            "created {} and seeded it with {} accounts",
-            args.db.display(),
-            data::schema::SEED_ACCOUNTS
-        );
-    }
+    let db = args.db.as_path();
     match args.command {
-        AccountsCommand::Seed { count } => {
-            let added = data::admin::seed(&conn, count)?;
-            tracing::info!("added {added} accounts");
-        }
+        AccountsCommand::Seed { count } => seed(db, count),
         AccountsCommand::Add { id, name, inactive } => {
-            data::admin::add(&conn, id, &name, !inactive)?
+            data::admin::add(&open_existing(db)?, id, &name, !inactive)?;
+            println!("added account {id} ({name}, {})", state(!inactive));
+            Ok(())
         }
-        AccountsCommand::SetActive { id, active } => data::admin::set_active(&conn, id, active)?,
+        AccountsCommand::SetActive { id, active } => {
+            data::admin::set_active(&open_existing(db)?, id, active)?;
+            println!("account {id} is now {}", state(active));
+            Ok(())
+        }
         AccountsCommand::List => {
-            data::admin::list(&conn, &mut std::io::stdout().lock())?;
+            data::admin::list(&open_existing(db)?, &mut std::io::stdout().lock())?;
+            Ok(())
         }
     }
+}
+
+/// The admin commands never create a database: a wrong `--db` must fail, not start a second
+/// database the running ingest never reads.
+fn open_existing(db: &Path) -> anyhow::Result<data::Connection> {
+    data::open_existing(db).with_context(|| format!("cannot use {}", db.display()))
+}
+
+/// The one command that may create a database, and then with exactly the accounts asked for.
+fn seed(db: &Path, count: u64) -> anyhow::Result<()> {
+    let (conn, created) = data::schema::open_seeded(db, count)
+        .with_context(|| format!("cannot open {}", db.display()))?;
+    let added = if created {
+        tracing::info!("created {}", db.display());
+        count
+    } else {
+        data::admin::seed(&conn, count)?
+    };
+    println!("added {added} accounts");
     Ok(())
+}
+
+fn state(active: bool) -> &'static str {
+    if active { "active" } else { "inactive" }
 }

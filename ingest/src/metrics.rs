@@ -1,5 +1,5 @@
-//! `/metrics` in the Prometheus text format: requests by outcome, buffer depth, bus
-//! reconnects and a latency histogram.
+//! `/metrics` in the Prometheus text format: requests by outcome, buffer depth, accounts and
+//! whether their file is in place, bus reconnects and a latency histogram.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -72,6 +72,9 @@ pub struct Metrics {
     pub buffer_bytes: Gauge,
     pub bus_up: Gauge,
     pub accounts: Gauge,
+    /// 1 while the accounts database file is the one being followed, 0 while it is deleted
+    /// or replaced and ingest serves the accounts it has in memory.
+    pub accounts_file_ok: Gauge,
     pub bus_reconnects: Counter,
     /// Time to answer the requests one read brought: one request unless the client pipelines.
     pub answer_time: Histogram,
@@ -114,6 +117,12 @@ impl Default for Metrics {
             "Accounts in the in-memory index",
             accounts.clone(),
         );
+        let accounts_file_ok = Gauge::default();
+        registry.register(
+            "accounts_file_ok",
+            "1 while the accounts database file is in place, 0 while it is deleted or replaced (serving from memory)",
+            accounts_file_ok.clone(),
+        );
         let bus_reconnects = Counter::default();
         registry.register(
             "bus_reconnects",
@@ -134,6 +143,7 @@ impl Default for Metrics {
             buffer_bytes,
             bus_up,
             accounts,
+            accounts_file_ok,
             bus_reconnects,
             answer_time,
         }

@@ -53,6 +53,9 @@ fn metrics(app: &App) -> Response {
         .set(i64::try_from(app.outbox.depth_bytes()).unwrap_or(i64::MAX));
     app.metrics.bus_up.set(i64::from(app.link.is_up()));
     app.metrics.accounts.set(app.accounts.len() as i64);
+    app.metrics
+        .accounts_file_ok
+        .set(i64::from(app.accounts.file_ok()));
     Response {
         status: 200,
         content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -186,21 +186,42 @@ async fn preflight(settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
+/// Opens (creating or initialising as needed) and loads the accounts, saying on stderr when
+/// the database was new and when it has no accounts: either way every request would get 404,
+/// which must not go unexplained.
 fn load_accounts(path: &Path) -> anyhow::Result<Arc<Accounts>> {
+    let existed = path.exists();
     let (conn, created) = data::open(path)
         .with_context(|| format!("cannot open the accounts database {}", path.display()))?;
     if created {
-        info!(
-            "created {} and seeded it with {} accounts",
-            path.display(),
-            data::schema::SEED_ACCOUNTS
-        );
+        report_created(path, existed);
     }
     let accounts = Arc::new(Accounts::default());
     let started = Instant::now();
     let loaded = accounts.load(&conn).context("cannot load accounts")?;
     info!(accounts = loaded, elapsed = ?started.elapsed(), "accounts loaded");
+    if accounts.is_empty() {
+        warn!(
+            "the accounts table in {} is empty: every event request will get 404 until accounts are added",
+            path.display()
+        );
+    }
     Ok(accounts)
+}
+
+fn report_created(path: &Path, existed: bool) {
+    let seeded = data::schema::SEED_ACCOUNTS;
+    if existed {
+        warn!(
+            "{} had no accounts table (an empty file or another database): created it and seeded it with {seeded} accounts",
+            path.display()
+        );
+    } else {
+        info!(
+            "created {} and seeded it with {seeded} accounts",
+            path.display()
+        );
+    }
 }
 
 /// Waits until busd has acknowledged every accepted event, or the timeout; an error (and

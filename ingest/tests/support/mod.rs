@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -59,14 +59,20 @@ impl Ingest {
 
     /// Runs `ingest accounts ...` against this instance's database.
     pub fn accounts(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_ingest"))
-            .arg("accounts")
-            .args(args)
-            .arg("--db")
-            .arg(self.db())
-            .output()
-            .expect("ingest accounts runs")
+        accounts(&self.db(), args)
     }
+}
+
+/// Runs `ingest accounts ... --db <db>`.
+pub fn accounts(db: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .arg("accounts")
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .env_remove("TRACKER_DB")
+        .output()
+        .expect("ingest accounts runs")
 }
 
 fn addr_after(line: &str, marker: &str) -> SocketAddr {
