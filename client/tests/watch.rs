@@ -114,6 +114,53 @@ async fn a_graceful_busd_restart_loses_and_doubles_nothing() {
 }
 
 #[tokio::test]
+async fn two_restarts_while_away_are_a_gap_never_nothing_missed() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let busd = Busd::start_on(&listen, &[]);
+    let mut watcher = watch(&listen, &["--exit-on-gap"]);
+    publish_data(busd.addr, 1, &[(1, "first run".into())]).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "first run");
+    // The watcher sleeps through a whole run of busd, whose event it never sees.
+    watcher.signal("STOP");
+    busd.terminate();
+    let middle = Busd::start_on(&listen, &[]);
+    publish_data(middle.addr, 1, &[(1, "missed".into())]).await;
+    middle.terminate();
+    let _last = Busd::start_on(&listen, &[]);
+    watcher.signal("CONT");
+    let gap = json(&watcher.stdout_lines(1, WAIT)[0]);
+    assert!(gap["gap"]["missed"].is_null(), "unknown size: {gap}");
+    assert_eq!(
+        watcher.wait_exit(WAIT).code(),
+        Some(3),
+        "--exit-on-gap fired"
+    );
+    let log = watcher.stderr_log();
+    assert!(!log.contains("nothing was missed"), "{log}");
+    assert!(log.contains("a run this watcher never saw"), "{log}");
+}
+
+#[tokio::test]
+async fn a_copy_resent_after_a_crash_is_printed_once() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let busd = Busd::start_on(&listen, &[]);
+    let watcher = watch(&listen, &[]);
+    let batch: Vec<_> = (0..3).map(|i| event(1, &format!("once-{i}"))).collect();
+    publish_until_acked(busd.addr, "resender", 1, batch.clone()).await;
+    assert_eq!(watcher.stdout_lines(3, WAIT).len(), 3);
+    // A crash before the ack reached the publisher: it sends the same events again to the
+    // next busd, which numbers them afresh.
+    busd.kill();
+    let busd = Busd::start_on(&listen, &[]);
+    watcher.wait_stderr("without a Goodbye", WAIT);
+    publish_until_acked(busd.addr, "resender", 1, batch).await;
+    publish_data(busd.addr, 2, &[(1, "new".into())]).await;
+    let lines = watcher.stdout_lines(2, WAIT);
+    assert!(json(&lines[0])["gap"].is_object(), "{}", lines[0]);
+    assert_eq!(json(&lines[1])["data"], "new", "the copies were dropped");
+}
+
+#[tokio::test]
 async fn a_busd_crash_is_reported_as_a_gap_of_unknown_size() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
