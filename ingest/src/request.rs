@@ -11,10 +11,13 @@ pub struct Limits {
     pub max_headers: usize,
 }
 
+/// The methods ingest tells apart; everything else is answered 405.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     Get,
     Head,
+    /// Only for CORS preflights.
+    Options,
     Other,
 }
 
@@ -22,9 +25,13 @@ pub enum Method {
 #[derive(Debug)]
 pub struct Head<'a> {
     pub method: Method,
+    /// The origin-form target (`/path?query`); an absolute-form target arrives here with
+    /// its scheme and authority removed.
     pub target: &'a str,
     /// Whether the connection may serve another request after this one.
     pub keep_alive: bool,
+    /// The `Origin` header, for CORS.
+    pub origin: Option<&'a str>,
 }
 
 /// Why a head cannot be served; each maps to a status and the connection is closed.
@@ -62,18 +69,19 @@ pub fn parse<'a>(buf: &'a [u8], limits: Limits) -> Result<Option<(Head<'a>, usiz
     let method = match request.method {
         Some("GET") => Method::Get,
         Some("HEAD") => Method::Head,
+        Some("OPTIONS") => Method::Options,
         _ => Method::Other,
     };
     let http10 = request.version == Some(0);
     let mut keep_alive = !http10;
+    let mut origin = None;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            let length = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match length {
+            // RFC 9110 8.6: Content-Length = 1*DIGIT; "+0" or "0x0" is not a length.
+            match content_length(header.value) {
                 Some(0) => {}
-                _ => return Err(Reject::Body),
+                Some(_) => return Err(Reject::Body),
+                None => return Err(Reject::Malformed),
             }
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(Reject::Body);
@@ -86,17 +94,50 @@ pub fn parse<'a>(buf: &'a [u8], limits: Limits) -> Result<Option<(Head<'a>, usiz
                     keep_alive = true;
                 }
             }
+        } else if header.name.eq_ignore_ascii_case("origin") {
+            origin = std::str::from_utf8(header.value).ok();
         }
     }
-    let target = request.path.ok_or(Reject::Malformed)?;
+    let target = origin_form(request.path.ok_or(Reject::Malformed)?)?;
     Ok(Some((
         Head {
             method,
             target,
             keep_alive,
+            origin,
         },
         len,
     )))
+}
+
+fn content_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The target as `/path?query`. RFC 9112 3.2.2: a server must accept the absolute-form
+/// (`http://host/5?data=a`), whose path is the same request. A request-target has no
+/// fragment (clients strip `#...` before sending); one that has is malformed, not data.
+fn origin_form(target: &str) -> Result<&str, Reject> {
+    if target.contains('#') {
+        return Err(Reject::Malformed);
+    }
+    let Some(scheme_end) = target.find("://") else {
+        return Ok(target);
+    };
+    let scheme = &target[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return Err(Reject::Malformed);
+    }
+    let rest = &target[scheme_end + 3..];
+    let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    if path_start == 0 {
+        return Err(Reject::Malformed); // no authority
+    }
+    Ok(&rest[path_start..])
 }
 
 fn too_large(buf: &[u8], limits: Limits) -> Reject {
@@ -176,10 +217,13 @@ mod tests {
             head("GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
             Err(Reject::Body)
         );
-        assert_eq!(
-            head("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
-            Err(Reject::Body)
-        );
+        for bad in ["x", "+0", "-0", "0x0", "", "1 2"] {
+            assert_eq!(
+                head(&format!("GET / HTTP/1.1\r\nContent-Length: {bad}\r\n\r\n")),
+                Err(Reject::Malformed),
+                "{bad:?}"
+            );
+        }
         assert_eq!(
             head("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(Reject::Body)
@@ -202,5 +246,46 @@ mod tests {
         let many = "GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n";
         assert_eq!(head(many), Err(Reject::HeadTooLarge));
         assert_eq!(head("\u{1}garbage\r\n\r\n"), Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn absolute_form_is_the_same_request() {
+        let target = |raw: &str| head(raw).map(|h| h.map(|(_, t, _, _)| t));
+        assert_eq!(
+            target("GET http://ingest:8080/5?data=a HTTP/1.1\r\n\r\n"),
+            Ok(Some("/5?data=a".into()))
+        );
+        assert_eq!(
+            target("GET HTTPS://ingest/healthz HTTP/1.1\r\n\r\n"),
+            Ok(Some("/healthz".into()))
+        );
+        assert_eq!(
+            target("GET http://ingest HTTP/1.1\r\n\r\n"),
+            Ok(Some(String::new()))
+        );
+        assert_eq!(
+            target("GET ftp://ingest/5 HTTP/1.1\r\n\r\n"),
+            Err(Reject::Malformed)
+        );
+        assert_eq!(
+            target("GET http:///5 HTTP/1.1\r\n\r\n"),
+            Err(Reject::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_fragment_is_malformed_not_data() {
+        assert_eq!(
+            head("GET /5?data=a#b HTTP/1.1\r\n\r\n"),
+            Err(Reject::Malformed)
+        );
+    }
+
+    #[test]
+    fn the_origin_header_is_kept_for_cors() {
+        let raw = "OPTIONS /5 HTTP/1.1\r\nOrigin: https://app.example\r\n\r\n";
+        let (head, _) = parse(raw.as_bytes(), LIMITS).unwrap().unwrap();
+        assert_eq!(head.method, Method::Options);
+        assert_eq!(head.origin, Some("https://app.example"));
     }
 }

@@ -25,7 +25,7 @@ pub struct App {
 
 /// Answers one request; `now_us` is the acceptance time given to an accepted event.
 pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
-    if head.method == Method::Other {
+    if matches!(head.method, Method::Other | Method::Options) {
         let response = Response::json(405, r#"{"error":"method_not_allowed"}"#)
             .with_header("Allow", "GET, HEAD");
         return (response, Outcome::MethodNotAllowed);
