@@ -22,6 +22,8 @@ pub mod publisher;
 #[cfg(not(loom))]
 pub mod publishers;
 pub mod queue;
+#[cfg(not(loom))]
+pub mod reader;
 
 #[cfg(not(loom))]
 pub mod accept;
