@@ -15,6 +15,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::connection::{self, Context};
 use crate::publishers::Publishers;
+use crate::reader::ReadBudget;
 use crate::shutdown::Shutdown;
 use crate::state::StateFile;
 
@@ -37,13 +38,19 @@ pub async fn serve(
         config.slow_policy.when_full(),
     ));
     match follows {
-        Some(prev) => info!(epoch, follows_epoch = prev.epoch, follows_last_seq = prev.seq, "bus ready"),
+        Some(prev) => info!(
+            epoch,
+            follows_epoch = prev.epoch,
+            follows_last_seq = prev.seq,
+            "bus ready"
+        ),
         None => info!(epoch, "bus ready (follows no graceful run)"),
     }
     let drain_timeout = config.drain_timeout;
     let max_connections = config.max_connections;
     let ctx = Arc::new(Context {
         bus: bus.clone(),
+        budget: read_budget(&config),
         config,
         shutdown: Shutdown::default(),
         publishers: Publishers::default(),
@@ -86,6 +93,19 @@ pub async fn serve(
     }
     info!(epoch = bus.epoch(), last_seq, "stopped");
     Ok(())
+}
+
+/// The budget for partly received frames, raised to `max_frame` (and saying so) when lower,
+/// since a frame that could never get its budget could never be received.
+fn read_budget(config: &Config) -> ReadBudget {
+    if config.read_budget < config.max_frame {
+        warn!(
+            read_budget = config.read_budget,
+            max_frame = config.max_frame,
+            "--read-budget is below --max-frame; raising it to --max-frame"
+        );
+    }
+    ReadBudget::new(config.read_budget.max(config.max_frame))
 }
 
 /// Microseconds since the Unix epoch: distinct for every start, and growing across restarts.
