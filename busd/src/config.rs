@@ -32,7 +32,12 @@ pub struct Config {
     /// Byte budget of the replay ring.
     pub replay_bytes: usize,
     pub slow_policy: SlowPolicy,
+    /// Most subscribers, and with them connections still in their handshake; publishers
+    /// have their own [`Config::max_publishers`] slots on top, so idle subscribers can never
+    /// lock out a reconnecting publisher.
     pub max_connections: usize,
+    /// Most publishers connected at once, counted apart from [`Config::max_connections`].
+    pub max_publishers: usize,
     /// Largest frame body accepted or sent.
     pub max_frame: usize,
     /// Most account ids one `Subscribe` may name.
@@ -64,6 +69,7 @@ impl Default for Config {
             replay_bytes: 64 << 20,
             slow_policy: SlowPolicy::DropOldest,
             max_connections: 10_000,
+            max_publishers: 1_000,
             max_frame: protocol::DEFAULT_MAX_FRAME,
             max_filter: 100_000,
             hello_timeout: Duration::from_secs(5),

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::publishers::Publishers;
 use crate::reader::{FrameReader, Limits, ReadBudget, ReadError};
 use crate::shutdown::Shutdown;
+use crate::slots::Slots;
 use crate::{publisher, subscriber};
 
 /// What every connection task shares.
@@ -36,6 +37,8 @@ pub struct Context {
     pub follows: Option<Position>,
     /// Numbers connections, so a publisher's name claim knows whose it is.
     pub connections: AtomicU64,
+    /// Subscriber and publisher slots, taken after `Hello`.
+    pub slots: Slots,
     /// Bytes of partly received frames all connections may hold together.
     pub budget: ReadBudget,
 }
@@ -208,6 +211,13 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
         Err(reason) => return close(reader, out, reason, &peer).await,
     };
     debug!(%peer, role = ?hello.role, name = %hello.name, "hello");
+    let _slot = match ctx.slots.take(hello.role) {
+        Ok(slot) => slot,
+        Err(full) => {
+            let reason = Close::refuse(ErrorCode::TooManyConnections, full.to_string());
+            return close(reader, out, reason, &peer).await;
+        }
+    };
     reader.hello_accepted();
     let connection = ctx.connections.fetch_add(1, Relaxed);
     let claim = match hello.role {

@@ -34,6 +34,8 @@ pub mod server;
 #[cfg(not(loom))]
 pub mod shutdown;
 #[cfg(not(loom))]
+pub mod slots;
+#[cfg(not(loom))]
 pub mod state;
 #[cfg(not(loom))]
 pub mod subscriber;

@@ -39,9 +39,13 @@ struct Args {
     /// What to do with a subscriber whose queue is full.
     #[arg(long, env = "TRACKER_SLOW_POLICY", value_enum, default_value_t = SlowPolicy::DropOldest)]
     slow_policy: SlowPolicy,
-    /// Most simultaneous connections; more are refused with an Error frame.
+    /// Most subscribers (and connections still in their handshake); more are refused with
+    /// an Error frame. Publishers have their own --max-publishers slots on top.
     #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = positive)]
     max_connections: usize,
+    /// Most publishers, kept apart so that subscribers can never lock them out.
+    #[arg(long, env = "TRACKER_MAX_PUBLISHERS", default_value_t = 1_000, value_parser = positive)]
+    max_publishers: usize,
     /// Largest frame accepted or sent.
     #[arg(long, env = "TRACKER_MAX_FRAME", default_value = "1MiB")]
     max_frame: ByteSize,
@@ -100,6 +104,7 @@ impl Args {
             replay_bytes: usize::try_from(self.replay_bytes.as_u64()).unwrap_or(usize::MAX),
             slow_policy: self.slow_policy,
             max_connections: self.max_connections,
+            max_publishers: self.max_publishers,
             max_frame,
             max_filter: self.max_filter,
             hello_timeout: self.hello_timeout,

@@ -17,6 +17,7 @@ use crate::connection::{self, Context};
 use crate::publishers::Publishers;
 use crate::reader::ReadBudget;
 use crate::shutdown::Shutdown;
+use crate::slots::Slots;
 use crate::state::StateFile;
 
 /// Serves publishers and subscribers on `listener` until `shutdown` is cancelled, then stops
@@ -47,9 +48,11 @@ pub async fn serve(
         None => info!(epoch, "bus ready (follows no graceful run)"),
     }
     let drain_timeout = config.drain_timeout;
-    let max_connections = config.max_connections;
+    // Publishers' slots come on top of everyone else's (see `crate::slots`).
+    let max_connections = config.max_connections.saturating_add(config.max_publishers);
     let ctx = Arc::new(Context {
         bus: bus.clone(),
+        slots: Slots::new(config.max_connections, config.max_publishers),
         budget: read_budget(&config),
         config,
         shutdown: Shutdown::default(),

@@ -1,11 +1,11 @@
 //! busd's limits against the real binary: a small first frame, a deadline for a started
-//! frame and a memory budget for partly received frames. Whatever clients do, busd's memory
-//! stays bounded and publishers keep being served.
+//! frame, a memory budget for partly received frames, and publisher slots of their own.
+//! Whatever clients do, busd's memory stays bounded and publishers keep being served.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use protocol::{ClientFrame, ErrorCode, FrameCodec, Role, ServerFrame};
 use testkit::bus::*;
 use tokio::io::AsyncWriteExt;
@@ -158,6 +158,54 @@ async fn partly_received_frames_stay_within_the_read_budget() {
         "20 stalled 1 MiB frames took busd from {before} KiB to {peak} KiB"
     );
     drop(writers);
+}
+
+#[tokio::test]
+async fn idle_subscribers_cannot_lock_out_a_publisher() {
+    let busd = Busd::start(&["--max-connections", "5", "--max-publishers", "2"]);
+    let mut subscribers = Vec::new();
+    for _ in 0..5 {
+        subscribers.push(subscriber(busd.addr, accounts(&[1]), None).await.0);
+    }
+    let (mut publisher, _, _) = join(busd.addr, Role::Publisher, "ingest").await;
+    publish(&mut publisher, 1, vec![event(1, "through")]).await;
+    let stats = stats(&mut publisher).await;
+    assert_eq!((stats.connections, stats.publishers), (6, 1));
+
+    let mut sixth = connect(busd.addr).await;
+    sixth
+        .send(hello(Role::Subscriber, "sixth", None))
+        .await
+        .unwrap();
+    let message = expect_error(&mut sixth, ErrorCode::TooManyConnections).await;
+    assert!(message.contains("5 subscribers"), "{message}");
+    let (got, _) = collect(&mut subscribers[0], 1).await;
+    assert_eq!(got[0].1.data, "through");
+}
+
+#[tokio::test]
+async fn publishers_have_a_limit_of_their_own() {
+    let busd = Busd::start(&["--max-connections", "5", "--max-publishers", "2"]);
+    let (mut first, _, _) = join(busd.addr, Role::Publisher, "a").await;
+    let (mut second, _, _) = join(busd.addr, Role::Publisher, "b").await;
+    let mut third = connect(busd.addr).await;
+    third.send(hello(Role::Publisher, "c", None)).await.unwrap();
+    let message = expect_error(&mut third, ErrorCode::TooManyConnections).await;
+    assert!(message.contains("2 publishers"), "{message}");
+    publish(&mut first, 1, vec![event(1, "a")]).await;
+    publish(&mut second, 1, vec![event(1, "b")]).await;
+}
+
+#[tokio::test]
+async fn the_accept_cap_counts_subscribers_and_publishers_together() {
+    let busd = Busd::start(&["--max-connections", "1", "--max-publishers", "1"]);
+    let (_sub, _, _) = join(busd.addr, Role::Subscriber, "s").await;
+    let (mut publisher, _, _) = join(busd.addr, Role::Publisher, "p").await;
+    // Refused before Hello, with nothing sent.
+    let mut third = connect(busd.addr).await;
+    let message = expect_error(&mut third, ErrorCode::TooManyConnections).await;
+    assert!(message.contains("2 connections"), "{message}");
+    publish(&mut publisher, 1, vec![event(1, "p")]).await;
 }
 
 #[tokio::test]
