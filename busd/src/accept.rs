@@ -28,7 +28,7 @@ where
     R: Fn(TcpStream) -> RF,
     RF: Future<Output = ()> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(max_connections));
+    let permits = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     let tasks = TaskTracker::new();
     loop {
         let accepted = tokio::select! {

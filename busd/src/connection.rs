@@ -10,22 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::StreamExt;
 use protocol::codec::decode_body;
 use protocol::frame::peek_hello_version;
-use protocol::{
-    ClientFrame, CodecError, ErrorCode, PROTOCOL_VERSION, Position, RawCodec, Role, ServerFrame,
-};
+use protocol::{ClientFrame, CodecError, ErrorCode, PROTOCOL_VERSION, Position, Role, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::publishers::Publishers;
+use crate::reader::{FrameReader, Limits, ReadBudget, ReadError};
 use crate::shutdown::Shutdown;
+use crate::slots::Slots;
 use crate::{publisher, subscriber};
 
 /// What every connection task shares.
@@ -39,6 +37,10 @@ pub struct Context {
     pub follows: Option<Position>,
     /// Numbers connections, so a publisher's name claim knows whose it is.
     pub connections: AtomicU64,
+    /// Subscriber and publisher slots, taken after `Hello`.
+    pub slots: Slots,
+    /// Bytes of partly received frames all connections may hold together.
+    pub budget: ReadBudget,
 }
 
 /// What a client said in its `Hello`.
@@ -48,7 +50,8 @@ struct Hello {
     instance: u64,
 }
 
-pub type Reader = FramedRead<OwnedReadHalf, RawCodec>;
+/// A connection's incoming side.
+pub type Reader = FrameReader<OwnedReadHalf>;
 
 /// How long a refused peer gets to read its `Error` frame before the socket is dropped.
 const LINGER: Duration = Duration::from_secs(1);
@@ -78,6 +81,19 @@ impl From<CodecError> for Close {
                 Close::Refuse(ErrorCode::Malformed, err.to_string())
             }
             CodecError::Truncated(_) | CodecError::Io(_) => Close::Quiet(err.to_string()),
+        }
+    }
+}
+
+impl From<ReadError> for Close {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Codec(err) => err.into(),
+            ReadError::FirstFrameTooLarge { .. } => {
+                Close::Refuse(ErrorCode::FrameTooLarge, err.to_string())
+            }
+            ReadError::FrameTimeout(_) => Close::Refuse(ErrorCode::FrameTimeout, err.to_string()),
+            ReadError::BudgetClosed => Close::Quiet(err.to_string()),
         }
     }
 }
@@ -143,12 +159,14 @@ pub async fn linger(mut rd: OwnedReadHalf) {
 }
 
 /// Ends a connection with an `Error` frame (or quietly), lingering so the frame arrives.
+/// The reader's buffer and budget are given up first.
 pub async fn close(reader: Reader, out: Outbound, close: Close, peer: &str) {
+    let rd = reader.into_inner();
     match close {
         Close::Refuse(code, message) => {
             info!(%peer, ?code, %message, "refusing connection");
             out.finish(&ServerFrame::Error { code, message }).await;
-            linger(reader.into_inner()).await;
+            linger(rd).await;
         }
         Close::Quiet(reason) => debug!(%peer, %reason, "connection closed"),
     }
@@ -175,7 +193,12 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let _ = socket.set_nodelay(true);
     let (rd, wr) = socket.into_split();
-    let mut reader = FramedRead::with_capacity(rd, RawCodec::new(ctx.config.max_frame), 64 * 1024);
+    let limits = Limits {
+        max_frame: ctx.config.max_frame,
+        frame_timeout: ctx.config.frame_timeout,
+        budget: ctx.budget.clone(),
+    };
+    let mut reader = FrameReader::new(rd, limits);
     let mut out = Outbound::new(wr, ctx.config.max_frame);
     let hello = tokio::select! {
         hello = read_hello(&mut reader, &ctx.config) => hello,
@@ -188,6 +211,14 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
         Err(reason) => return close(reader, out, reason, &peer).await,
     };
     debug!(%peer, role = ?hello.role, name = %hello.name, "hello");
+    let _slot = match ctx.slots.take(hello.role) {
+        Ok(slot) => slot,
+        Err(full) => {
+            let reason = Close::refuse(ErrorCode::TooManyConnections, full.to_string());
+            return close(reader, out, reason, &peer).await;
+        }
+    };
+    reader.hello_accepted();
     let connection = ctx.connections.fetch_add(1, Relaxed);
     let claim = match hello.role {
         Role::Subscriber => None,

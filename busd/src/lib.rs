@@ -22,6 +22,8 @@ pub mod publisher;
 #[cfg(not(loom))]
 pub mod publishers;
 pub mod queue;
+#[cfg(not(loom))]
+pub mod reader;
 
 #[cfg(not(loom))]
 pub mod accept;
@@ -31,6 +33,8 @@ pub mod ring;
 pub mod server;
 #[cfg(not(loom))]
 pub mod shutdown;
+#[cfg(not(loom))]
+pub mod slots;
 #[cfg(not(loom))]
 pub mod state;
 #[cfg(not(loom))]

@@ -39,9 +39,13 @@ struct Args {
     /// What to do with a subscriber whose queue is full.
     #[arg(long, env = "TRACKER_SLOW_POLICY", value_enum, default_value_t = SlowPolicy::DropOldest)]
     slow_policy: SlowPolicy,
-    /// Most simultaneous connections; more are refused with an Error frame.
+    /// Most subscribers (and connections still in their handshake); more are refused with
+    /// an Error frame. Publishers have their own --max-publishers slots on top.
     #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = positive)]
     max_connections: usize,
+    /// Most publishers, kept apart so that subscribers can never lock them out.
+    #[arg(long, env = "TRACKER_MAX_PUBLISHERS", default_value_t = 1_000, value_parser = positive)]
+    max_publishers: usize,
     /// Largest frame accepted or sent.
     #[arg(long, env = "TRACKER_MAX_FRAME", default_value = "1MiB")]
     max_frame: ByteSize,
@@ -51,6 +55,14 @@ struct Args {
     /// How long a new connection has to send Hello.
     #[arg(long, env = "TRACKER_HELLO_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     hello_timeout: Duration,
+    /// How long a frame may take to arrive once it has started; a connection idle between
+    /// frames has no deadline.
+    #[arg(long, env = "TRACKER_FRAME_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    frame_timeout: Duration,
+    /// Memory for partly received frames across all connections (at least --max-frame); a
+    /// connection whose frame does not fit is not read until some frees.
+    #[arg(long, env = "TRACKER_READ_BUDGET", default_value = "256MiB")]
+    read_budget: ByteSize,
     /// Idle time after which a subscriber is sent a heartbeat.
     #[arg(long, env = "TRACKER_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -71,6 +83,14 @@ fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Args {
     fn config(&self) -> anyhow::Result<Config> {
         let max_frame = usize::try_from(self.max_frame.as_u64())
@@ -84,9 +104,12 @@ impl Args {
             replay_bytes: usize::try_from(self.replay_bytes.as_u64()).unwrap_or(usize::MAX),
             slow_policy: self.slow_policy,
             max_connections: self.max_connections,
+            max_publishers: self.max_publishers,
             max_frame,
             max_filter: self.max_filter,
             hello_timeout: self.hello_timeout,
+            frame_timeout: self.frame_timeout,
+            read_budget: usize::try_from(self.read_budget.as_u64()).unwrap_or(usize::MAX),
             heartbeat: self.heartbeat,
             drain_timeout: self.drain_timeout,
             state_file: Some(self.state_file.clone()).filter(|p| !p.as_os_str().is_empty()),

@@ -4,8 +4,7 @@
 //! holds another whole frame, replies wait, so a pipelining publisher costs one write per
 //! read rather than one per batch.
 
-use futures::StreamExt;
-use protocol::codec::{decode_body, has_complete_frame};
+use protocol::codec::decode_body;
 use protocol::{ClientFrame, ErrorCode, ServerFrame, publish};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -29,6 +28,7 @@ pub async fn run(
     match ended {
         Some(reason) => close(reader, out, reason, peer).await,
         None => {
+            drop(reader);
             let goodbye = ServerFrame::Goodbye {
                 epoch: ctx.bus.epoch(),
                 last_seq: ctx.bus.head(),
@@ -48,7 +48,7 @@ async fn serve(
 ) -> Option<Close> {
     let name = claim.name();
     loop {
-        if !has_complete_frame(reader.read_buffer()) {
+        if !reader.has_frame() {
             if let Err(err) = out.flush().await {
                 return Some(Close::Quiet(err.to_string()));
             }

@@ -15,7 +15,9 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::connection::{self, Context};
 use crate::publishers::Publishers;
+use crate::reader::ReadBudget;
 use crate::shutdown::Shutdown;
+use crate::slots::Slots;
 use crate::state::StateFile;
 
 /// Serves publishers and subscribers on `listener` until `shutdown` is cancelled, then stops
@@ -46,9 +48,12 @@ pub async fn serve(
         None => info!(epoch, "bus ready (follows no graceful run)"),
     }
     let drain_timeout = config.drain_timeout;
-    let max_connections = config.max_connections;
+    // Publishers' slots come on top of everyone else's (see `crate::slots`).
+    let max_connections = config.max_connections.saturating_add(config.max_publishers);
     let ctx = Arc::new(Context {
         bus: bus.clone(),
+        slots: Slots::new(config.max_connections, config.max_publishers),
+        budget: read_budget(&config),
         config,
         shutdown: Shutdown::default(),
         publishers: Publishers::default(),
@@ -91,6 +96,19 @@ pub async fn serve(
     }
     info!(epoch = bus.epoch(), last_seq, "stopped");
     Ok(())
+}
+
+/// The budget for partly received frames, raised to `max_frame` (and saying so) when lower,
+/// since a frame that could never get its budget could never be received.
+fn read_budget(config: &Config) -> ReadBudget {
+    if config.read_budget < config.max_frame {
+        warn!(
+            read_budget = config.read_budget,
+            max_frame = config.max_frame,
+            "--read-budget is below --max-frame; raising it to --max-frame"
+        );
+    }
+    ReadBudget::new(config.read_budget.max(config.max_frame))
 }
 
 /// Microseconds since the Unix epoch: distinct for every start, and growing across restarts.

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use futures::StreamExt;
 use protocol::codec::decode_body;
 use protocol::fanout::EventsFrame;
 use protocol::{ClientFrame, ErrorCode, Filter, ServerFrame, publish};
@@ -37,7 +36,10 @@ pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String
     let (control, requests) = mpsc::channel(64);
     let writer = tokio::spawn(write_loop(out, sub, requests, ctx_writer));
     let mut reader = reader;
-    match read_loop(&mut reader, ctx, key, &control).await {
+    let ended = read_loop(&mut reader, ctx, key, &control).await;
+    // The reader's buffer and any budget it holds are not needed while the writer finishes.
+    let rd = reader.into_inner();
+    match ended {
         Ended::Stopped => {
             // Keep `control` open: the writer flushes and says goodbye once the bus closes.
             let _ = writer.await;
@@ -49,7 +51,7 @@ pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String
                 .await;
             drop(control);
             let _ = writer.await;
-            crate::connection::linger(reader.into_inner()).await;
+            crate::connection::linger(rd).await;
         }
         Ended::Close(quiet) => {
             drop(control);

@@ -292,8 +292,14 @@ async fn connections_over_the_limit_are_refused() {
     let busd = Busd::start(&["--max-connections", "2"]);
     let (mut first, _, _) = join(busd.addr, Role::Subscriber, "a").await;
     let (_second, _, _) = join(busd.addr, Role::Subscriber, "b").await;
+    // Accepted (publishers have slots of their own), but refused once it says Subscriber.
     let mut third = connect(busd.addr).await;
-    expect_error(&mut third, ErrorCode::TooManyConnections).await;
+    third
+        .send(hello(Role::Subscriber, "c", None))
+        .await
+        .unwrap();
+    let message = expect_error(&mut third, ErrorCode::TooManyConnections).await;
+    assert!(message.contains("2 subscribers"), "{message}");
     settle(&mut first).await;
 }
 
