@@ -26,6 +26,7 @@ pub async fn serve(
         &stop,
         |stream| connection::serve(stream, app.clone(), limits, timeouts, stop.clone()),
         connection::refuse,
+        busd::accept::never_reclaim,
     )
     .await;
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
