@@ -3,7 +3,8 @@
 //!
 //! Pipelined requests that arrive in one read are answered with one write. A request head
 //! that has started must finish within the header timeout (a slow drip does not reset it);
-//! an idle keep-alive connection is closed after the idle timeout.
+//! an idle keep-alive connection is closed after the idle timeout, or sooner when its slot
+//! is reclaimed for a newcomer (see [`crate::slots`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,6 +20,7 @@ use crate::metrics::Outcome;
 use crate::request::{self, Limits, Method, Reject};
 use crate::response::{self, Response};
 use crate::route::{self, App};
+use crate::slots::Lease;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -32,6 +34,7 @@ pub async fn serve(
     limits: Limits,
     timeouts: Timeouts,
     stop: CancellationToken,
+    lease: Lease,
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(4096);
@@ -54,12 +57,22 @@ pub async fn serve(
             return linger(stream).await;
         }
         throttle(&app).await;
-        let deadline =
-            head_started.map_or_else(|| Instant::now() + timeouts.idle, |t| t + timeouts.header);
+        let now = Instant::now();
+        // Nothing buffered and nothing being written: the slot may be reclaimed meanwhile,
+        // and then the connection closes quietly, owing no response.
+        let idle = head_started.is_none();
+        if idle && !lease.idle(now.into_std()) {
+            return;
+        }
+        let deadline = head_started.map_or(now + timeouts.idle, |t| t + timeouts.header);
         let read = tokio::select! {
             read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
-            _ = stop.cancelled(), if buf.is_empty() => return,
+            _ = stop.cancelled(), if idle => return,
+            _ = lease.reclaimed(), if idle => return,
         };
+        if idle && !lease.busy() {
+            return;
+        }
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
@@ -179,7 +192,7 @@ async fn linger(mut stream: TcpStream) {
     .await;
 }
 
-/// Refuses a connection over the limit.
+/// Refuses a connection over the limit when no idle connection could make room for it.
 pub async fn refuse(mut stream: TcpStream) {
     let mut out = BytesMut::new();
     Response::json(503, r#"{"error":"too_many_connections"}"#)
