@@ -42,10 +42,13 @@ pub async fn serve(
     let mut head_started: Option<Instant> = None;
     loop {
         let close = answer_buffered(&mut buf, &mut out, &app, limits, stop.is_cancelled());
+        // Read before the write: once the response is out the client may go on at once, so
+        // this is when the connection went quiet, and idle times keep the order of events.
+        let now = Instant::now();
         if buf.is_empty() {
             head_started = None;
         } else if head_started.is_none() {
-            head_started = Some(Instant::now());
+            head_started = Some(now);
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -57,7 +60,6 @@ pub async fn serve(
             return linger(stream).await;
         }
         throttle(&app).await;
-        let now = Instant::now();
         // Nothing buffered and nothing being written: the slot may be reclaimed meanwhile,
         // and then the connection closes quietly, owing no response.
         let idle = head_started.is_none();
