@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, never_reclaim};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::connection::{self, Context};
@@ -73,6 +73,7 @@ pub async fn serve(
             }
         },
         move |socket| connection::refuse_over_limit(socket, max_connections),
+        never_reclaim,
     )
     .await;
     ctx.shutdown.stop_reading.cancel();

@@ -75,7 +75,8 @@ pub struct ServeArgs {
     /// Time an idle keep-alive connection is kept.
     #[arg(long, env = "TRACKER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
-    /// Most simultaneous HTTP connections; more get 503 and are closed.
+    /// Most simultaneous HTTP connections. At the limit the connection idle longest is
+    /// closed to admit a new one; only when none is idle do newcomers get 503.
     #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Accepted events held until busd acknowledges them; when full, requests get 503.

@@ -3,7 +3,8 @@
 //!
 //! Pipelined requests that arrive in one read are answered with one write. A request head
 //! that has started must finish within the header timeout (a slow drip does not reset it);
-//! an idle keep-alive connection is closed after the idle timeout.
+//! an idle keep-alive connection is closed after the idle timeout, or sooner when its slot
+//! is reclaimed for a newcomer (see [`crate::slots`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::metrics::Outcome;
 use crate::request::{self, Limits, Method, Reject};
 use crate::response::{self, Response};
 use crate::route::{self, App};
+use crate::slots::Lease;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -31,6 +33,7 @@ pub async fn serve(
     limits: Limits,
     timeouts: Timeouts,
     stop: CancellationToken,
+    lease: Lease,
 ) {
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(4096);
@@ -38,10 +41,13 @@ pub async fn serve(
     let mut head_started: Option<Instant> = None;
     loop {
         let close = answer_buffered(&mut buf, &mut out, &app, limits, stop.is_cancelled());
+        // Read before the write: once the response is out the client may go on at once, so
+        // this is when the connection went quiet, and idle times keep the order of events.
+        let now = Instant::now();
         if buf.is_empty() {
             head_started = None;
         } else if head_started.is_none() {
-            head_started = Some(Instant::now());
+            head_started = Some(now);
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -53,12 +59,21 @@ pub async fn serve(
             return linger(stream).await;
         }
         throttle(&app).await;
-        let deadline =
-            head_started.map_or_else(|| Instant::now() + timeouts.idle, |t| t + timeouts.header);
+        // Nothing buffered and nothing being written: the slot may be reclaimed meanwhile,
+        // and then the connection closes quietly, owing no response.
+        let idle = head_started.is_none();
+        if idle && !lease.idle(now.into_std()) {
+            return;
+        }
+        let deadline = head_started.map_or(now + timeouts.idle, |t| t + timeouts.header);
         let read = tokio::select! {
             read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
-            _ = stop.cancelled(), if buf.is_empty() => return,
+            _ = stop.cancelled(), if idle => return,
+            _ = lease.reclaimed(), if idle => return,
         };
+        if idle && !lease.busy() {
+            return;
+        }
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
@@ -175,7 +190,7 @@ async fn linger(mut stream: TcpStream) {
     .await;
 }
 
-/// Refuses a connection over the limit.
+/// Refuses a connection over the limit when no idle connection could make room for it.
 pub async fn refuse(mut stream: TcpStream) {
     let mut out = BytesMut::new();
     Response::json(503, r#"{"error":"too_many_connections"}"#)

@@ -3,7 +3,8 @@
 //!
 //! A request flows [`request`] (parse and limits) -> [`route`] (validate, look up, accept)
 //! -> [`outbox`] (encoded, kept until acknowledged) -> [`forwarder`] (batches to busd);
-//! [`connection`] and [`server`] drive the sockets and [`serve`] puts it all together.
+//! [`connection`] and [`server`] drive the sockets, [`slots`] takes back idle connections'
+//! slots when they run out, and [`serve`] puts it all together.
 
 pub mod cli;
 pub mod connection;
@@ -15,3 +16,4 @@ pub mod response;
 pub mod route;
 pub mod serve;
 pub mod server;
+pub mod slots;

@@ -1,5 +1,6 @@
 //! `/metrics` in the Prometheus text format: requests by outcome, buffer depth, accounts and
-//! whether their file is in place, bus reconnects and a latency histogram.
+//! whether their file is in place, bus reconnects, reclaimed connections and a latency
+//! histogram.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +77,9 @@ pub struct Metrics {
     /// or replaced and ingest serves the accounts it has in memory.
     pub accounts_file_ok: Gauge,
     pub bus_reconnects: Counter,
+    /// Idle connections closed to admit a new one at `--max-connections`: many mean the
+    /// limit is too low for the clients' keep-alive habits, or someone is hoarding sockets.
+    pub connections_reclaimed: Counter,
     /// Time to answer the requests one read brought: one request unless the client pipelines.
     pub answer_time: Histogram,
 }
@@ -129,6 +133,12 @@ impl Default for Metrics {
             "Reconnections to busd",
             bus_reconnects.clone(),
         );
+        let connections_reclaimed = Counter::default();
+        registry.register(
+            "connections_reclaimed",
+            "Idle HTTP connections closed to admit a new one at --max-connections",
+            connections_reclaimed.clone(),
+        );
         // 10 µs to about 160 ms.
         let answer_time = Histogram::new(exponential_buckets(0.000_01, 2.0, 15));
         registry.register(
@@ -145,6 +155,7 @@ impl Default for Metrics {
             accounts,
             accounts_file_ok,
             bus_reconnects,
+            connections_reclaimed,
             answer_time,
         }
     }
@@ -181,6 +192,7 @@ mod tests {
         metrics.count(Outcome::BadData);
         metrics.buffer_depth.set(7);
         metrics.answer_time.observe(0.0002);
+        metrics.connections_reclaimed.inc();
         let text = metrics.render();
         assert!(
             text.contains(r#"tracker_ingest_requests_total{outcome="accepted"} 2"#),
@@ -189,6 +201,7 @@ mod tests {
         assert!(text.contains(r#"tracker_ingest_requests_total{outcome="bad_data"} 1"#));
         assert!(text.contains("tracker_ingest_buffer_events 7"));
         assert!(text.contains("tracker_ingest_answer_duration_seconds_count 1"));
+        assert!(text.contains("tracker_ingest_connections_reclaimed_total 1"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

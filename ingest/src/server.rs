@@ -1,4 +1,5 @@
-//! The HTTP accept loop: a connection cap, and a shutdown that stops accepting and lets open
+//! The HTTP accept loop: a connection cap that takes back the slot of the connection idle
+//! longest before refusing a newcomer, and a shutdown that stops accepting and lets open
 //! connections finish the request they are in.
 
 use std::sync::Arc;
@@ -9,9 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::connection::{self, Timeouts};
+use crate::metrics::Metrics;
 use crate::request::Limits;
 use crate::route::App;
+use crate::slots::Slots;
 
+/// Serves HTTP on `listener` until `stop`, then waits a moment for open connections.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
@@ -20,12 +24,17 @@ pub async fn serve(
     max_connections: usize,
     stop: CancellationToken,
 ) {
+    let slots = Slots::new();
     let tasks = busd::accept::accept_loop(
         listener,
         max_connections,
         &stop,
-        |stream| connection::serve(stream, app.clone(), limits, timeouts, stop.clone()),
+        |stream| {
+            let lease = slots.register(std::time::Instant::now());
+            connection::serve(stream, app.clone(), limits, timeouts, stop.clone(), lease)
+        },
         connection::refuse,
+        || reclaim(&slots, &app.metrics),
     )
     .await;
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
@@ -37,4 +46,14 @@ pub async fn serve(
             "closing HTTP connections that did not finish in time"
         );
     }
+}
+
+/// Asks the connection idle longest to close, so that sockets left open and silent cannot
+/// keep real requests out; counted in /metrics.
+fn reclaim(slots: &Slots, metrics: &Metrics) -> bool {
+    let reclaimed = slots.reclaim_idlest();
+    if reclaimed {
+        metrics.connections_reclaimed.inc();
+    }
+    reclaimed
 }
