@@ -33,6 +33,7 @@ fn app() -> App {
         metrics: Arc::new(Metrics::default()),
         origin: "bench:8080".into(),
         max_data: 4096,
+        cors_origins: Vec::new(),
     }
 }
 

@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for busd to acknowledge buffered events.
     #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Origins whose web pages may send events (CORS), comma-separated, or * for any;
+    /// preflight OPTIONS requests are answered for them. Default: none.
+    #[arg(long, env = "TRACKER_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
     /// How often the accounts table is checked for changes.
     #[arg(long, env = "TRACKER_SYNC_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub sync_interval: Duration,

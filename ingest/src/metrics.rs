@@ -24,10 +24,12 @@ pub enum Outcome {
     TooLarge,
     Timeout,
     Health,
+    /// A CORS preflight answered for an allowed origin.
+    Preflight,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 12] = [
+    const ALL: [Outcome; 13] = [
         Outcome::Accepted,
         Outcome::Probe,
         Outcome::BadAccountId,
@@ -40,6 +42,7 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::Timeout,
         Outcome::Health,
+        Outcome::Preflight,
     ];
 
     fn label(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::Timeout => "timeout",
             Outcome::Health => "health",
+            Outcome::Preflight => "preflight",
         }
     }
 }

@@ -15,6 +15,17 @@ pub struct Response {
     pub extra: Option<(&'static str, &'static str)>,
     /// Close the connection after this response.
     pub close: bool,
+    /// CORS headers, for a request from an allowed origin.
+    pub cors: Option<Cors>,
+}
+
+/// What a response tells a browser about a cross-origin request it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// `Access-Control-Allow-Origin`: the request's origin, or `*`.
+    pub origin: Box<str>,
+    /// An answer to a preflight: also the methods and headers allowed.
+    pub preflight: bool,
 }
 
 #[derive(Debug)]
@@ -40,6 +51,7 @@ impl Response {
             body: Body::Static(body),
             extra: None,
             close: false,
+            cors: None,
         }
     }
 
@@ -50,6 +62,7 @@ impl Response {
             body: Body::Owned(body),
             extra: None,
             close: false,
+            cors: None,
         }
     }
 
@@ -73,10 +86,19 @@ impl Response {
         out.extend_from_slice(reason(self.status).as_bytes());
         out.extend_from_slice(b"\r\nServer: tracker-ingest\r\nDate: ");
         out.extend_from_slice(date.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        // An event GET must never be answered from a cache, and nothing here is worth
+        // caching: every response says so.
+        out.extend_from_slice(b"\r\nCache-Control: no-store");
+        if self.status != 204 {
+            out.extend_from_slice(b"\r\nContent-Type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+            // RFC 9110 8.6: no Content-Length on a 204.
+            out.extend_from_slice(b"\r\nContent-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        }
+        if let Some(cors) = &self.cors {
+            cors.write(out);
+        }
         if let Some((name, value)) = self.extra {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_bytes());
@@ -87,8 +109,23 @@ impl Response {
             out.extend_from_slice(b"\r\nConnection: close");
         }
         out.extend_from_slice(b"\r\n\r\n");
-        if !head_only {
+        if !head_only && self.status != 204 {
             out.extend_from_slice(body);
+        }
+    }
+}
+
+impl Cors {
+    fn write(&self, out: &mut BytesMut) {
+        out.extend_from_slice(b"\r\nAccess-Control-Allow-Origin: ");
+        out.extend_from_slice(self.origin.as_bytes());
+        out.extend_from_slice(b"\r\nVary: Origin");
+        if self.preflight {
+            // Authorization: write keys travel in it, and it is what makes browsers preflight.
+            out.extend_from_slice(
+                b"\r\nAccess-Control-Allow-Methods: GET, HEAD\r\n\
+                  Access-Control-Allow-Headers: Authorization\r\nAccess-Control-Max-Age: 600",
+            );
         }
     }
 }
@@ -104,6 +141,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         202 => "Accepted",
+        204 => "No Content",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -158,6 +196,38 @@ mod tests {
             .write(&mut out, true, "Sun, 22 Nov 2026 10:00:00 GMT");
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.contains("Content-Length: 21\r\nConnection: close\r\n\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn every_response_forbids_caching() {
+        let mut out = BytesMut::new();
+        Response::json(404, r#"{"error":"unknown_account"}"#).write(&mut out, false, "d");
+        assert!(
+            String::from_utf8(out.to_vec())
+                .unwrap()
+                .contains("\r\nCache-Control: no-store\r\n")
+        );
+    }
+
+    #[test]
+    fn a_preflight_answer_has_no_body_and_names_what_is_allowed() {
+        let mut out = BytesMut::new();
+        let mut response = Response::json(204, "");
+        response.cors = Some(Cors {
+            origin: "https://app.example".into(),
+            preflight: true,
+        });
+        response.write(&mut out, false, "d");
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"));
+        assert!(!text.contains("Content-Length"));
+        assert!(
+            text.contains(
+                "\r\nAccess-Control-Allow-Origin: https://app.example\r\nVary: Origin\r\n"
+            )
+        );
+        assert!(text.contains("\r\nAccess-Control-Allow-Headers: Authorization\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
     }
 }

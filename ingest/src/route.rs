@@ -10,7 +10,7 @@ use crate::forwarder::Link;
 use crate::metrics::{Metrics, Outcome};
 use crate::outbox::Outbox;
 use crate::request::{Head, Method};
-use crate::response::{Body, Response};
+use crate::response::{Body, Cors, Response};
 
 /// What request handling needs, shared by every connection.
 pub struct App {
@@ -21,22 +21,56 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub origin: String,
     pub max_data: usize,
+    /// Origins whose pages may call ingest (`--cors-origin`); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 /// Answers one request; `now_us` is the acceptance time given to an accepted event.
 pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
-    if matches!(head.method, Method::Other | Method::Options) {
-        let response = Response::json(405, r#"{"error":"method_not_allowed"}"#)
-            .with_header("Allow", "GET, HEAD");
-        return (response, Outcome::MethodNotAllowed);
+    let allowed = allowed_origin(app, head.origin);
+    match head.method {
+        Method::Options if allowed.is_some() => {
+            let mut response = Response::json(204, "");
+            response.cors = allowed.map(|origin| Cors {
+                origin,
+                preflight: true,
+            });
+            return (response, Outcome::Preflight);
+        }
+        Method::Options | Method::Other => {
+            let response = Response::json(405, r#"{"error":"method_not_allowed"}"#)
+                .with_header("Allow", "GET, HEAD");
+            return (response, Outcome::MethodNotAllowed);
+        }
+        Method::Get | Method::Head => {}
     }
     let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
-    match path {
+    let (mut response, outcome) = match path {
         "/healthz" => (Response::json(200, r#"{"status":"ok"}"#), Outcome::Health),
         "/readyz" => (ready(app), Outcome::Health),
         "/metrics" => (metrics(app), Outcome::Health),
         _ => event(path, query, head.method == Method::Head, app, now_us),
+    };
+    response.cors = allowed.map(|origin| Cors {
+        origin,
+        preflight: false,
+    });
+    (response, outcome)
+}
+
+/// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
+fn allowed_origin(app: &App, origin: Option<&str>) -> Option<Box<str>> {
+    if app.cors_origins.is_empty() {
+        return None;
     }
+    let origin = origin?;
+    if app.cors_origins.iter().any(|o| o == "*") {
+        return Some("*".into());
+    }
+    app.cors_origins
+        .iter()
+        .any(|o| o == origin)
+        .then(|| origin.into())
 }
 
 fn ready(app: &App) -> Response {
@@ -57,6 +91,7 @@ fn metrics(app: &App) -> Response {
         .accounts_file_ok
         .set(i64::from(app.accounts.file_ok()));
     Response {
+        cors: None,
         status: 200,
         content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
         body: Body::Owned(app.metrics.render()),
@@ -107,10 +142,14 @@ fn accepted() -> Response {
     Response::json(202, r#"{"status":"accepted"}"#)
 }
 
-/// `/<decimal u64>`, nothing else.
+/// `/<decimal u64>` in canonical form, nothing else: `/0005` is refused rather than taken
+/// for account 5, so one account has one URL (in logs, caches and rate limits alike).
 fn account_id(path: &str) -> Option<u64> {
     let digits = path.strip_prefix('/')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 1 && digits.starts_with('0') {
         return None;
     }
     digits.parse().ok()
@@ -169,7 +208,7 @@ mod tests {
     #[test]
     fn account_ids_are_plain_decimal_u64() {
         assert_eq!(account_id("/5"), Some(5));
-        assert_eq!(account_id("/007"), Some(7));
+        assert_eq!(account_id("/0"), Some(0));
         assert_eq!(account_id("/18446744073709551615"), Some(u64::MAX));
         for bad in [
             "/",
@@ -181,6 +220,8 @@ mod tests {
             "/1/2",
             "5",
             "/%31",
+            "/007",
+            "/00",
         ] {
             assert_eq!(account_id(bad), None, "{bad}");
         }

@@ -104,6 +104,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         origin: origin.clone(),
         max_data: args.max_data,
+        cors_origins: args.cors_origin.clone(),
     });
     let limits = Limits {
         max_head: usize::try_from(args.max_head.as_u64()).unwrap_or(usize::MAX),

@@ -295,3 +295,129 @@ fn bad_flags_exit_2() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// Sends `raw` on a new connection and reads one reply.
+async fn raw(at: std::net::SocketAddr, raw: &str) -> testkit::http::Reply {
+    let mut client = Client::connect(at).await;
+    client.send_raw(raw.as_bytes()).await;
+    client
+        .read_reply(raw.starts_with("HEAD"))
+        .await
+        .expect("a reply")
+}
+
+#[tokio::test]
+async fn request_targets_are_read_as_rfc_9112_says() {
+    let ingest = Ingest::start(&[]);
+    let at = ingest.http;
+    let (mut sub, _) = subscriber(ingest.bus.expect("embedded"), Filter::All, None).await;
+    // The absolute-form is the same request as its path.
+    let reply = raw(
+        at,
+        "GET http://ingest.example:8080/5?data=absolute HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let (events, _) = collect(&mut sub, 1).await;
+    assert_eq!(events[0].1.data, "absolute");
+    // A fragment is never sent by a client: it is malformed, not data.
+    let reply = raw(at, "GET /5?data=a#frag HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, r#"{"error":"bad_request"}"#)
+    );
+    // Content-Length is digits only.
+    let reply = raw(
+        at,
+        "GET /5?data=a HTTP/1.1\r\nHost: x\r\nContent-Length: +0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, r#"{"error":"bad_request"}"#)
+    );
+    let reply = raw(
+        at,
+        "GET /5?data=zero HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    // One account, one URL.
+    let reply = get(at, "/0005?data=a").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (400, r#"{"error":"bad_account_id"}"#)
+    );
+}
+
+#[tokio::test]
+async fn no_response_may_be_cached() {
+    let ingest = Ingest::start(&["--max-connections", "1"]);
+    let at = ingest.http;
+    for target in [
+        "/5?data=a",
+        "/999999?data=a",
+        "/abc",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        let reply = get(at, target).await;
+        assert_eq!(reply.header("cache-control"), Some("no-store"), "{target}");
+    }
+    let reply = raw(at, "HEAD /5?data=a HTTP/1.1\r\n\r\n").await;
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let reply = raw(at, "DELETE /5 HTTP/1.1\r\n\r\n").await;
+    assert_eq!(
+        (reply.status, reply.header("cache-control")),
+        (405, Some("no-store"))
+    );
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_exact_when_on() {
+    let plain = Ingest::start(&[]);
+    let preflight = "OPTIONS /5?data=a HTTP/1.1\r\nOrigin: https://app.example\r\n\
+                     Access-Control-Request-Method: GET\r\n\
+                     Access-Control-Request-Headers: authorization\r\n\r\n";
+    let reply = raw(plain.http, preflight).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+
+    let ingest = Ingest::start(&["--cors-origin", "https://app.example,https://other.example"]);
+    let at = ingest.http;
+    let reply = raw(at, preflight).await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, HEAD")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-headers"),
+        Some("Authorization")
+    );
+    assert_eq!(reply.header("vary"), Some("Origin"));
+    assert_eq!(reply.header("content-length"), None);
+
+    let get_from =
+        |origin: &str| format!("GET /5?data=cors HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\r\n");
+    let reply = raw(at, &get_from("https://other.example")).await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://other.example")
+    );
+    let reply = raw(at, &get_from("https://evil.example")).await;
+    assert_eq!(
+        reply.status, 202,
+        "CORS is the browser's check, not an auth check"
+    );
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    let reply = raw(at, &preflight.replace("app.example", "evil.example")).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+}
