@@ -254,10 +254,13 @@ impl Bus {
 
     pub fn stats(&self) -> Stats {
         let state = self.lock();
+        // A connection that never subscribed (busctl stats asking for these very figures,
+        // say) receives nothing and is no subscriber.
         let subscribers: Vec<SubscriberStats> = state
             .slots
             .iter()
             .flatten()
+            .filter(|slot| slot.filter.is_some())
             .map(|slot| SubscriberStats {
                 id: slot.sub.id,
                 name: slot.sub.name.clone(),

@@ -79,16 +79,18 @@ pub struct WatchArgs {
     /// Watch every account (the default).
     #[arg(long, env = "TRACKER_ALL")]
     pub all: bool,
-    #[arg(long, env = "TRACKER_FORMAT", value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format [default: text; with --aggregate: a table on a terminal, JSON lines
+    /// when piped].
+    #[arg(long, env = "TRACKER_FORMAT", value_enum)]
+    pub format: Option<Format>,
     /// Print per-window counts, rates, top accounts and lag instead of events (e.g. 5s).
     #[arg(long, env = "TRACKER_AGGREGATE", value_parser = parse_positive_duration)]
     pub aggregate: Option<Duration>,
     /// Accounts listed per window with --aggregate.
     #[arg(long, env = "TRACKER_TOP", default_value_t = 10)]
     pub top: usize,
-    /// Exit 0 after this many events.
-    #[arg(long, env = "TRACKER_COUNT")]
+    /// Exit 0 after this many events (at least 1).
+    #[arg(long, env = "TRACKER_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Exit 3 when events are reported missing.
     #[arg(long, env = "TRACKER_EXIT_ON_GAP")]
@@ -102,12 +104,14 @@ pub struct WatchArgs {
 pub struct PublishArgs {
     #[command(flatten)]
     pub bus: BusArgs,
+    /// The account the event is for.
     #[arg(long, env = "TRACKER_ACCOUNT")]
     pub account: u64,
+    /// The event's data.
     #[arg(long, env = "TRACKER_DATA")]
     pub data: String,
-    /// Publish the event this many times.
-    #[arg(long, env = "TRACKER_REPEAT", default_value_t = 1)]
+    /// Publish the event this many times (held a window of batches at a time).
+    #[arg(long, env = "TRACKER_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
     /// Give up (exit 4) when busd stays unreachable this long.
     #[arg(long, env = "TRACKER_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]

@@ -15,23 +15,50 @@ use crate::aggregate::{Aggregator, Window};
 use crate::cli::Format;
 use crate::render::{self, GapReport};
 
+/// What the watch loop hands to stdout.
 pub enum Output {
-    Events(Vec<(u64, Event)>),
+    /// Events of one busd epoch, in seq order.
+    Events {
+        epoch: u64,
+        events: Vec<(u64, Event)>,
+    },
     Gap(GapReport),
 }
 
 /// Writes until the sender is dropped; an error means stdout failed (a closed pipe, say).
+/// `format` is what `--format` said, if anything: events default to text, aggregate
+/// windows to a table on a terminal and JSON lines when piped.
 pub async fn run(
     rx: mpsc::Receiver<Output>,
-    format: Format,
+    format: Option<Format>,
     aggregate: Option<Aggregator>,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::new(tokio::io::stdout());
     match aggregate {
-        None => lines(rx, format, &mut out).await?,
-        Some(aggregator) => windows(rx, aggregator, &mut out).await?,
+        None => lines(rx, format.unwrap_or(Format::Text), &mut out).await?,
+        Some(aggregator) => {
+            let view = match format {
+                Some(Format::Json) => View::Json,
+                Some(Format::Text) if std::io::stdout().is_terminal() => View::Redrawn,
+                Some(Format::Text) => View::Table,
+                None if std::io::stdout().is_terminal() => View::Redrawn,
+                None => View::Json,
+            };
+            windows(rx, aggregator, view, &mut out).await?;
+        }
     }
     out.flush().await
+}
+
+/// How aggregate windows are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// The table, redrawn in place on a terminal.
+    Redrawn,
+    /// The table, one after the other (text piped somewhere).
+    Table,
+    /// One JSON object a window.
+    Json,
 }
 
 async fn lines(
@@ -41,9 +68,10 @@ async fn lines(
 ) -> std::io::Result<()> {
     while let Some(item) = rx.recv().await {
         match item {
-            Output::Events(events) => {
+            Output::Events { epoch, events } => {
                 for (seq, event) in &events {
-                    write_line(out, &render::event_line(format, *seq, event)).await?;
+                    let line = render::event_line(format, epoch, *seq, event);
+                    write_line(out, &line).await?;
                 }
             }
             Output::Gap(gap) => write_line(out, &render::gap_line(format, &gap)).await?,
@@ -58,9 +86,9 @@ async fn lines(
 async fn windows(
     mut rx: mpsc::Receiver<Output>,
     mut aggregator: Aggregator,
+    view: View,
     out: &mut BufWriter<Stdout>,
 ) -> std::io::Result<()> {
-    let terminal = std::io::stdout().is_terminal();
     let period = aggregator.window();
     let mut started = Instant::now();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -68,7 +96,7 @@ async fn windows(
     loop {
         tokio::select! {
             item = rx.recv() => match item {
-                Some(Output::Events(events)) => {
+                Some(Output::Events { events, .. }) => {
                     let now = render::now_us();
                     for (_, event) in &events {
                         aggregator.record(event, now);
@@ -83,14 +111,14 @@ async fn windows(
             },
             _ = ticks.tick() => {
                 let window = close_window(&mut aggregator, &mut started);
-                show(out, &window, terminal).await?;
+                show(out, &window, view).await?;
                 pending = false;
             }
         }
     }
     if pending {
         let window = close_window(&mut aggregator, &mut started);
-        show(out, &window, terminal).await?;
+        show(out, &window, view).await?;
     }
     Ok(())
 }
@@ -102,13 +130,18 @@ fn close_window(aggregator: &mut Aggregator, started: &mut Instant) -> Window {
     aggregator.finish(end, secs)
 }
 
-async fn show(out: &mut BufWriter<Stdout>, window: &Window, terminal: bool) -> std::io::Result<()> {
-    if terminal {
-        // Clear the screen and home the cursor, then redraw the table.
-        out.write_all(b"\x1b[2J\x1b[H").await?;
-        out.write_all(window.table().as_bytes()).await?;
-    } else {
-        write_line(out, &window.json()).await?;
+async fn show(out: &mut BufWriter<Stdout>, window: &Window, view: View) -> std::io::Result<()> {
+    match view {
+        View::Redrawn => {
+            // Clear the screen and home the cursor, then redraw the table.
+            out.write_all(b"\x1b[2J\x1b[H").await?;
+            out.write_all(window.table().as_bytes()).await?;
+        }
+        View::Table => {
+            out.write_all(window.table().as_bytes()).await?;
+            out.write_all(b"\n").await?;
+        }
+        View::Json => write_line(out, &window.json()).await?,
     }
     out.flush().await
 }

@@ -41,6 +41,8 @@ pub fn now_us() -> u64 {
 #[derive(Serialize)]
 struct EventJson<'a> {
     seq: u64,
+    /// seq restarts with every busd process; (epoch, seq) is the position.
+    epoch: u64,
     account_id: u64,
     timestamp: Option<String>,
     timestamp_us: u64,
@@ -55,7 +57,8 @@ struct GapJson<'a> {
     gap: &'a GapReport,
 }
 
-pub fn event_line(format: Format, seq: u64, event: &Event) -> String {
+/// One event as a line of `format`.
+pub fn event_line(format: Format, epoch: u64, seq: u64, event: &Event) -> String {
     match format {
         Format::Text => {
             let ts = timestamp(event.timestamp_us)
@@ -67,6 +70,7 @@ pub fn event_line(format: Format, seq: u64, event: &Event) -> String {
         }
         Format::Json => json(&EventJson {
             seq,
+            epoch,
             account_id: event.account_id,
             timestamp: timestamp(event.timestamp_us),
             timestamp_us: event.timestamp_us,
@@ -121,7 +125,7 @@ mod tests {
     #[test]
     fn text_matches_the_contract() {
         assert_eq!(
-            event_line(Format::Text, 123, &event()),
+            event_line(Format::Text, 9, 123, &event()),
             r#"2026-11-22T10:00:00.123456Z  account=5  seq=123  data="a \"quoted\" é""#
         );
     }
@@ -129,8 +133,8 @@ mod tests {
     #[test]
     fn json_matches_the_contract() {
         assert_eq!(
-            event_line(Format::Json, 123, &event()),
-            r#"{"seq":123,"account_id":5,"timestamp":"2026-11-22T10:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1","id":7}"#
+            event_line(Format::Json, 9, 123, &event()),
+            r#"{"seq":123,"epoch":9,"account_id":5,"timestamp":"2026-11-22T10:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1","id":7}"#
         );
     }
 
@@ -160,8 +164,8 @@ mod tests {
     fn absurd_timestamps_do_not_panic() {
         let mut e = event();
         e.timestamp_us = u64::MAX;
-        assert!(event_line(Format::Text, 1, &e).contains("timestamp_us=18446744073709551615"));
-        assert!(event_line(Format::Json, 1, &e).contains(r#""timestamp":null"#));
+        assert!(event_line(Format::Text, 9, 1, &e).contains("timestamp_us=18446744073709551615"));
+        assert!(event_line(Format::Json, 9, 1, &e).contains(r#""timestamp":null"#));
         assert!(timestamp(MAX_PRINTABLE_US).is_some());
     }
 }

@@ -311,7 +311,12 @@ impl Watch {
         let &(last, _) = fresh.last()?;
         position.seq = last;
         self.events += fresh.len() as u64;
-        if self.output.send(Output::Events(fresh)).await.is_err() {
+        let epoch = position.epoch;
+        let output = Output::Events {
+            epoch,
+            events: fresh,
+        };
+        if self.output.send(output).await.is_err() {
             return Some(Ended::Exit(exit::OK));
         }
         match self.args.count {

@@ -62,6 +62,7 @@ async fn filtered_events_arrive_in_order_and_others_never() {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     for e in &events {
+        assert!(e["epoch"].as_u64().is_some_and(|epoch| epoch > 0), "{e}");
         assert_eq!(e["origin"], "test");
         assert_eq!(e["timestamp_us"], 1_795_255_200_123_456u64);
         assert_eq!(e["timestamp"], "2026-11-21T10:00:00.123456Z");
@@ -251,6 +252,11 @@ fn bad_arguments_exit_2_with_a_clear_message() {
             "cannot be used with",
         ),
         (vec!["frobnicate"], "unrecognized subcommand"),
+        (vec!["watch", "--count", "0"], "--count"),
+        (
+            vec!["publish", "--account", "1", "--data", "x", "--repeat", "0"],
+            "--repeat",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_busctl"))
             .args(&args)
@@ -334,6 +340,11 @@ async fn publish_and_stats() {
     assert!(stats.wait_exit(WAIT).success());
     assert_eq!(report["published"], 5);
     assert!(report["published_per_sec"].is_number());
+    assert_eq!(
+        report["subscribers"].as_array().map(Vec::len),
+        Some(0),
+        "stats' own connection is not a subscriber: {report}"
+    );
     let mut table = busctl(&["stats", "--bus", &addr, "--sample", "0s"]);
     let text = table.stdout_lines(5, WAIT).join("\n");
     assert!(table.wait_exit(WAIT).success());
@@ -363,4 +374,52 @@ async fn a_wrong_token_is_fatal_not_retried() {
             .env("TRACKER_TOKEN", "s3cret"),
     );
     assert!(with_env.wait_exit(WAIT).success(), "TRACKER_TOKEN is read");
+}
+
+#[tokio::test]
+async fn aggregate_windows_follow_an_explicit_format() {
+    let busd = Busd::start(&[]);
+    let addr = busd.addr.to_string();
+    let watcher = busctl(&[
+        "watch",
+        "--bus",
+        &addr,
+        "--aggregate",
+        "300ms",
+        "--format",
+        "text",
+    ]);
+    watcher.wait_stderr("live (epoch", WAIT);
+    publish_data(busd.addr, 1, &[(4, "x".into())]).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut table = String::new();
+    while !table.contains("account       count") {
+        assert!(std::time::Instant::now() < deadline, "no table: {table}");
+        table.push_str(&watcher.stdout_lines(1, WAIT)[0]);
+    }
+    assert!(
+        !table.starts_with('{'),
+        "--format text is a table even piped: {table}"
+    );
+}
+
+#[tokio::test]
+async fn publish_streams_a_large_repeat() {
+    let busd = Busd::start(&[]);
+    let addr = busd.addr.to_string();
+    let mut watcher = watch(&addr, &["--accounts", "2", "--count", "100000"]);
+    let mut publish = busctl(&[
+        "publish",
+        "--bus",
+        &addr,
+        "--account",
+        "2",
+        "--data",
+        "y",
+        "--repeat",
+        "100000",
+    ]);
+    assert!(publish.wait_exit(WAIT).success());
+    publish.wait_stderr("published 100000 events", WAIT);
+    assert!(watcher.wait_exit(WAIT).success(), "all 100,000 arrived");
 }
