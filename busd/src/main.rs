@@ -21,57 +21,57 @@ use busd::{Config, SlowPolicy};
 #[command(
     name = "busd",
     version,
-    after_help = "Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_LISTEN.\nExit codes: 0 clean shutdown, 1 cannot serve, 2 bad arguments."
+    after_help = "Every flag also reads TRACKER_BUSD_<FLAG>, e.g. TRACKER_BUSD_LISTEN; --token reads TRACKER_BUS_TOKEN.\nExit codes: 0 clean shutdown, 1 cannot serve, 2 bad arguments."
 )]
 struct Args {
     /// Address to listen on; binds loopback unless told otherwise.
-    #[arg(long, env = "TRACKER_LISTEN", default_value = "127.0.0.1:7070")]
+    #[arg(long, env = "TRACKER_BUSD_LISTEN", default_value = "127.0.0.1:7070", value_parser = plumbing::args::socket_addr)]
     listen: String,
     /// Shared secret that publishers and subscribers must send in Hello.
-    #[arg(long, env = "TRACKER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Events a subscriber's queue holds before the slow policy applies.
-    #[arg(long, env = "TRACKER_QUEUE_EVENTS", default_value_t = 65_536, value_parser = positive)]
+    #[arg(long, env = "TRACKER_BUSD_QUEUE_EVENTS", default_value_t = 65_536, value_parser = positive)]
     queue_events: usize,
     /// Byte budget of the replay ring (e.g. 64MiB, 1GiB).
-    #[arg(long, env = "TRACKER_REPLAY_BYTES", default_value = "64MiB")]
+    #[arg(long, env = "TRACKER_BUSD_REPLAY_BYTES", default_value = "64MiB")]
     replay_bytes: ByteSize,
     /// What to do with a subscriber whose queue is full.
-    #[arg(long, env = "TRACKER_SLOW_POLICY", value_enum, default_value_t = SlowPolicy::DropOldest)]
+    #[arg(long, env = "TRACKER_BUSD_SLOW_POLICY", value_enum, default_value_t = SlowPolicy::DropOldest)]
     slow_policy: SlowPolicy,
     /// Most subscribers (and connections still in their handshake); more are refused with
     /// an Error frame. Publishers have their own --max-publishers slots on top.
-    #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = positive)]
+    #[arg(long, env = "TRACKER_BUSD_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = positive)]
     max_connections: usize,
     /// Most publishers, kept apart so that subscribers can never lock them out.
-    #[arg(long, env = "TRACKER_MAX_PUBLISHERS", default_value_t = 1_000, value_parser = positive)]
+    #[arg(long, env = "TRACKER_BUSD_MAX_PUBLISHERS", default_value_t = 1_000, value_parser = positive)]
     max_publishers: usize,
     /// Largest frame accepted or sent.
-    #[arg(long, env = "TRACKER_MAX_FRAME", default_value = "1MiB")]
+    #[arg(long, env = "TRACKER_BUSD_MAX_FRAME", default_value = "1MiB")]
     max_frame: ByteSize,
     /// Most account ids one Subscribe may name.
-    #[arg(long, env = "TRACKER_MAX_FILTER", default_value_t = 100_000, value_parser = positive)]
+    #[arg(long, env = "TRACKER_BUSD_MAX_FILTER", default_value_t = 100_000, value_parser = positive)]
     max_filter: usize,
     /// How long a new connection has to send Hello.
-    #[arg(long, env = "TRACKER_HELLO_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_BUSD_HELLO_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     hello_timeout: Duration,
     /// How long a frame may take to arrive once it has started; a connection idle between
     /// frames has no deadline.
-    #[arg(long, env = "TRACKER_FRAME_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "TRACKER_BUSD_FRAME_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     frame_timeout: Duration,
     /// Memory for partly received frames across all connections (at least --max-frame); a
     /// connection whose frame does not fit is not read until some frees.
-    #[arg(long, env = "TRACKER_READ_BUDGET", default_value = "256MiB")]
+    #[arg(long, env = "TRACKER_BUSD_READ_BUDGET", default_value = "256MiB")]
     read_budget: ByteSize,
     /// Idle time after which a subscriber is sent a heartbeat.
-    #[arg(long, env = "TRACKER_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_BUSD_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
     /// How long shutdown waits for subscriber queues to flush.
-    #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_BUSD_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// File where each run records itself, so that after a graceful restart clients can
     /// prove nothing was missed ("" keeps no record: every restart is reported as a gap).
-    #[arg(long, env = "TRACKER_STATE_FILE", default_value = "busd.state")]
+    #[arg(long, env = "TRACKER_BUSD_STATE_FILE", default_value = "busd.state")]
     state_file: PathBuf,
 }
 
@@ -119,8 +119,11 @@ impl Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let (args, warnings) = plumbing::env::parse::<Args>();
     busd::logging::init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let config = args.config()?;
     let listener = TcpListener::bind(&args.listen)
         .await

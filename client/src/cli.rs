@@ -11,8 +11,7 @@ pub mod exit {
     pub const OK: i32 = 0;
     /// busd refused us for good (wrong token, wrong version), or stdout failed.
     pub const ERROR: i32 = 1;
-    /// Bad arguments (clap's own code).
-    pub const USAGE: i32 = 2;
+    // 2: bad arguments, clap's own code when it refuses the command line.
     /// A gap was reported and `--exit-on-gap` was given.
     pub const GAP: i32 = 3;
     /// busd stayed unreachable past `--max-outage`.
@@ -27,7 +26,8 @@ Exit codes:
   3  gap reported, with --exit-on-gap
   4  bus unreachable for longer than --max-outage
 
-Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_BUS, TRACKER_ACCOUNTS.";
+Every flag also reads TRACKER_BUSCTL_<FLAG>, e.g. TRACKER_BUSCTL_ACCOUNTS; --bus and
+--token read TRACKER_BUS and TRACKER_BUS_TOKEN, which every program shares.";
 
 /// busctl: watch Tracker's events live, publish test events, read busd's counters.
 #[derive(Parser, Debug)]
@@ -56,7 +56,7 @@ pub struct BusArgs {
     #[arg(long, env = "TRACKER_BUS", default_value = "127.0.0.1:7070")]
     pub bus: String,
     /// Shared secret, when busd has one.
-    #[arg(long, env = "TRACKER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
 
@@ -74,29 +74,29 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub bus: BusArgs,
     /// Accounts to watch: ids and ranges, e.g. 1,5,10-20.
-    #[arg(long, env = "TRACKER_ACCOUNTS", value_parser = parse_accounts, conflicts_with = "all")]
+    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNTS", value_parser = parse_accounts, conflicts_with = "all")]
     pub accounts: Option<AccountList>,
     /// Watch every account (the default).
-    #[arg(long, env = "TRACKER_ALL")]
+    #[arg(long, env = "TRACKER_BUSCTL_ALL")]
     pub all: bool,
     /// Output format [default: text; with --aggregate: a table on a terminal, JSON lines
     /// when piped].
-    #[arg(long, env = "TRACKER_FORMAT", value_enum)]
+    #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum)]
     pub format: Option<Format>,
     /// Print per-window counts, rates, top accounts and lag instead of events (e.g. 5s).
-    #[arg(long, env = "TRACKER_AGGREGATE", value_parser = parse_positive_duration)]
+    #[arg(long, env = "TRACKER_BUSCTL_AGGREGATE", value_parser = parse_positive_duration)]
     pub aggregate: Option<Duration>,
     /// Accounts listed per window with --aggregate.
-    #[arg(long, env = "TRACKER_TOP", default_value_t = 10)]
+    #[arg(long, env = "TRACKER_BUSCTL_TOP", default_value_t = 10)]
     pub top: usize,
     /// Exit 0 after this many events (at least 1).
-    #[arg(long, env = "TRACKER_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TRACKER_BUSCTL_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Exit 3 when events are reported missing.
-    #[arg(long, env = "TRACKER_EXIT_ON_GAP")]
+    #[arg(long, env = "TRACKER_BUSCTL_EXIT_ON_GAP")]
     pub exit_on_gap: bool,
     /// Exit 4 when busd stays unreachable this long (default: retry forever).
-    #[arg(long, env = "TRACKER_MAX_OUTAGE", value_parser = parse_positive_duration)]
+    #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", value_parser = parse_positive_duration)]
     pub max_outage: Option<Duration>,
 }
 
@@ -105,16 +105,16 @@ pub struct PublishArgs {
     #[command(flatten)]
     pub bus: BusArgs,
     /// The account the event is for.
-    #[arg(long, env = "TRACKER_ACCOUNT")]
+    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT")]
     pub account: u64,
     /// The event's data.
-    #[arg(long, env = "TRACKER_DATA")]
+    #[arg(long, env = "TRACKER_BUSCTL_DATA")]
     pub data: String,
     /// Publish the event this many times (held a window of batches at a time).
-    #[arg(long, env = "TRACKER_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TRACKER_BUSCTL_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
     /// Give up (exit 4) when busd stays unreachable this long.
-    #[arg(long, env = "TRACKER_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]
     pub max_outage: Duration,
 }
 
@@ -122,10 +122,10 @@ pub struct PublishArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     pub bus: BusArgs,
-    #[arg(long, env = "TRACKER_FORMAT", value_enum, default_value_t = Format::Text)]
+    #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Time between the two samples that rates are computed from; 0s for no rates.
-    #[arg(long, env = "TRACKER_SAMPLE", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_BUSCTL_SAMPLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sample: Duration,
 }
 
@@ -134,13 +134,17 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub bus: BusArgs,
     /// ingest's base URL.
-    #[arg(long, env = "TRACKER_INGEST", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "TRACKER_BUSCTL_INGEST",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub ingest: String,
     /// An active account to send the canary for.
-    #[arg(long, env = "TRACKER_ACCOUNT", default_value_t = 1)]
+    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT", default_value_t = 1)]
     pub account: u64,
     /// How long to wait for the canary on the bus.
-    #[arg(long, env = "TRACKER_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "TRACKER_BUSCTL_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 }
 

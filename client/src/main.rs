@@ -13,23 +13,14 @@ mod stats;
 mod status;
 mod watch;
 
-use clap::Parser as _;
-
 use cli::{Cli, Command, exit};
 
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) => {
-            // --help and --version print to stdout and succeed; anything else is a usage error.
-            let _ = err.print();
-            std::process::exit(if err.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            });
-        }
-    };
+    // --help and --version print to stdout and exit 0; a bad argument exits 2 (USAGE).
+    let (cli, warnings) = plumbing::env::parse::<Cli>();
+    for warning in warnings {
+        status!("warning: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -184,9 +184,8 @@ async fn send(
         if let Err(err) = conn.flush().await {
             return Some(SessionError::Lost(err.to_string()));
         }
-        let Some(&(oldest, _)) = unacked.front() else {
-            return None;
-        };
+        // Nothing left in flight and nothing more to make: all acknowledged.
+        let &(oldest, _) = unacked.front()?;
         match next_ack(conn).await {
             Ok(batch_id) if batch_id == oldest => {
                 unacked.pop_front();

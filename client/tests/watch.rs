@@ -367,13 +367,19 @@ async fn a_wrong_token_is_fatal_not_retried() {
         Some(1),
         "stats without the token is refused too"
     );
-    let mut with_env = Proc::spawn(
-        "busctl",
-        Command::new(env!("CARGO_BIN_EXE_busctl"))
-            .args(["stats", "--bus", &addr, "--sample", "0s"])
-            .env("TRACKER_TOKEN", "s3cret"),
-    );
-    assert!(with_env.wait_exit(WAIT).success(), "TRACKER_TOKEN is read");
+    for variable in ["TRACKER_BUS_TOKEN", "TRACKER_TOKEN"] {
+        let mut with_env = Proc::spawn(
+            "busctl",
+            Command::new(env!("CARGO_BIN_EXE_busctl"))
+                .args(["stats", "--bus", &addr, "--sample", "0s"])
+                .env(variable, "s3cret"),
+        );
+        assert!(with_env.wait_exit(WAIT).success(), "{variable} is read");
+        let deprecated = with_env
+            .stderr_log()
+            .contains("TRACKER_TOKEN is deprecated");
+        assert_eq!(deprecated, variable == "TRACKER_TOKEN");
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards the event to busd.\nWith no --bus it runs busd inside this process.",
     args_conflicts_with_subcommands = true,
-    after_help = "Every flag also reads TRACKER_<FLAG>, e.g. TRACKER_LISTEN.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
+    after_help = "Every flag also reads TRACKER_INGEST_<FLAG>, e.g. TRACKER_INGEST_LISTEN; --bus, --bus-token and --db read TRACKER_BUS, TRACKER_BUS_TOKEN and TRACKER_DB, which every program shares.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -34,7 +34,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// HTTP address to listen on.
-    #[arg(long, env = "TRACKER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "TRACKER_INGEST_LISTEN", default_value = "127.0.0.1:8080", value_parser = plumbing::args::socket_addr)]
     pub listen: String,
     /// SQLite accounts database; created and seeded when missing (or without an accounts table).
     #[arg(long, env = "TRACKER_DB", default_value = "accounts.db")]
@@ -45,74 +45,79 @@ pub struct ServeArgs {
     /// Where the embedded busd listens when --bus is not given.
     #[arg(
         long,
-        env = "TRACKER_EMBEDDED_BUS_LISTEN",
-        default_value = "127.0.0.1:7070"
+        env = "TRACKER_INGEST_EMBEDDED_BUS_LISTEN",
+        default_value = "127.0.0.1:7070",
+        value_parser = plumbing::args::socket_addr
     )]
     pub embedded_bus_listen: String,
     /// The embedded busd's state file, which lets watchers prove nothing was missed across
     /// a graceful restart (default: busd.state beside --db).
-    #[arg(long, env = "TRACKER_EMBEDDED_BUS_STATE")]
+    #[arg(long, env = "TRACKER_INGEST_EMBEDDED_BUS_STATE")]
     pub embedded_bus_state: Option<PathBuf>,
     /// Token for busd (and for the embedded busd's clients).
     #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     pub bus_token: Option<String>,
     /// Name carried in every event and used as the publisher name (default: host:port).
     /// Must be unique among the ingest instances sharing a busd.
-    #[arg(long, env = "TRACKER_ORIGIN")]
+    #[arg(long, env = "TRACKER_INGEST_ORIGIN")]
     pub origin: Option<String>,
     /// Largest `data` after percent-decoding, in bytes.
-    #[arg(long, env = "TRACKER_MAX_DATA", default_value_t = 4096)]
+    #[arg(long, env = "TRACKER_INGEST_MAX_DATA", default_value_t = 4096)]
     pub max_data: usize,
     /// Largest request head (request line and headers).
-    #[arg(long, env = "TRACKER_MAX_HEAD", default_value = "8KiB")]
+    #[arg(long, env = "TRACKER_INGEST_MAX_HEAD", default_value = "8KiB")]
     pub max_head: ByteSize,
     /// Most headers in one request.
-    #[arg(long, env = "TRACKER_MAX_HEADERS", default_value_t = 32)]
+    #[arg(long, env = "TRACKER_INGEST_MAX_HEADERS", default_value_t = 32)]
     pub max_headers: usize,
     /// Time allowed to send a whole request head once it has started.
-    #[arg(long, env = "TRACKER_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_INGEST_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept.
-    #[arg(long, env = "TRACKER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_INGEST_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Most simultaneous HTTP connections. At the limit the connection idle longest is
     /// closed to admit a new one; only when none is idle do newcomers get 503.
-    #[arg(long, env = "TRACKER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "TRACKER_INGEST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Accepted events held until busd acknowledges them; when full, requests get 503.
-    #[arg(long, env = "TRACKER_BUFFER_EVENTS", default_value_t = 1_000_000)]
+    #[arg(
+        long,
+        env = "TRACKER_INGEST_BUFFER_EVENTS",
+        default_value_t = 1_000_000
+    )]
     pub buffer_events: usize,
     /// Encoded bytes of accepted events held until busd acknowledges them; when full,
     /// requests get 503.
-    #[arg(long, env = "TRACKER_BUFFER_BYTES", default_value = "256MiB")]
+    #[arg(long, env = "TRACKER_INGEST_BUFFER_BYTES", default_value = "256MiB")]
     pub buffer_bytes: ByteSize,
     /// Most events in one batch to busd.
-    #[arg(long, env = "TRACKER_BATCH_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TRACKER_INGEST_BATCH_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_events: u32,
     /// Most encoded bytes in one batch to busd; must fit busd's frame limit (1MiB by
     /// default) and hold one event of --max-data.
-    #[arg(long, env = "TRACKER_BATCH_BYTES", default_value = "512KiB")]
+    #[arg(long, env = "TRACKER_INGEST_BATCH_BYTES", default_value = "512KiB")]
     pub batch_bytes: ByteSize,
     /// How long busd may leave a batch or a ping unanswered before ingest takes it for
     /// dead: /readyz turns 503 and ingest reconnects and resends.
-    #[arg(long, env = "TRACKER_BUS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_INGEST_BUS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub bus_timeout: Duration,
     /// How long a batch waits for more events before it is sent (0: send what is there).
-    #[arg(long, env = "TRACKER_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_INGEST_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
     /// Batches sent to busd and not yet acknowledged before more wait; events accumulate
     /// meanwhile, so this batches by the round trip to busd.
-    #[arg(long, env = "TRACKER_MAX_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "TRACKER_INGEST_MAX_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_in_flight: u16,
     /// How long shutdown waits for busd to acknowledge buffered events.
-    #[arg(long, env = "TRACKER_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_INGEST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Origins whose web pages may send events (CORS), comma-separated, or * for any;
     /// preflight OPTIONS requests are answered for them. Default: none.
-    #[arg(long, env = "TRACKER_CORS_ORIGIN", value_delimiter = ',')]
+    #[arg(long, env = "TRACKER_INGEST_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
     /// How often the accounts table is checked for changes.
-    #[arg(long, env = "TRACKER_SYNC_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TRACKER_INGEST_SYNC_INTERVAL", default_value = "100ms", value_parser = plumbing::args::interval)]
     pub sync_interval: Duration,
 }
 
@@ -130,21 +135,27 @@ pub enum AccountsCommand {
     /// Add the deterministic accounts 1..=N (existing ids are kept); creates the database,
     /// with exactly these accounts, when it does not exist.
     Seed {
+        /// How many accounts: ids 1..=N, named account-<id>, every tenth inactive.
         #[arg(long, default_value_t = 1000)]
         count: u64,
     },
-    /// Add one account.
+    /// Add one account; ingest applies it within a second.
     Add {
+        /// The account id: a decimal number up to 9223372036854775807.
         #[arg(long)]
         id: u64,
+        /// A name for people; events do not carry it.
         #[arg(long)]
         name: String,
+        /// Add it inactive: its events get 403 until `set-active ID true`.
         #[arg(long)]
         inactive: bool,
     },
     /// Activate or deactivate an account; ingest applies it within a second.
     SetActive {
+        /// The account id.
         id: u64,
+        /// true to accept its events, false to answer them 403.
         #[arg(action = clap::ArgAction::Set)]
         active: bool,
     },

@@ -8,14 +8,16 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use clap::Parser;
 
 use ingest::cli::{self, AccountsArgs, AccountsCommand, Cli, Command};
 use ingest::serve;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let (cli, warnings) = plumbing::env::parse::<Cli>();
     busd::logging::init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let result = match cli.command {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(*args),

@@ -30,7 +30,11 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
 
     let bus_stop = CancellationToken::new();
     let (bus, embedded) = match &args.bus {
-        Some(bus) => (bus.clone(), None),
+        Some(bus) => {
+            // Said out loud: a TRACKER_BUS exported for busctl also lands here.
+            info!("publishing to the busd at {bus} (--bus or TRACKER_BUS); no embedded busd");
+            (bus.clone(), None)
+        }
         None => {
             let listener = TcpListener::bind(&args.embedded_bus_listen)
                 .await
