@@ -135,7 +135,7 @@ pub enum AccountsCommand {
     /// Add the deterministic accounts 1..=N (existing ids are kept); creates the database,
     /// with exactly these accounts, when it does not exist.
     Seed {
-        /// How many accounts: ids 1..=N, named `account-<id>`, every tenth inactive.
+        /// How many accounts: ids 1..=N, named account-ID, every tenth inactive.
         #[arg(long, default_value_t = 1000)]
         count: u64,
     },
