@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -31,13 +32,13 @@ pub fn release_binary(package: &str, name: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// A process killed on drop.
+/// A process started in a group of its own (`process_group(0)`), stopped with everything
+/// it started on drop.
 pub struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        testkit::process::stop_group(&mut self.0);
     }
 }
 
@@ -58,6 +59,7 @@ pub fn start_ingest(
         .env("RUST_LOG", "warn,ingest=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0) // stopped as a group by `Running`
         .spawn()?;
     let stderr = child
         .stderr

@@ -54,12 +54,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(label: &str, command: &mut Command) -> Proc {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{label} starts: {e}"));
+        let mut child = spawn_group(
+            command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .unwrap_or_else(|e| panic!("{label} starts: {e}"));
         let history = Arc::new(Mutex::new(Vec::new()));
         let stdout = lines(child.stdout.take().expect("stdout"), None, None);
         let stderr = lines(
@@ -149,9 +150,37 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_group(&mut self.child);
     }
+}
+
+/// Starts `command` as the leader of a process group of its own, so that whatever it starts
+/// (nginx's workers, say) can be stopped with it by [`stop_group`].
+pub fn spawn_group(command: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt as _;
+    command.process_group(0).spawn()
+}
+
+/// Stops the process group `child` leads: SIGTERM, so servers shut down their workers
+/// cleanly, then SIGKILL for whatever is left after a second, then reaps `child`.
+pub fn stop_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let signal = |name: &str| {
+        let _ = Command::new("kill")
+            .args([name, "--", &group])
+            .stderr(Stdio::null())
+            .status();
+    };
+    if matches!(child.try_wait(), Ok(None)) {
+        signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // The leader may be gone while its children are not: the group outlives it.
+    signal("-KILL");
+    let _ = child.wait();
 }
 
 fn lines(

@@ -1,6 +1,7 @@
 //! Memory and start: ingest with a million accounts, and busd holding 10,000 idle subscribers.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,7 @@ fn ingest_start(work: &std::path::Path, accounts: u64) -> Result<Vec<Row>, Strin
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0) // stopped as a group by `Running`
         .spawn()
         .map_err(|e| e.to_string())?;
     let stderr = child.stderr.take().ok_or("no stderr")?;

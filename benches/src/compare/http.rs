@@ -1,6 +1,7 @@
 //! HTTP: ingest's whole path against nginx answering `return 204`, may_minihttp and hyper
 //! hello servers, with wrk -t1 at 64 and 256 connections and pipelined 16 deep.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -167,6 +168,7 @@ fn nginx(work: &std::path::Path) -> Result<Target, String> {
         .arg(work.join("nginx/error.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0) // stopped as a group by `Running`
         .spawn()
         .map_err(|e| e.to_string())?;
     let process = Running(child);

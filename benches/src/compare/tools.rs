@@ -1,5 +1,6 @@
 //! Finding, or installing with apt-get, the programs the comparison runs against.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Once;
@@ -69,6 +70,7 @@ pub fn spawn_listening(
     let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0) // stopped as a group by `Running`
         .spawn()
         .map_err(|e| format!("{name}: {e}"))?;
     let running = crate::process::Running(child);
