@@ -71,8 +71,13 @@ struct Args {
     drain_timeout: Duration,
     /// File where each run records itself, so that after a graceful restart clients can
     /// prove nothing was missed ("" keeps no record: every restart is reported as a gap).
-    #[arg(long, env = "TRACKER_BUSD_STATE_FILE", default_value = "busd.state")]
+    #[arg(long, env = "TRACKER_BUSD_STATE_FILE", default_value = "busd.state", value_parser = any_path)]
     state_file: PathBuf,
+}
+
+/// A path, where an empty one (`--state-file ""`) is allowed and means none.
+fn any_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
 
 fn positive(s: &str) -> Result<usize, String> {

@@ -330,8 +330,24 @@ async fn bad_flags_exit_with_usage_errors() {
         .args(["--listen", "256.0.0.1:1"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen on 256.0.0.1:1"));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "not an address: a bad argument"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--listen"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_busd"))
+        .args(["--listen", &addr, "--state-file", ""])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "taken: cannot serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -122,21 +122,7 @@ async fn events_at_the_size_limit_flow_at_full_rate() {
 
 #[tokio::test]
 async fn max_data_that_no_batch_can_carry_is_refused_at_start() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .current_dir(dir.path())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--embedded-bus-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--max-data", "2000000"])
-        .output()
-        .expect("ingest runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--max-data 2000000"), "{stderr}");
+    expect_refused_start(&["--max-data", "2000000"], "--max-data 2000000");
 }
 
 #[tokio::test]
@@ -166,22 +152,7 @@ async fn a_frozen_busd_is_noticed_and_nothing_is_lost() {
 async fn a_wrong_token_stops_ingest_at_start() {
     let busd = Busd::start(&["--token", "right"]);
     let bus = busd.addr.to_string();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .current_dir(dir.path())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--bus",
-            &bus,
-            "--bus-token",
-            "wrong",
-        ])
-        .output()
-        .expect("ingest runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("Unauthorized"), "{stderr}");
+    expect_refused_start(&["--bus", &bus, "--bus-token", "wrong"], "Unauthorized");
 }
 
 #[tokio::test]
@@ -190,15 +161,7 @@ async fn a_second_ingest_with_the_same_origin_is_refused() {
     let bus = busd.addr.to_string();
     let first = Ingest::start(&["--bus", &bus, "--origin", "twin"]);
     wait_ready(first.http, 200).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .current_dir(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--bus", &bus, "--origin", "twin"])
-        .output()
-        .expect("ingest runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("NameInUse"), "{stderr}");
+    expect_refused_start(&["--bus", &bus, "--origin", "twin"], "NameInUse");
     // The first keeps publishing, and nothing of its is taken for a duplicate.
     let (mut sub, _) = subscriber(busd.addr, Filter::All, None).await;
     let events: Vec<(u64, String)> = (0..200)

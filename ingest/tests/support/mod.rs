@@ -75,6 +75,26 @@ pub fn accounts(db: &Path, args: &[&str]) -> std::process::Output {
         .expect("ingest accounts runs")
 }
 
+/// Runs ingest in a fresh directory on ephemeral ports until it exits by itself, expecting
+/// exit code 1 with `reason` on stderr: a start it must refuse.
+pub fn expect_refused_start(args: &[&str], reason: &str) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_ingest"))
+        .current_dir(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--embedded-bus-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .output()
+        .expect("ingest runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.contains(reason), "{args:?}: {stderr}");
+}
+
 fn addr_after(line: &str, marker: &str) -> SocketAddr {
     let rest = line
         .split(marker)
