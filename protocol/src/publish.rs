@@ -204,6 +204,24 @@ mod tests {
         assert!(parse(&Bytes::from(body)).is_err());
     }
 
+    /// Found by fuzzing (busd_frames): postcard reads a variant index as a u32 varint, at
+    /// most 5 bytes, so this 6-byte encoding of the Publish tag makes no frame at all; the
+    /// fast path took it as a Publish and busd accepted a batch postcard refuses.
+    #[test]
+    fn an_over_long_tag_is_not_a_publish() {
+        let body = Bytes::from_static(&[0x82, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00, 0x00]);
+        assert!(decode_body::<ClientFrame>(&body).is_err());
+        assert!(!is_publish(&body));
+        // The longest encoding postcard takes is still a Publish for both.
+        let body = Bytes::from_static(&[0x82, 0x80, 0x80, 0x80, 0x00, 0x00, 0x00]);
+        assert!(matches!(
+            decode_body::<ClientFrame>(&body),
+            Ok(ClientFrame::Publish { batch_id: 0, .. })
+        ));
+        assert!(is_publish(&body));
+        assert_eq!(parse(&body).map(|raw| raw.batch_id), Ok(0));
+    }
+
     #[test]
     fn invalid_utf8_is_refused() {
         let event = Event {
