@@ -71,10 +71,14 @@ pub struct MalformedPublish {
     pub offset: usize,
 }
 
-/// Whether `body` is a `Publish` frame (by its variant index).
+/// Most bytes postcard reads for a variant index, which it takes as a `u32` varint.
+const TAG_MAX_LEN: usize = 5;
+
+/// Whether `body` is a `Publish` frame (by its variant index, in no more bytes than postcard
+/// allows it).
 pub fn is_publish(body: &[u8]) -> bool {
     let mut pos = 0;
-    varint::take(body, &mut pos) == Some(u64::from(ClientFrame::PUBLISH_TAG))
+    varint::take(body, &mut pos) == Some(u64::from(ClientFrame::PUBLISH_TAG)) && pos <= TAG_MAX_LEN
 }
 
 /// Splits a `Publish` frame body into its events; the caller checked [`is_publish`].
