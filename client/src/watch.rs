@@ -340,10 +340,11 @@ impl Watch {
 /// nothing (`None`) only when busd's chain proves it, else the gap to report.
 fn restart_gap(position: Position, welcome: Welcome) -> Option<GapReport> {
     let (old, new) = (position.epoch, welcome.epoch);
+    // busd's numbers are a peer's: saturate rather than trust them not to overflow.
     let gap = |to_seq: Option<u64>| GapReport {
-        from_seq: position.seq + 1,
+        from_seq: position.seq.saturating_add(1),
         to_seq,
-        missed: to_seq.map(|to| to - position.seq),
+        missed: to_seq.map(|to| to.saturating_sub(position.seq)),
         epoch: old,
     };
     match welcome.follows {

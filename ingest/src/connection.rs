@@ -105,7 +105,8 @@ async fn throttle(app: &App) {
 ///
 /// The clock is read once per call, not per request: the pipelined requests of one read are
 /// accepted in the same microsecond as far as anyone can tell, and share one Date header.
-fn answer_buffered(
+/// Public so the request path can be driven without a socket, exactly as a connection does.
+pub fn answer_buffered(
     buf: &mut BytesMut,
     out: &mut BytesMut,
     app: &App,

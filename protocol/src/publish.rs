@@ -71,10 +71,14 @@ pub struct MalformedPublish {
     pub offset: usize,
 }
 
-/// Whether `body` is a `Publish` frame (by its variant index).
+/// Most bytes postcard reads for a variant index, which it takes as a `u32` varint.
+const TAG_MAX_LEN: usize = 5;
+
+/// Whether `body` is a `Publish` frame (by its variant index, in no more bytes than postcard
+/// allows it).
 pub fn is_publish(body: &[u8]) -> bool {
     let mut pos = 0;
-    varint::take(body, &mut pos) == Some(u64::from(ClientFrame::PUBLISH_TAG))
+    varint::take(body, &mut pos) == Some(u64::from(ClientFrame::PUBLISH_TAG)) && pos <= TAG_MAX_LEN
 }
 
 /// Splits a `Publish` frame body into its events; the caller checked [`is_publish`].
@@ -202,6 +206,24 @@ mod tests {
         let mut body = vec![ClientFrame::PUBLISH_TAG, 1];
         varint::put(&mut body, u64::MAX >> 1);
         assert!(parse(&Bytes::from(body)).is_err());
+    }
+
+    /// Found by fuzzing (busd_frames): postcard reads a variant index as a u32 varint, at
+    /// most 5 bytes, so this 6-byte encoding of the Publish tag makes no frame at all; the
+    /// fast path took it as a Publish and busd accepted a batch postcard refuses.
+    #[test]
+    fn an_over_long_tag_is_not_a_publish() {
+        let body = Bytes::from_static(&[0x82, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00, 0x00]);
+        assert!(decode_body::<ClientFrame>(&body).is_err());
+        assert!(!is_publish(&body));
+        // The longest encoding postcard takes is still a Publish for both.
+        let body = Bytes::from_static(&[0x82, 0x80, 0x80, 0x80, 0x00, 0x00, 0x00]);
+        assert!(matches!(
+            decode_body::<ClientFrame>(&body),
+            Ok(ClientFrame::Publish { batch_id: 0, .. })
+        ));
+        assert!(is_publish(&body));
+        assert_eq!(parse(&body).map(|raw| raw.batch_id), Ok(0));
     }
 
     #[test]
