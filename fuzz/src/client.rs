@@ -29,14 +29,15 @@ fn one_line(line: &str, format: Format) {
 }
 
 /// Renders an event both ways, as `busctl watch` prints it, and reads the JSON back.
-fn render_event(seq: u64, event: &Event) {
-    let text = event_line(Format::Text, seq, event);
+fn render_event(epoch: u64, seq: u64, event: &Event) {
+    let text = event_line(Format::Text, epoch, seq, event);
     one_line(&text, Format::Text);
     assert!(text.contains(&format!("  seq={seq}  ")));
-    let json = event_line(Format::Json, seq, event);
+    let json = event_line(Format::Json, epoch, seq, event);
     one_line(&json, Format::Json);
     let value: serde_json::Value = serde_json::from_str(&json).expect("an event line is JSON");
     assert_eq!(value["seq"], seq);
+    assert_eq!(value["epoch"], epoch);
     assert_eq!(value["account_id"], event.account_id);
     assert_eq!(value["timestamp_us"], event.timestamp_us);
     assert_eq!(value["data"], event.data.as_str());
@@ -87,7 +88,8 @@ fn handle(frame: &ServerFrame) {
     match frame {
         ServerFrame::Events(events) => {
             for (seq, event) in events {
-                render_event(*seq, event);
+                // Any u64 may be an epoch; the timestamp is one the fuzzer controls.
+                render_event(event.timestamp_us, *seq, event);
             }
         }
         ServerFrame::Gap {

@@ -158,7 +158,11 @@ fn answers(out: &[u8], head_only: &[bool]) -> Vec<Answer> {
             }
         };
         let close = header("connection") == Some("close");
-        assert_eq!(header("cache-control"), Some("no-store"), "every response forbids caching");
+        assert_eq!(
+            header("cache-control"),
+            Some("no-store"),
+            "every response forbids caching"
+        );
         at += len + if head_only { 0 } else { body };
         assert!(at <= out.len(), "a body runs past the output");
         found.push(Answer { status, close });
