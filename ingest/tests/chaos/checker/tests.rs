@@ -1,0 +1,249 @@
+use super::*;
+use crate::chaos::ident::{Seen, Short, identify, long_data};
+
+fn accepted(id: u64, account: u64, answered: f64) -> Request {
+    request(Key::Id(id), account, answered, Outcome::Accepted)
+}
+
+fn request(key: Key, account: u64, answered: f64, outcome: Outcome) -> Request {
+    Request {
+        account,
+        key,
+        len: match key {
+            Key::Id(_) => 20,
+            Key::Short(s) => s.as_str().len() as u32,
+        },
+        sent: At::secs(answered - 0.001),
+        answered: At::secs(answered),
+        outcome,
+    }
+}
+
+fn short(data: &str) -> Key {
+    Key::Short(Short::new(data).expect("short data"))
+}
+
+fn delivery(account: u64, data: &str) -> Delivery {
+    Delivery {
+        account,
+        seen: identify(data).expect("data this test sends"),
+    }
+}
+
+fn of(r: &Request) -> Delivery {
+    match r.key {
+        Key::Id(id) => delivery(r.account, &long_data(id, r.len as usize)),
+        Key::Short(s) => delivery(r.account, s.as_str()),
+    }
+}
+
+fn watcher(deliveries: Vec<Delivery>) -> Incarnation {
+    Incarnation {
+        name: "w".into(),
+        accounts: Accounts::All,
+        expect: Expect::Everything,
+        deliveries,
+        gaps: Vec::new(),
+        nothing_missed: Vec::new(),
+        bad_lines: Vec::new(),
+    }
+}
+
+#[test]
+fn everything_once_passes() {
+    let requests = vec![
+        accepted(1, 5, 1.0),
+        accepted(2, 6, 1.5),
+        request(short("ab"), 5, 2.0, Outcome::Accepted),
+    ];
+    let ledger = Ledger::new(&requests);
+    let v = ledger.check(&watcher(requests.iter().map(of).collect()));
+    assert!(v.passed(), "{v:?}");
+    assert_eq!((v.delivered, v.expected), (3, 3));
+}
+
+#[test]
+fn a_second_copy_is_a_duplicate_even_with_a_gap() {
+    let requests = vec![accepted(1, 5, 1.0)];
+    let ledger = Ledger::new(&requests);
+    let mut w = watcher(vec![of(&requests[0]), of(&requests[0])]);
+    w.gaps.push(At::secs(1.5));
+    let v = ledger.check(&w);
+    assert_eq!(v.duplicates, 1);
+    assert!(!v.passed());
+    assert!(v.problems[0].contains("more than once"), "{:?}", v.problems);
+}
+
+#[test]
+fn a_missing_event_needs_a_gap_after_it_was_sent_and_within_the_horizon() {
+    let requests = vec![accepted(1, 5, 10.0)];
+    let ledger = Ledger::new(&requests);
+    let horizon = HORIZON.as_secs_f64();
+    for (gap, covered) in [
+        (None, false),
+        (Some(9.0), false),
+        (Some(9.9995), true),
+        (Some(10.0), true),
+        (Some(10.0 + horizon - 0.1), true),
+        (Some(10.0 + horizon + 0.1), false),
+    ] {
+        let mut w = watcher(Vec::new());
+        w.gaps.extend(gap.map(At::secs));
+        let v = ledger.check(&w);
+        assert_eq!(v.covered_missing, usize::from(covered), "gap at {gap:?}");
+        assert_eq!(v.uncovered_missing, usize::from(!covered), "gap at {gap:?}");
+        assert_eq!(v.passed(), covered);
+    }
+}
+
+#[test]
+fn nothing_missed_followed_by_a_loss_is_a_lie() {
+    let requests = vec![accepted(1, 5, 10.0), accepted(2, 5, 11.0)];
+    let ledger = Ledger::new(&requests);
+    let mut w = watcher(vec![of(&requests[1])]);
+    w.nothing_missed.push(At::secs(10.5));
+    let v = ledger.check(&w);
+    assert_eq!((v.uncovered_missing, v.lies), (1, 1));
+    assert_eq!(v.lie_examples[0].key, Key::Id(1));
+}
+
+#[test]
+fn refused_and_unknown_requests_are_not_owed() {
+    let requests = vec![
+        request(Key::Id(1), 5, 1.0, Outcome::Refused),
+        request(Key::Id(2), 5, 1.0, Outcome::Unknown),
+        request(Key::Id(3), 5, 1.0, Outcome::Unknown),
+    ];
+    let ledger = Ledger::new(&requests);
+    let v = ledger.check(&watcher(vec![of(&requests[1])]));
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(v.expected, 0);
+    let twice = ledger.check(&watcher(vec![of(&requests[1]), of(&requests[1])]));
+    assert_eq!(
+        twice.duplicates, 1,
+        "an unknown outcome must not arrive twice"
+    );
+    let refused = ledger.check(&watcher(vec![of(&requests[0])]));
+    assert!(!refused.passed());
+    assert!(refused.problems[0].contains("refused"), "{refused:?}");
+}
+
+#[test]
+fn strays_and_damage_are_failures() {
+    let requests = vec![accepted(1, 5, 1.0)];
+    let ledger = Ledger::new(&requests);
+    let mut damaged = of(&requests[0]);
+    damaged.seen.intact = false;
+    let mut other_account = of(&requests[0]);
+    other_account.account = 6;
+    let truncated = Delivery {
+        account: 5,
+        seen: Seen {
+            len: 15,
+            ..damaged.seen
+        },
+    };
+    for (d, kind) in [
+        (damaged, "differs"),
+        (other_account, "another account"),
+        (truncated, "differs"),
+        (delivery(5, &long_data(99, 30)), "no request sent"),
+    ] {
+        let v = ledger.check(&watcher(vec![d]));
+        assert!(
+            v.problems.iter().any(|p| p.contains(kind)),
+            "{kind}: {:?}",
+            v.problems
+        );
+    }
+    let mut w = watcher(vec![of(&requests[0])]);
+    w.accounts = Accounts::Only([6].into());
+    let v = ledger.check(&w);
+    assert!(v.problems[0].contains("did not ask for"), "{v:?}");
+    assert_eq!(v.expected, 0);
+    w.bad_lines.push("garbage".into());
+    assert!(
+        ledger
+            .check(&w)
+            .problems
+            .iter()
+            .any(|p| p.contains("garbage"))
+    );
+}
+
+#[test]
+fn short_data_is_a_multiset() {
+    let key = short("xy");
+    let requests = vec![
+        request(key, 5, 1.0, Outcome::Accepted),
+        request(key, 5, 2.0, Outcome::Accepted),
+        request(key, 5, 3.0, Outcome::Unknown),
+        request(key, 5, 4.0, Outcome::Refused),
+        request(key, 6, 4.0, Outcome::Accepted),
+    ];
+    let ledger = Ledger::new(&requests);
+    let d5 = delivery(5, "xy");
+    let d6 = delivery(6, "xy");
+    let ok = ledger.check(&watcher(vec![d5, d5, d5, d6]));
+    assert!(ok.passed(), "the unknown one may arrive too: {ok:?}");
+    let too_many = ledger.check(&watcher(vec![d5, d5, d5, d5, d6]));
+    assert_eq!(too_many.duplicates, 1);
+    let one_short = ledger.check(&watcher(vec![d5, d6]));
+    assert_eq!(one_short.uncovered_missing, 1);
+    let mut covered = watcher(vec![d5, d6]);
+    covered.gaps.push(At::secs(2.5));
+    let v = ledger.check(&covered);
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(v.covered_missing, 1);
+}
+
+#[test]
+fn a_restarted_watcher_owes_only_what_came_while_it_was_live() {
+    let h = HORIZON.as_secs_f64();
+    let requests = vec![
+        accepted(1, 5, 1.0),
+        accepted(2, 5, 5.0),
+        accepted(3, 5, 100.0 - h - 1.0),
+        accepted(4, 5, 100.0 - h + 1.0),
+        accepted(5, 5, 200.0),
+    ];
+    let ledger = Ledger::new(&requests);
+    let mut w = watcher(Vec::new());
+    w.expect = Expect::Between {
+        live: At::secs(2.0),
+        stopped: Some(At::secs(100.0)),
+    };
+    let v = ledger.check(&w);
+    assert_eq!((v.expected, v.uncovered_missing), (2, 2));
+    let keys: Vec<Key> = v.missing_examples.iter().map(|m| m.key).collect();
+    assert_eq!(keys, [Key::Id(2), Key::Id(3)]);
+    w.expect = Expect::Between {
+        live: At::secs(2.0),
+        stopped: None,
+    };
+    assert_eq!(ledger.check(&w).expected, 4);
+    w.expect = Expect::Nothing;
+    assert_eq!(ledger.check(&w).expected, 0);
+}
+
+#[test]
+fn a_short_loss_is_a_lie_only_when_no_other_instance_can_be_the_missing_one() {
+    let key = short("q");
+    let requests = vec![
+        request(key, 5, 1.0, Outcome::Accepted),
+        request(key, 5, 50.0, Outcome::Accepted),
+    ];
+    let ledger = Ledger::new(&requests);
+    let mut w = watcher(vec![delivery(5, "q")]);
+    w.nothing_missed.push(At::secs(2.0));
+    let v = ledger.check(&w);
+    assert_eq!(
+        (v.uncovered_missing, v.lies),
+        (1, 0),
+        "the late one may be the lost one"
+    );
+    assert_eq!(v.missing_examples[0].answered, At::secs(50.0));
+    let mut both = watcher(Vec::new());
+    both.nothing_missed.push(At::secs(2.0));
+    assert_eq!(ledger.check(&both).lies, 1);
+}
