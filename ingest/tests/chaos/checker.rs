@@ -140,19 +140,18 @@ pub struct Verdict {
     pub gaps: usize,
     pub duplicates: usize,
     pub covered_missing: usize,
-    pub uncovered_missing: usize,
-    /// Of the uncovered missing, those accepted before a "nothing was missed" line that
-    /// came within [`HORIZON`] of them.
-    pub lies: usize,
+    /// Accepted events owed and missing with no gap covering them, in request order.
+    pub uncovered: Vec<Missing>,
+    /// Of those, the ones sent before a "nothing was missed" line that came within
+    /// [`HORIZON`] of their 202.
+    pub lies: Vec<Missing>,
     /// Failure descriptions other than missing events, with examples.
     pub problems: Vec<String>,
-    pub missing_examples: Vec<Missing>,
-    pub lie_examples: Vec<Missing>,
 }
 
 impl Verdict {
     pub fn passed(&self) -> bool {
-        self.problems.is_empty() && self.uncovered_missing == 0
+        self.problems.is_empty() && self.uncovered.is_empty()
     }
 }
 
@@ -382,15 +381,9 @@ fn classify_uncovered(r: &Request, claims: &[At], verdict: &mut Verdict) {
         sent: r.sent,
         answered: r.answered,
     };
-    verdict.uncovered_missing += 1;
-    if verdict.missing_examples.len() < EXAMPLES {
-        verdict.missing_examples.push(missing);
-    }
+    verdict.uncovered.push(missing);
     if covering(r, claims).is_some() {
-        verdict.lies += 1;
-        if verdict.lie_examples.len() < EXAMPLES {
-            verdict.lie_examples.push(missing);
-        }
+        verdict.lies.push(missing);
     }
 }
 
