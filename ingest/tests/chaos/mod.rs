@@ -1,0 +1,10 @@
+//! The parts of the fault-injection test: data identity, the checker (plain data, unit
+//! tested), the watchers, the load, the processes, the fault schedule, and one run.
+
+pub mod checker;
+pub mod cluster;
+pub mod ident;
+pub mod load;
+pub mod run;
+pub mod schedule;
+pub mod watcher;
