@@ -6,11 +6,11 @@
 //! outcome) and what each watcher incarnation printed (deliveries, gap lines, and the times
 //! it said "nothing was missed"), so this module has no processes and is tested on its own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use super::ident::{Key, Seen, Short};
+use super::ident::{Key, Seen};
 
 /// How long after a 202 a watcher may take to report the event's loss as a gap, and how
 /// long before a watcher's end an event must have been accepted to be expected by it.
@@ -59,12 +59,12 @@ pub enum Outcome {
     Unknown,
 }
 
-/// One request the load sent.
+/// One request the load sent (32 bytes: millions are kept).
 #[derive(Debug, Clone, Copy)]
 pub struct Request {
-    pub account: u64,
+    pub account: u32,
     pub key: Key,
-    pub len: u32,
+    pub len: u16,
     /// When its bytes were written: ingest cannot have accepted it earlier.
     pub sent: At,
     /// When its answer (or the connection's failure) arrived.
@@ -72,22 +72,36 @@ pub struct Request {
     pub outcome: Outcome,
 }
 
-/// One event a watcher printed.
+/// One event a watcher printed (16 bytes: millions are kept).
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery {
-    pub account: u64,
-    pub seen: Seen,
+    pub key: Key,
+    /// `u32::MAX` for an account id beyond what this test uses.
+    pub account: u32,
+    pub len: u16,
+    pub intact: bool,
+}
+
+impl Delivery {
+    pub fn new(account: u64, seen: Seen) -> Delivery {
+        Delivery {
+            key: seen.key,
+            account: u32::try_from(account).unwrap_or(u32::MAX),
+            len: seen.len,
+            intact: seen.intact,
+        }
+    }
 }
 
 /// Which accounts a watcher asked for.
 #[derive(Debug, Clone)]
 pub enum Accounts {
     All,
-    Only(HashSet<u64>),
+    Only(HashSet<u32>),
 }
 
 impl Accounts {
-    fn contains(&self, account: u64) -> bool {
+    fn contains(&self, account: u32) -> bool {
         match self {
             Accounts::All => true,
             Accounts::Only(set) => set.contains(&account),
@@ -125,7 +139,7 @@ pub struct Incarnation {
 /// An accepted event that did not arrive.
 #[derive(Debug, Clone, Copy)]
 pub struct Missing {
-    pub account: u64,
+    pub account: u32,
     pub key: Key,
     pub sent: At,
     pub answered: At,
@@ -140,7 +154,7 @@ pub struct Verdict {
     pub gaps: usize,
     pub duplicates: usize,
     pub covered_missing: usize,
-    /// Accepted events owed and missing with no gap covering them, in request order.
+    /// Accepted events owed and missing with no gap covering them, by send time.
     pub uncovered: Vec<Missing>,
     /// Of those, the ones sent before a "nothing was missed" line that came within
     /// [`HORIZON`] of their 202.
@@ -155,30 +169,44 @@ impl Verdict {
     }
 }
 
-/// The requests, indexed for lookups by delivered data.
+/// Where no request has an id.
+const NO_REQUEST: u32 = u32::MAX;
+
+/// The requests, indexed for lookups by delivered data. Ids are dense (the load counts
+/// them from 1), so plain vectors index them: a few bytes per request even for millions.
 pub struct Ledger<'a> {
     requests: &'a [Request],
-    by_id: HashMap<u64, usize>,
-    by_short: HashMap<(u64, Short), Vec<usize>>,
+    /// Request index by id.
+    by_id: Vec<u32>,
+    /// Short-data requests as (account, key, request index), sorted: each run of equal
+    /// (account, key) is one multiset.
+    shorts: Vec<(u32, Key, u32)>,
 }
 
 impl<'a> Ledger<'a> {
     pub fn new(requests: &'a [Request]) -> Ledger<'a> {
-        let mut by_id = HashMap::with_capacity(requests.len());
-        let mut by_short: HashMap<(u64, Short), Vec<usize>> = HashMap::new();
+        assert!(
+            requests.len() < NO_REQUEST as usize,
+            "too many requests to index"
+        );
+        let max_id = requests.iter().filter_map(|r| r.key.as_id()).max();
+        let mut by_id = vec![NO_REQUEST; max_id.map_or(0, |m| m as usize + 1)];
+        let mut shorts = Vec::new();
         for (i, r) in requests.iter().enumerate() {
-            match r.key {
-                Key::Id(id) => {
-                    let previous = by_id.insert(id, i);
-                    assert!(previous.is_none(), "the load reused id {id:#x}");
+            match r.key.as_id() {
+                Some(id) => {
+                    let slot = &mut by_id[id as usize];
+                    assert_eq!(*slot, NO_REQUEST, "the load reused id {id:#x}");
+                    *slot = i as u32;
                 }
-                Key::Short(short) => by_short.entry((r.account, short)).or_default().push(i),
+                None => shorts.push((r.account, r.key, i as u32)),
             }
         }
+        shorts.sort_unstable();
         Ledger {
             requests,
             by_id,
-            by_short,
+            shorts,
         }
     }
 
@@ -204,45 +232,45 @@ impl<'a> Ledger<'a> {
                 inc.bad_lines.iter().cloned(),
             );
         }
+        verdict.uncovered.sort_by_key(|m| m.sent);
+        verdict.lies.sort_by_key(|m| m.sent);
         verdict.duplicates = findings.duplicates;
         verdict.problems = findings.into_messages();
         verdict
     }
 
-    /// Counts deliveries per id and per short key, noting strays as it goes.
-    fn tally(
-        &self,
-        inc: &Incarnation,
-        findings: &mut Findings,
-    ) -> (HashMap<u64, u32>, HashMap<(u64, Short), u32>) {
-        let mut ids: HashMap<u64, u32> = HashMap::new();
-        let mut shorts: HashMap<(u64, Short), u32> = HashMap::new();
+    /// Counts deliveries per id (saturating at 255) and collects the short ones sorted,
+    /// noting strays as it goes.
+    fn tally(&self, inc: &Incarnation, findings: &mut Findings) -> (Vec<u8>, Vec<(u32, Key)>) {
+        let mut ids = vec![0u8; self.by_id.len()];
+        let mut shorts = Vec::new();
         for d in &inc.deliveries {
             if !inc.accounts.contains(d.account) {
                 findings.note("events of accounts the watcher did not ask for", d);
             }
-            match d.seen.key {
-                Key::Id(id) => {
-                    *ids.entry(id).or_default() += 1;
-                    self.check_content(id, d, findings);
-                }
-                Key::Short(short) => *shorts.entry((d.account, short)).or_default() += 1,
+            match d.key.as_id() {
+                Some(id) => match ids.get_mut(id as usize) {
+                    Some(count) if self.by_id[id as usize] != NO_REQUEST => {
+                        *count = count.saturating_add(1);
+                        self.check_content(self.by_id[id as usize], d, findings);
+                    }
+                    _ => findings.note("events no request sent", d),
+                },
+                None => shorts.push((d.account, d.key)),
             }
         }
+        shorts.sort_unstable();
         (ids, shorts)
     }
 
-    /// A delivered id must be one the load sent, to that account, with those bytes, and
-    /// not refused.
-    fn check_content(&self, id: u64, d: &Delivery, findings: &mut Findings) {
-        let Some(&i) = self.by_id.get(&id) else {
-            return findings.note("events no request sent", d);
-        };
-        let r = &self.requests[i];
+    /// A delivered id must have come to its request's account, with its bytes, and not
+    /// have been refused.
+    fn check_content(&self, index: u32, d: &Delivery, findings: &mut Findings) {
+        let r = &self.requests[index as usize];
         if r.account != d.account {
             findings.note("events delivered under another account", d);
         }
-        if r.len != d.seen.len || !d.seen.intact {
+        if r.len != d.len || !d.intact {
             findings.note("events whose data differs from what was sent", d);
         }
         if r.outcome == Outcome::Refused {
@@ -256,28 +284,23 @@ impl<'a> Ledger<'a> {
     fn check_ids(
         &self,
         inc: &Incarnation,
-        ids: &HashMap<u64, u32>,
+        ids: &[u8],
         gaps: &[At],
         claims: &[At],
         verdict: &mut Verdict,
         findings: &mut Findings,
     ) {
-        for (&id, &n) in ids {
-            if n > 1 {
-                findings.duplicates += (n - 1) as usize;
-                findings.add(
-                    "events delivered more than once",
-                    [format!("{:?} x{n}", Key::Id(id))],
-                );
-            }
+        for (id, &n) in ids.iter().enumerate().filter(|(_, n)| **n > 1) {
+            findings.duplicates += usize::from(n - 1);
+            findings.add(
+                "events delivered more than once",
+                [format!("{:?} x{n}", Key::id(id as u64))],
+            );
         }
-        for r in self.requests.iter().filter(|r| matches!(r.key, Key::Id(_))) {
-            if !owes(inc, r) {
-                continue;
-            }
+        for r in self.requests.iter().filter(|r| owes(inc, r)) {
+            let Some(id) = r.key.as_id() else { continue };
             verdict.expected += 1;
-            let Key::Id(id) = r.key else { continue };
-            if !ids.contains_key(&id) {
+            if ids[id as usize] == 0 {
                 classify_missing(r, gaps, claims, verdict);
             }
         }
@@ -291,39 +314,40 @@ impl<'a> Ledger<'a> {
     fn check_shorts(
         &self,
         inc: &Incarnation,
-        shorts: &HashMap<(u64, Short), u32>,
+        delivered: &[(u32, Key)],
         gaps: &[At],
         claims: &[At],
         verdict: &mut Verdict,
         findings: &mut Findings,
     ) {
-        for (key, &n) in shorts {
-            let possible = self.by_short.get(key).map_or(0, |requests| {
-                requests
-                    .iter()
-                    .filter(|&&i| self.requests[i].outcome != Outcome::Refused)
-                    .count()
-            });
-            if n as usize > possible {
-                findings.duplicates += n as usize - possible;
+        for group in delivered.chunk_by(|a, b| a == b) {
+            let (account, key) = group[0];
+            let possible = self
+                .short_requests(account, key)
+                .filter(|r| r.outcome != Outcome::Refused)
+                .count();
+            if group.len() > possible {
+                findings.duplicates += group.len() - possible;
                 findings.add(
                     "short data delivered more often than it was accepted",
                     [format!(
-                        "account {} {:?}: {n} deliveries, {possible} accepted or unknown",
-                        key.0, key.1
+                        "account {account} {key:?}: {} deliveries, {possible} accepted or unknown",
+                        group.len()
                     )],
                 );
             }
         }
-        for (key, requests) in &self.by_short {
-            let owed: Vec<&Request> = requests
+        for group in self.shorts.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (account, key, _) = group[0];
+            let owed: Vec<&Request> = group
                 .iter()
-                .map(|&i| &self.requests[i])
+                .map(|&(_, _, i)| &self.requests[i as usize])
                 .filter(|r| owes(inc, r))
                 .collect();
             verdict.expected += owed.len();
-            let delivered = shorts.get(key).copied().unwrap_or(0) as usize;
-            let mut missing = owed.len().saturating_sub(delivered);
+            let lo = delivered.partition_point(|&d| d < (account, key));
+            let hi = delivered.partition_point(|&d| d <= (account, key));
+            let mut missing = owed.len().saturating_sub(hi - lo);
             let (covered, uncovered): (Vec<&Request>, Vec<&Request>) =
                 owed.into_iter().partition(|r| covering(r, gaps).is_some());
             let excused = missing.min(covered.len());
@@ -338,6 +362,15 @@ impl<'a> Ledger<'a> {
                 classify_uncovered(r, claims, verdict);
             }
         }
+    }
+
+    /// The requests that sent short data `key` to `account`.
+    fn short_requests(&self, account: u32, key: Key) -> impl Iterator<Item = &Request> {
+        let lo = self.shorts.partition_point(|s| (s.0, s.1) < (account, key));
+        self.shorts[lo..]
+            .iter()
+            .take_while(move |s| (s.0, s.1) == (account, key))
+            .map(|&(_, _, i)| &self.requests[i as usize])
     }
 }
 
@@ -401,9 +434,9 @@ impl Findings {
             [format!(
                 "account {} {:?} ({} bytes{})",
                 d.account,
-                d.seen.key,
-                d.seen.len,
-                if d.seen.intact { "" } else { ", damaged" }
+                d.key,
+                d.len,
+                if d.intact { "" } else { ", damaged" }
             )],
         );
     }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::checker::{At, Outcome, Request};
-use super::ident::{ALPHABET, ID_LEN, Key, Short, long_data};
+use super::ident::{ID_LEN, Key, long_data, short_data};
 
 /// A request unanswered this long counts as a stall: ingest must answer (202 or 503) even
 /// while busd is away, so this is a failure, not an unknown outcome to shrug off.
@@ -28,9 +28,9 @@ pub struct Plan {
     /// Requests per second over all clients; `None` for as fast as possible.
     pub rate: Option<f64>,
     /// Accounts drawn most of the time (the watched ones).
-    pub hot: Vec<u64>,
+    pub hot: Vec<u32>,
     /// Every active account.
-    pub active: Vec<u64>,
+    pub active: Vec<u32>,
     pub seed: u64,
 }
 
@@ -70,9 +70,14 @@ pub async fn run(http: SocketAddr, plan: Plan, start: Instant, stop: Arc<AtomicB
             tokio::spawn(client.run(stop.clone()))
         })
         .collect();
-    let mut all = Outcomes::default();
+    let mut outs = Vec::with_capacity(tasks.len());
     for task in tasks {
-        let out = task.await.expect("a load client does not panic");
+        outs.push(task.await.expect("a load client does not panic"));
+    }
+    let mut all = Outcomes::default();
+    all.requests
+        .reserve_exact(outs.iter().map(|o| o.requests.len()).sum());
+    for out in outs {
         all.requests.extend(out.requests);
         all.bad_statuses.extend(out.bad_statuses);
         all.conn_errors.extend(out.conn_errors);
@@ -212,20 +217,17 @@ impl Client {
         let len = self.data_len();
         let (key, data) = if len >= ID_LEN {
             let id = self.ids.fetch_add(1, Ordering::Relaxed);
-            (Key::Id(id), long_data(id, len))
+            (Key::id(id), long_data(id, len))
         } else {
-            let data: String = (0..len)
-                .map(|_| char::from(ALPHABET[self.rng.usize(..ALPHABET.len())]))
-                .collect();
-            let short = Short::new(&data).expect("shorter than an id");
-            (Key::Short(short), data)
+            let data = short_data(len, |n| self.rng.usize(..n));
+            (Key::short(&data).expect("short data of its alphabet"), data)
         };
         let wire = format!("GET /{account}?data={data} HTTP/1.1\r\nHost: chaos\r\n\r\n");
         Pending {
             request: Request {
                 account,
                 key,
-                len: len as u32,
+                len: len as u16,
                 sent: At::default(),
                 answered: At::default(),
                 outcome: Outcome::Unknown,
@@ -235,7 +237,7 @@ impl Client {
     }
 
     /// Mostly watched accounts, so the watchers get lots; sometimes any active one.
-    fn account(&mut self) -> u64 {
+    fn account(&mut self) -> u32 {
         let pool = if self.rng.u8(..10) < 8 {
             &self.plan.hot
         } else {

@@ -12,7 +12,7 @@ use super::schedule::{Done, Kind, LIVE_WITHIN, Restarted, Schedule};
 use super::watcher::{Record, Watcher};
 
 /// Accounts ingest seeds: 1..=1000, every tenth inactive.
-const ACCOUNTS: u64 = 1000;
+const ACCOUNTS: u32 = 1000;
 
 /// Size of each watched set.
 const WATCHED: usize = 50;
@@ -45,13 +45,13 @@ pub struct Summary {
 
 /// The three watchers' accounts, drawn from the seed.
 struct Sets {
-    active: Vec<u64>,
-    some: HashSet<u64>,
-    restarted: HashSet<u64>,
+    active: Vec<u32>,
+    some: HashSet<u32>,
+    restarted: HashSet<u32>,
 }
 
 fn sets(seed: u64) -> Sets {
-    let active: Vec<u64> = (1..=ACCOUNTS).filter(|a| a % 10 != 0).collect();
+    let active: Vec<u32> = (1..=ACCOUNTS).filter(|a| a % 10 != 0).collect();
     let mut shuffled = active.clone();
     fastrand::Rng::with_seed(seed).shuffle(&mut shuffled);
     Sets {
@@ -160,7 +160,7 @@ async fn wait_ready(http: std::net::SocketAddr) {
 
 /// Waits until the watchers have received everything they will.
 fn settle(outcomes: &Outcomes, sets: &Sets, watchers: [&Watcher; 2]) {
-    let accepted = |set: Option<&HashSet<u64>>| {
+    let accepted = |set: Option<&HashSet<u32>>| {
         outcomes
             .requests
             .iter()

@@ -92,7 +92,7 @@ pub struct Restarted {
 }
 
 impl Restarted {
-    pub fn start(name: &'static str, bus: &str, accounts: HashSet<u64>, start: Instant) -> Self {
+    pub fn start(name: &'static str, bus: &str, accounts: HashSet<u32>, start: Instant) -> Self {
         let mut restarted = Restarted {
             name,
             bus: bus.to_owned(),

@@ -148,10 +148,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn list(set: &std::collections::HashSet<u64>) -> String {
-    let mut ids: Vec<u64> = set.iter().copied().collect();
+fn list(set: &std::collections::HashSet<u32>) -> String {
+    let mut ids: Vec<u32> = set.iter().copied().collect();
     ids.sort_unstable();
-    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn spawn_reader<T: Send + 'static>(
@@ -189,7 +189,7 @@ fn read_stdout(source: impl Read, start: Instant, delivered: &AtomicUsize) -> Pr
                 ..
             }) => match identify(&data) {
                 Some(seen) => {
-                    printed.deliveries.push(Delivery { account, seen });
+                    printed.deliveries.push(Delivery::new(account, seen));
                     delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 None => bad_line(&mut printed, line),

@@ -1,18 +1,15 @@
 use super::*;
-use crate::chaos::ident::{Seen, Short, identify, long_data};
+use crate::chaos::ident::{identify, long_data};
 
-fn accepted(id: u64, account: u64, answered: f64) -> Request {
-    request(Key::Id(id), account, answered, Outcome::Accepted)
+fn accepted(id: u64, account: u32, answered: f64) -> Request {
+    request(Key::id(id), account, answered, Outcome::Accepted)
 }
 
-fn request(key: Key, account: u64, answered: f64, outcome: Outcome) -> Request {
+fn request(key: Key, account: u32, answered: f64, outcome: Outcome) -> Request {
     Request {
         account,
         key,
-        len: match key {
-            Key::Id(_) => 20,
-            Key::Short(s) => s.as_str().len() as u32,
-        },
+        len: key.short_data().map_or(20, |data| data.len() as u16),
         sent: At::secs(answered - 0.001),
         answered: At::secs(answered),
         outcome,
@@ -20,20 +17,20 @@ fn request(key: Key, account: u64, answered: f64, outcome: Outcome) -> Request {
 }
 
 fn short(data: &str) -> Key {
-    Key::Short(Short::new(data).expect("short data"))
+    Key::short(data).expect("short data")
 }
 
-fn delivery(account: u64, data: &str) -> Delivery {
-    Delivery {
-        account,
-        seen: identify(data).expect("data this test sends"),
-    }
+fn delivery(account: u32, data: &str) -> Delivery {
+    Delivery::new(
+        account.into(),
+        identify(data).expect("data this test sends"),
+    )
 }
 
 fn of(r: &Request) -> Delivery {
-    match r.key {
-        Key::Id(id) => delivery(r.account, &long_data(id, r.len as usize)),
-        Key::Short(s) => delivery(r.account, s.as_str()),
+    match (r.key.as_id(), r.key.short_data()) {
+        (Some(id), _) => delivery(r.account, &long_data(id, r.len as usize)),
+        (None, data) => delivery(r.account, &data.expect("short data")),
     }
 }
 
@@ -104,15 +101,15 @@ fn nothing_missed_followed_by_a_loss_is_a_lie() {
     w.nothing_missed.push(At::secs(10.5));
     let v = ledger.check(&w);
     assert_eq!((v.uncovered.len(), v.lies.len()), (1, 1));
-    assert_eq!(v.lies[0].key, Key::Id(1));
+    assert_eq!(v.lies[0].key, Key::id(1));
 }
 
 #[test]
 fn refused_and_unknown_requests_are_not_owed() {
     let requests = vec![
-        request(Key::Id(1), 5, 1.0, Outcome::Refused),
-        request(Key::Id(2), 5, 1.0, Outcome::Unknown),
-        request(Key::Id(3), 5, 1.0, Outcome::Unknown),
+        request(Key::id(1), 5, 1.0, Outcome::Refused),
+        request(Key::id(2), 5, 1.0, Outcome::Unknown),
+        request(Key::id(3), 5, 1.0, Outcome::Unknown),
     ];
     let ledger = Ledger::new(&requests);
     let v = ledger.check(&watcher(vec![of(&requests[1])]));
@@ -133,15 +130,12 @@ fn strays_and_damage_are_failures() {
     let requests = vec![accepted(1, 5, 1.0)];
     let ledger = Ledger::new(&requests);
     let mut damaged = of(&requests[0]);
-    damaged.seen.intact = false;
+    damaged.intact = false;
     let mut other_account = of(&requests[0]);
     other_account.account = 6;
     let truncated = Delivery {
-        account: 5,
-        seen: Seen {
-            len: 15,
-            ..damaged.seen
-        },
+        len: 15,
+        ..of(&requests[0])
     };
     for (d, kind) in [
         (damaged, "differs"),
@@ -216,7 +210,7 @@ fn a_restarted_watcher_owes_only_what_came_while_it_was_live() {
     let v = ledger.check(&w);
     assert_eq!((v.expected, v.uncovered.len()), (2, 2));
     let keys: Vec<Key> = v.uncovered.iter().map(|m| m.key).collect();
-    assert_eq!(keys, [Key::Id(2), Key::Id(3)]);
+    assert_eq!(keys, [Key::id(2), Key::id(3)]);
     w.expect = Expect::Between {
         live: At::secs(2.0),
         stopped: None,
