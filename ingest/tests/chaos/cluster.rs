@@ -14,6 +14,10 @@ use super::load::MAX_DATA;
 /// How long ingest may take to drain on SIGTERM (`--drain-timeout`).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What ingest logs after draining on SIGTERM: all acknowledged, or some lost.
+const DRAINED: &str = "every accepted event was acknowledged";
+const UNDRAINED: &str = "did not acknowledge";
+
 /// How long a process may take to come up.
 const START: Duration = Duration::from_secs(30);
 
@@ -122,7 +126,7 @@ impl Cluster {
         let started = Instant::now();
         ingest.signal("TERM");
         let exit = ingest.try_wait_exit(DRAIN_TIMEOUT + Duration::from_secs(15));
-        let log = ingest.stderr_log();
+        let log = drain_report(&ingest);
         match exit {
             Some(status) if status.success() => {}
             Some(status) => self.fail(format!("ingest exited with {status} on SIGTERM")),
@@ -131,9 +135,9 @@ impl Cluster {
                 started.elapsed()
             )),
         }
-        if let Some(line) = log.lines().find(|l| l.contains("did not acknowledge")) {
+        if let Some(line) = log.lines().find(|l| l.contains(UNDRAINED)) {
             self.fail(format!("ingest lost accepted events on SIGTERM: {line}"));
-        } else if exit.is_some() && !log.contains("every accepted event was acknowledged") {
+        } else if exit.is_some() && !log.contains(DRAINED) {
             self.fail("ingest exited without saying every accepted event was acknowledged".into());
         }
     }
@@ -155,5 +159,18 @@ impl Cluster {
     fn fail(&mut self, message: String) {
         eprintln!("chaos: FAILURE {message}");
         self.failures.push(message);
+    }
+}
+
+/// ingest's log once its drain report has been read: the process may have exited before
+/// the thread reading its stderr got that far.
+fn drain_report(ingest: &Proc) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = ingest.stderr_log();
+        if log.contains(DRAINED) || log.contains(UNDRAINED) || Instant::now() >= deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
