@@ -156,8 +156,12 @@ pub struct Verdict {
     pub covered_missing: usize,
     /// Accepted events owed and missing with no gap covering them, by send time.
     pub uncovered: Vec<Missing>,
-    /// Of those, the ones sent before a "nothing was missed" line that came within
-    /// [`HORIZON`] of their 202.
+    /// How many of those provably reached busd: this watcher got an event that the same
+    /// ingest process accepted after their 202, and ingest forwards in order. The others
+    /// may never have left ingest.
+    pub reached_busd: usize,
+    /// Of the uncovered ones that reached busd, those answered 202 before a "nothing was
+    /// missed" line (within [`HORIZON`]): the watcher vouched for what it had lost.
     pub lies: Vec<Missing>,
     /// Failure descriptions other than missing events, with examples.
     pub problems: Vec<String>,
@@ -181,10 +185,13 @@ pub struct Ledger<'a> {
     /// Short-data requests as (account, key, request index), sorted: each run of equal
     /// (account, key) is one multiset.
     shorts: Vec<(u32, Key, u32)>,
+    /// ingest restarts, from SIGTERM to the new process listening, sorted: between two,
+    /// one ingest process accepted everything, in order.
+    restarts: Vec<(At, At)>,
 }
 
 impl<'a> Ledger<'a> {
-    pub fn new(requests: &'a [Request]) -> Ledger<'a> {
+    pub fn new(requests: &'a [Request], mut restarts: Vec<(At, At)>) -> Ledger<'a> {
         assert!(
             requests.len() < NO_REQUEST as usize,
             "too many requests to index"
@@ -203,164 +210,56 @@ impl<'a> Ledger<'a> {
             }
         }
         shorts.sort_unstable();
+        restarts.sort();
         Ledger {
             requests,
             by_id,
             shorts,
+            restarts,
         }
     }
 
     /// Checks one incarnation against the promise.
     pub fn check(&self, inc: &Incarnation) -> Verdict {
-        let mut verdict = Verdict {
-            name: inc.name.clone(),
-            delivered: inc.deliveries.len(),
-            gaps: inc.gaps.len(),
-            ..Verdict::default()
+        let mut scan = Scan {
+            ledger: self,
+            inc,
+            gaps: sorted(&inc.gaps),
+            claims: sorted(&inc.nothing_missed),
+            reached: Vec::new(),
+            verdict: Verdict {
+                name: inc.name.clone(),
+                delivered: inc.deliveries.len(),
+                gaps: inc.gaps.len(),
+                ..Verdict::default()
+            },
+            findings: Findings::default(),
         };
-        let mut gaps = inc.gaps.clone();
-        gaps.sort();
-        let mut claims = inc.nothing_missed.clone();
-        claims.sort();
-        let mut findings = Findings::default();
-        let (ids, shorts) = self.tally(inc, &mut findings);
-        self.check_ids(inc, &ids, &gaps, &claims, &mut verdict, &mut findings);
-        self.check_shorts(inc, &shorts, &gaps, &claims, &mut verdict, &mut findings);
-        if !inc.bad_lines.is_empty() {
-            findings.add(
-                "lines on stdout that are neither an event nor a gap",
-                inc.bad_lines.iter().cloned(),
-            );
-        }
-        verdict.uncovered.sort_by_key(|m| m.sent);
-        verdict.lies.sort_by_key(|m| m.sent);
-        verdict.duplicates = findings.duplicates;
-        verdict.problems = findings.into_messages();
-        verdict
+        let (ids, shorts) = scan.tally();
+        scan.check_ids(&ids);
+        scan.check_shorts(&shorts);
+        scan.finish()
     }
 
-    /// Counts deliveries per id (saturating at 255) and collects the short ones sorted,
-    /// noting strays as it goes.
-    fn tally(&self, inc: &Incarnation, findings: &mut Findings) -> (Vec<u8>, Vec<(u32, Key)>) {
-        let mut ids = vec![0u8; self.by_id.len()];
-        let mut shorts = Vec::new();
-        for d in &inc.deliveries {
-            if !inc.accounts.contains(d.account) {
-                findings.note("events of accounts the watcher did not ask for", d);
-            }
-            match d.key.as_id() {
-                Some(id) => match ids.get_mut(id as usize) {
-                    Some(count) if self.by_id[id as usize] != NO_REQUEST => {
-                        *count = count.saturating_add(1);
-                        self.check_content(self.by_id[id as usize], d, findings);
-                    }
-                    _ => findings.note("events no request sent", d),
-                },
-                None => shorts.push((d.account, d.key)),
-            }
-        }
-        shorts.sort_unstable();
-        (ids, shorts)
-    }
-
-    /// A delivered id must have come to its request's account, with its bytes, and not
-    /// have been refused.
-    fn check_content(&self, index: u32, d: &Delivery, findings: &mut Findings) {
-        let r = &self.requests[index as usize];
-        if r.account != d.account {
-            findings.note("events delivered under another account", d);
-        }
-        if r.len != d.len || !d.intact {
-            findings.note("events whose data differs from what was sent", d);
-        }
-        if r.outcome == Outcome::Refused {
-            findings.note(
-                "events delivered although their request was refused (503)",
-                d,
-            );
+    /// Which stretch between ingest restarts `t` falls in; `None` during a restart.
+    fn segment(&self, t: At) -> Option<usize> {
+        let started = self.restarts.partition_point(|&(from, _)| from <= t);
+        match started.checked_sub(1).map(|i| self.restarts[i]) {
+            Some((_, to)) if t <= to => None,
+            _ => Some(started),
         }
     }
 
-    fn check_ids(
-        &self,
-        inc: &Incarnation,
-        ids: &[u8],
-        gaps: &[At],
-        claims: &[At],
-        verdict: &mut Verdict,
-        findings: &mut Findings,
-    ) {
-        for (id, &n) in ids.iter().enumerate().filter(|(_, n)| **n > 1) {
-            findings.duplicates += usize::from(n - 1);
-            findings.add(
-                "events delivered more than once",
-                [format!("{:?} x{n}", Key::id(id as u64))],
-            );
-        }
-        for r in self.requests.iter().filter(|r| owes(inc, r)) {
-            let Some(id) = r.key.as_id() else { continue };
-            verdict.expected += 1;
-            if ids[id as usize] == 0 {
-                classify_missing(r, gaps, claims, verdict);
-            }
-        }
+    /// The segment a request was certainly accepted in, if its whole exchange fell in one.
+    fn accepted_in(&self, r: &Request) -> Option<usize> {
+        let segment = self.segment(r.sent)?;
+        (self.segment(r.answered) == Some(segment)).then_some(segment)
     }
 
-    /// Short data is not unique, so it is checked as a multiset per (account, data): more
-    /// deliveries than requests that may have been accepted are duplicates, and fewer than
-    /// those owed are missing (as few as can be proven: a delivery is credited to an owed
-    /// request before an unknown one, covered instances are excused first, and instances
-    /// a "nothing was missed" line vouched for are blamed last).
-    fn check_shorts(
-        &self,
-        inc: &Incarnation,
-        delivered: &[(u32, Key)],
-        gaps: &[At],
-        claims: &[At],
-        verdict: &mut Verdict,
-        findings: &mut Findings,
-    ) {
-        for group in delivered.chunk_by(|a, b| a == b) {
-            let (account, key) = group[0];
-            let possible = self
-                .short_requests(account, key)
-                .filter(|r| r.outcome != Outcome::Refused)
-                .count();
-            if group.len() > possible {
-                findings.duplicates += group.len() - possible;
-                findings.add(
-                    "short data delivered more often than it was accepted",
-                    [format!(
-                        "account {account} {key:?}: {} deliveries, {possible} accepted or unknown",
-                        group.len()
-                    )],
-                );
-            }
-        }
-        for group in self.shorts.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
-            let (account, key, _) = group[0];
-            let owed: Vec<&Request> = group
-                .iter()
-                .map(|&(_, _, i)| &self.requests[i as usize])
-                .filter(|r| owes(inc, r))
-                .collect();
-            verdict.expected += owed.len();
-            let lo = delivered.partition_point(|&d| d < (account, key));
-            let hi = delivered.partition_point(|&d| d <= (account, key));
-            let mut missing = owed.len().saturating_sub(hi - lo);
-            let (covered, uncovered): (Vec<&Request>, Vec<&Request>) =
-                owed.into_iter().partition(|r| covering(r, gaps).is_some());
-            let excused = missing.min(covered.len());
-            verdict.covered_missing += excused;
-            missing -= excused;
-            // Which instances are missing is unknowable: blame those no "nothing was
-            // missed" line vouched for first, so a lie is only reported when proven.
-            let (unclaimed, claimed): (Vec<&Request>, Vec<&Request>) = uncovered
-                .into_iter()
-                .partition(|r| covering(r, claims).is_none());
-            for r in unclaimed.into_iter().chain(claimed).take(missing) {
-                classify_uncovered(r, claims, verdict);
-            }
+    fn request(&self, id: u64) -> Option<&Request> {
+        match self.by_id.get(id as usize) {
+            Some(&i) if i != NO_REQUEST => Some(&self.requests[i as usize]),
+            _ => None,
         }
     }
 
@@ -371,6 +270,203 @@ impl<'a> Ledger<'a> {
             .iter()
             .take_while(move |s| (s.0, s.1) == (account, key))
             .map(|&(_, _, i)| &self.requests[i as usize])
+    }
+}
+
+fn sorted(times: &[At]) -> Vec<At> {
+    let mut times = times.to_vec();
+    times.sort();
+    times
+}
+
+/// One incarnation's check in progress.
+struct Scan<'a> {
+    ledger: &'a Ledger<'a>,
+    inc: &'a Incarnation,
+    gaps: Vec<At>,
+    claims: Vec<At>,
+    /// Per ingest segment, the latest send time of an event of it this watcher got.
+    reached: Vec<Option<At>>,
+    verdict: Verdict,
+    findings: Findings,
+}
+
+impl Scan<'_> {
+    fn finish(mut self) -> Verdict {
+        if !self.inc.bad_lines.is_empty() {
+            self.findings.add(
+                "lines on stdout that are neither an event nor a gap",
+                self.inc.bad_lines.iter().cloned(),
+            );
+        }
+        self.verdict.uncovered.sort_by_key(|m| m.sent);
+        self.verdict.lies.sort_by_key(|m| m.sent);
+        self.verdict.duplicates = self.findings.duplicates;
+        self.verdict.problems = self.findings.into_messages();
+        self.verdict
+    }
+
+    /// Counts deliveries per id (saturating at 255) and collects the short ones sorted,
+    /// noting strays and how far each ingest segment's events got, as it goes.
+    fn tally(&mut self) -> (Vec<u8>, Vec<(u32, Key)>) {
+        let mut ids = vec![0u8; self.ledger.by_id.len()];
+        let mut shorts = Vec::new();
+        for d in &self.inc.deliveries {
+            if !self.inc.accounts.contains(d.account) {
+                self.findings
+                    .note("events of accounts the watcher did not ask for", d);
+            }
+            let Some(id) = d.key.as_id() else {
+                shorts.push((d.account, d.key));
+                continue;
+            };
+            let Some(r) = self.ledger.request(id) else {
+                self.findings.note("events no request sent", d);
+                continue;
+            };
+            ids[id as usize] = ids[id as usize].saturating_add(1);
+            self.check_content(r, d);
+            self.note_reached(r);
+        }
+        shorts.sort_unstable();
+        (ids, shorts)
+    }
+
+    fn note_reached(&mut self, r: &Request) {
+        let Some(segment) = self.ledger.segment(r.sent) else {
+            return;
+        };
+        if self.reached.len() <= segment {
+            self.reached.resize(segment + 1, None);
+        }
+        let latest = &mut self.reached[segment];
+        *latest = (*latest).max(Some(r.sent));
+    }
+
+    /// A delivered id must have come to its request's account, with its bytes, and not
+    /// have been refused.
+    fn check_content(&mut self, r: &Request, d: &Delivery) {
+        if r.account != d.account {
+            self.findings
+                .note("events delivered under another account", d);
+        }
+        if r.len != d.len || !d.intact {
+            self.findings
+                .note("events whose data differs from what was sent", d);
+        }
+        if r.outcome == Outcome::Refused {
+            self.findings.note(
+                "events delivered although their request was refused (503)",
+                d,
+            );
+        }
+    }
+
+    fn check_ids(&mut self, ids: &[u8]) {
+        for (id, &n) in ids.iter().enumerate().filter(|(_, n)| **n > 1) {
+            self.findings.duplicates += usize::from(n - 1);
+            self.findings.add(
+                "events delivered more than once",
+                [format!("{:?} x{n}", Key::id(id as u64))],
+            );
+        }
+        let ledger = self.ledger;
+        for r in ledger.requests.iter().filter(|r| owes(self.inc, r)) {
+            let Some(id) = r.key.as_id() else { continue };
+            self.verdict.expected += 1;
+            if ids[id as usize] == 0 {
+                if covering(r, &self.gaps).is_some() {
+                    self.verdict.covered_missing += 1;
+                } else {
+                    self.uncovered(r);
+                }
+            }
+        }
+    }
+
+    /// Short data is not unique, so it is checked as a multiset per (account, data): more
+    /// deliveries than requests that may have been accepted are duplicates, and fewer than
+    /// those owed are missing (as few as can be proven: a delivery is credited to an owed
+    /// request before an unknown one, covered instances are excused first, and the latest
+    /// instances not vouched for by a "nothing was missed" line are blamed first).
+    fn check_shorts(&mut self, delivered: &[(u32, Key)]) {
+        for group in delivered.chunk_by(|a, b| a == b) {
+            let (account, key) = group[0];
+            let possible = self
+                .ledger
+                .short_requests(account, key)
+                .filter(|r| r.outcome != Outcome::Refused)
+                .count();
+            if group.len() > possible {
+                self.findings.duplicates += group.len() - possible;
+                self.findings.add(
+                    "short data delivered more often than it was accepted",
+                    [format!(
+                        "account {account} {key:?}: {} deliveries, {possible} accepted or unknown",
+                        group.len()
+                    )],
+                );
+            }
+        }
+        let ledger = self.ledger;
+        for group in ledger.shorts.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+            let (account, key, _) = group[0];
+            let owed: Vec<&Request> = group
+                .iter()
+                .map(|&(_, _, i)| &ledger.requests[i as usize])
+                .filter(|r| owes(self.inc, r))
+                .collect();
+            self.verdict.expected += owed.len();
+            let lo = delivered.partition_point(|&d| d < (account, key));
+            let hi = delivered.partition_point(|&d| d <= (account, key));
+            let mut missing = owed.len().saturating_sub(hi - lo);
+            let (covered, uncovered): (Vec<&Request>, Vec<&Request>) = owed
+                .into_iter()
+                .partition(|r| covering(r, &self.gaps).is_some());
+            let excused = missing.min(covered.len());
+            self.verdict.covered_missing += excused;
+            missing -= excused;
+            let (unvouched, vouched): (Vec<&Request>, Vec<&Request>) =
+                uncovered.into_iter().partition(|r| !self.vouched(r));
+            for r in unvouched
+                .into_iter()
+                .rev()
+                .chain(vouched.into_iter().rev())
+                .take(missing)
+            {
+                self.uncovered(r);
+            }
+        }
+    }
+
+    /// Whether this watcher got an event that the ingest process which accepted `r`
+    /// accepted after `r`'s 202: then `r` was forwarded to busd before it.
+    fn reached_busd(&self, r: &Request) -> bool {
+        self.ledger
+            .accepted_in(r)
+            .and_then(|segment| self.reached.get(segment).copied().flatten())
+            .is_some_and(|latest| latest > r.answered)
+    }
+
+    /// Whether a "nothing was missed" line vouched for `r` having arrived.
+    fn vouched(&self, r: &Request) -> bool {
+        self.reached_busd(r) && claim_after(r, &self.claims).is_some()
+    }
+
+    fn uncovered(&mut self, r: &Request) {
+        let missing = Missing {
+            account: r.account,
+            key: r.key,
+            sent: r.sent,
+            answered: r.answered,
+        };
+        self.verdict.uncovered.push(missing);
+        if self.reached_busd(r) {
+            self.verdict.reached_busd += 1;
+            if claim_after(r, &self.claims).is_some() {
+                self.verdict.lies.push(missing);
+            }
+        }
     }
 }
 
@@ -397,27 +493,14 @@ fn covering(r: &Request, gaps: &[At]) -> Option<At> {
         .filter(|&g| g <= r.answered.plus(HORIZON))
 }
 
-fn classify_missing(r: &Request, gaps: &[At], claims: &[At], verdict: &mut Verdict) {
-    if covering(r, gaps).is_some() {
-        verdict.covered_missing += 1;
-    } else {
-        classify_uncovered(r, claims, verdict);
-    }
-}
-
-/// An uncovered missing event; a lie if a "nothing was missed" came after it was sent and
-/// within [`HORIZON`] of its 202.
-fn classify_uncovered(r: &Request, claims: &[At], verdict: &mut Verdict) {
-    let missing = Missing {
-        account: r.account,
-        key: r.key,
-        sent: r.sent,
-        answered: r.answered,
-    };
-    verdict.uncovered.push(missing);
-    if covering(r, claims).is_some() {
-        verdict.lies.push(missing);
-    }
+/// The first "nothing was missed" line after `r` was surely accepted (its 202) and within
+/// [`HORIZON`] of it.
+fn claim_after(r: &Request, claims: &[At]) -> Option<At> {
+    let first = claims.partition_point(|&c| c <= r.answered);
+    claims
+        .get(first)
+        .copied()
+        .filter(|&c| c <= r.answered.plus(HORIZON))
 }
 
 /// Problems other than missing events, by kind, with a few examples each.

@@ -34,9 +34,11 @@ pub struct Plan {
     pub seed: u64,
 }
 
-/// A connection that failed outside an orderly close.
+/// A connection that failed, or closed with requests unanswered.
 #[derive(Debug, Clone)]
 pub struct ConnError {
+    /// When the connection was opened: a restart of ingest after this explains the error.
+    pub opened: At,
     pub at: At,
     pub what: String,
 }
@@ -120,6 +122,7 @@ impl Client {
             let mut conn = Conn {
                 stream,
                 buf: Vec::with_capacity(4096),
+                opened: self.now(),
             };
             while !stop.load(Ordering::Relaxed) {
                 let depth = self.rng.usize(1..=self.plan.pipeline.max(1));
@@ -148,7 +151,7 @@ impl Client {
             p.request.sent = sent;
         }
         if let Err(err) = conn.stream.write_all(wire.as_bytes()).await {
-            self.fail_rest(group, format!("write: {err}"));
+            self.fail_rest(conn, group, format!("write: {err}"));
             return false;
         }
         let mut answers = group.into_iter();
@@ -158,17 +161,17 @@ impl Client {
                     p.request.answered = self.now();
                     self.record(p.request, reply.status, &reply.body);
                     if reply.close {
-                        self.unanswered(answers, "closed after a response".into(), false);
+                        self.unanswered(conn, answers, "closed after a response".into(), false);
                         return false;
                     }
                 }
                 Ok(Err(err)) => {
-                    self.fail_rest(std::iter::once(p).chain(answers), err);
+                    self.fail_rest(conn, std::iter::once(p).chain(answers), err);
                     return false;
                 }
                 Err(_) => {
                     self.out.stalls += 1;
-                    self.fail_rest(std::iter::once(p).chain(answers), "stalled".into());
+                    self.fail_rest(conn, std::iter::once(p).chain(answers), "stalled".into());
                     return false;
                 }
             }
@@ -194,11 +197,17 @@ impl Client {
     }
 
     /// The connection failed: every request without an answer has an unknown outcome.
-    fn fail_rest(&mut self, rest: impl IntoIterator<Item = Pending>, what: String) {
-        self.unanswered(rest, what, true);
+    fn fail_rest(&mut self, conn: &Conn, rest: impl IntoIterator<Item = Pending>, what: String) {
+        self.unanswered(conn, rest, what, true);
     }
 
-    fn unanswered(&mut self, rest: impl IntoIterator<Item = Pending>, what: String, error: bool) {
+    fn unanswered(
+        &mut self,
+        conn: &Conn,
+        rest: impl IntoIterator<Item = Pending>,
+        what: String,
+        error: bool,
+    ) {
         let at = self.now();
         let mut any = false;
         for mut p in rest {
@@ -208,7 +217,11 @@ impl Client {
             any = true;
         }
         if error || any {
-            self.out.conn_errors.push(ConnError { at, what });
+            self.out.conn_errors.push(ConnError {
+                opened: conn.opened,
+                at,
+                what,
+            });
         }
     }
 
@@ -264,6 +277,7 @@ struct Reply {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    opened: At,
 }
 
 impl Conn {
