@@ -57,6 +57,7 @@ fn seeds() -> Vec<u64> {
 fn accepted_events_survive_random_faults() {
     let config = config();
     let seeds = seeds();
+    chaos::cluster::build_binaries();
     eprintln!(
         "chaos: seeds {seeds:?} (replay one with CHAOS_SEED=<n>), {:?} of load each, faults {:?}",
         config.load, config.faults

@@ -21,6 +21,33 @@ const UNDRAINED: &str = "did not acknowledge";
 /// How long a process may take to come up.
 const START: Duration = Duration::from_secs(30);
 
+/// Builds busd and busctl with this test's profile. testkit finds them beside the test
+/// executable but builds them only when missing, so without this a stale binary (or, under
+/// `--release`, none) would be tested.
+pub fn build_binaries() {
+    let ingest = std::path::Path::new(env!("CARGO_BIN_EXE_ingest"));
+    let profile = ingest
+        .parent()
+        .and_then(|dir| dir.file_name())
+        .and_then(|name| name.to_str())
+        .expect("ingest's target directory");
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args([
+        "build", "-p", "busd", "--bin", "busd", "-p", "client", "--bin", "busctl",
+    ]);
+    match profile {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    let status = command.status().expect("cargo runs");
+    assert!(status.success(), "building busd and busctl failed");
+}
+
 /// busd and ingest as they run now, and what went wrong with them.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
