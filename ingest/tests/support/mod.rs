@@ -26,18 +26,7 @@ impl Ingest {
 
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Ingest {
         let embedded = !args.contains(&"--bus");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
-        command
-            .current_dir(dir.path())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--embedded-bus-listen",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .env("RUST_LOG", "info");
-        let proc = Proc::spawn("ingest", &mut command);
+        let proc = Proc::spawn("ingest", &mut command_in(&dir, args));
         let bus = embedded.then(|| {
             addr_after(
                 &proc.wait_stderr("embedded busd listening on ", WAIT),
@@ -75,11 +64,10 @@ pub fn accounts(db: &Path, args: &[&str]) -> std::process::Output {
         .expect("ingest accounts runs")
 }
 
-/// Runs ingest in a fresh directory on ephemeral ports until it exits by itself, expecting
-/// exit code 1 with `reason` on stderr: a start it must refuse.
-pub fn expect_refused_start(args: &[&str], reason: &str) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let output = Command::new(env!("CARGO_BIN_EXE_ingest"))
+/// `ingest` in `dir` on ephemeral ports (HTTP and the embedded busd) with `args`.
+fn command_in(dir: &tempfile::TempDir, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ingest"));
+    command
         .current_dir(dir.path())
         .args([
             "--listen",
@@ -88,8 +76,15 @@ pub fn expect_refused_start(args: &[&str], reason: &str) {
             "127.0.0.1:0",
         ])
         .args(args)
-        .output()
-        .expect("ingest runs");
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// Runs ingest in a fresh directory on ephemeral ports until it exits by itself, expecting
+/// exit code 1 with `reason` on stderr: a start it must refuse.
+pub fn expect_refused_start(args: &[&str], reason: &str) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let output = command_in(&dir, args).output().expect("ingest runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
     assert!(stderr.contains(reason), "{args:?}: {stderr}");
