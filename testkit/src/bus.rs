@@ -29,7 +29,7 @@ impl Busd {
 
     /// Starts busd on `listen`. Unless `args` name a `--state-file`, a busd restarted on the
     /// same fixed address finds the record its previous run left (as a real deployment's
-    /// would), and one on an ephemeral port starts with none.
+    /// would), and one on an ephemeral port keeps none.
     pub fn start_on(listen: &str, args: &[&str]) -> Busd {
         let mut command = Command::new(binary("busd", "busd"));
         command
@@ -62,17 +62,15 @@ impl Busd {
     }
 }
 
-/// A state file private to this test process and `listen` address.
+/// The state file for a busd on `listen`: none on an ephemeral port, where no later busd
+/// can come back on the same address; else one private to this test process and port, so a
+/// restart on it finds its predecessor's record.
 fn state_file(listen: &str) -> std::path::PathBuf {
-    static UNIQUE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = if listen.ends_with(":0") {
-        let n = UNIQUE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("tracker-busd-{}-ephemeral-{n}.state", std::process::id())
-    } else {
-        let port = listen.rsplit(':').next().unwrap_or("x");
-        format!("tracker-busd-{}-{port}.state", std::process::id())
-    };
-    std::env::temp_dir().join(name)
+    if listen.ends_with(":0") {
+        return std::path::PathBuf::new();
+    }
+    let port = listen.rsplit(':').next().unwrap_or("x");
+    std::env::temp_dir().join(format!("tracker-busd-{}-{port}.state", std::process::id()))
 }
 
 pub type Conn = Framed<TcpStream, FrameCodec<ServerFrame, ClientFrame>>;
