@@ -16,14 +16,24 @@ const PREFIX: usize = 4;
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// Refused from the length prefix alone, before anything was buffered.
     #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// The length the prefix announced.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The body is not a frame postcard can read.
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
+    /// The body holds more than one frame's worth: a peer that frames wrongly.
     #[error("malformed frame: {0} bytes left over after the frame body")]
     TrailingBytes(usize),
+    /// The peer closed mid-frame: the partial frame is dropped, never acted on.
     #[error("connection closed in the middle of a frame ({0} bytes unread)")]
     Truncated(usize),
+    /// The socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -36,6 +46,7 @@ pub struct RawCodec {
 }
 
 impl RawCodec {
+    /// A codec refusing bodies over `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         RawCodec { max_frame }
     }
@@ -172,6 +183,7 @@ pub struct FrameCodec<In, Out> {
 }
 
 impl<In, Out> FrameCodec<In, Out> {
+    /// A codec refusing bodies over `max_frame` bytes either way.
     pub fn new(max_frame: usize) -> Self {
         FrameCodec {
             raw: RawCodec::new(max_frame),

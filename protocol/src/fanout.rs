@@ -38,6 +38,7 @@ impl EventsFrame {
         self.count += 1;
     }
 
+    /// Entries pushed so far.
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -47,6 +48,7 @@ impl EventsFrame {
         dst.len() - self.start
     }
 
+    /// Whether nothing was pushed (such a frame is removed by [`EventsFrame::finish`]).
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

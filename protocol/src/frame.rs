@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 /// One tracked event: what ingest accepted, as every subscriber sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// The account the event belongs to: what subscribers filter on.
     pub account_id: u64,
     /// Microseconds since the Unix epoch (UTC) when ingest accepted the request.
     pub timestamp_us: u64,
+    /// The request's `data`, percent-decoded: valid UTF-8 by construction.
     pub data: String,
     /// Which ingest instance accepted it, so a scaled-out deployment can be told apart.
     pub origin: String,
@@ -26,14 +28,18 @@ pub struct Event {
 /// What a connection is for; fixed at `Hello` so busd can refuse frames outside the role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
+    /// Sends `Publish` batches and gets `PubAck`s.
     Publisher,
+    /// Sends `Subscribe` and gets `Events`, `Gap`s and heartbeats.
     Subscriber,
 }
 
 /// Which events a subscriber wants. Evaluated by busd, so unwanted events never cross the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Filter {
+    /// Every event.
     All,
+    /// Only the events of these accounts.
     Accounts(BTreeSet<u64>),
 }
 
@@ -51,7 +57,9 @@ impl Filter {
 /// (a new `epoch`), so a position names both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
+    /// The busd run: its start time in microseconds since the Unix epoch.
     pub epoch: u64,
+    /// The sequence number within that run.
     pub seq: u64,
 }
 
@@ -60,9 +68,13 @@ pub struct Position {
 pub enum ClientFrame {
     /// Must be the first frame; busd answers `Welcome` or `Error`.
     Hello {
+        /// [`crate::PROTOCOL_VERSION`] of the sender; first, so any version can read it.
         version: u32,
+        /// What the connection is for, for its whole life.
         role: Role,
+        /// The publisher's name (batch ids are per name) or a label for `busctl stats`.
         name: String,
+        /// busd's shared secret, when it has one.
         token: Option<String>,
         /// Random per publisher process: a reconnection of the same process (same `name`
         /// and `instance`) takes over its old connection, another process with a live name
@@ -71,24 +83,35 @@ pub enum ClientFrame {
     },
     /// Sets (or replaces) the subscriber's filter; `resume_after` asks for what was missed.
     Subscribe {
+        /// The events wanted from now on.
         filter: Filter,
+        /// The last position already seen: busd replays what matches after it from its
+        /// ring (or says `Gap`). `None` starts at the head.
         resume_after: Option<Position>,
     },
     /// A batch of events; `batch_id` grows per publisher so a resent batch is recognised.
     Publish {
+        /// Grows per publisher instance; a batch at or below the last one is a resend.
         batch_id: u64,
+        /// The events, in the order they were accepted.
         events: Vec<Event>,
     },
+    /// Asks for a `Pong`: a client checks that busd is still there.
     Ping,
+    /// Asks for `Stats`.
     StatsRequest,
 }
 
 /// Frames busd sends to its clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
+    /// The answer to an accepted `Hello`.
     Welcome {
+        /// busd's protocol version.
         version: u32,
+        /// This busd run.
         epoch: u64,
+        /// The last seq given out so far: where a fresh subscription starts.
         head_seq: u64,
         /// busd's largest accepted frame body, so a publisher sizes its batches to fit.
         max_frame: u64,
@@ -102,27 +125,40 @@ pub enum ServerFrame {
     /// Events this subscriber should have had between `from_seq` and `to_seq` were lost;
     /// `missed` counts them (see DESIGN.md for when it is an upper bound).
     Gap {
+        /// The first seq of the loss.
         from_seq: u64,
+        /// The last seq of the loss.
         to_seq: u64,
+        /// How many events matching the filter were lost, or (after falling out of the
+        /// ring) an upper bound: every seq in the range.
         missed: u64,
     },
     /// The batch is in busd's replay ring and will not be lost by busd.
     PubAck {
+        /// The batch acknowledged, and with it every earlier one.
         batch_id: u64,
     },
     /// Sent to an idle subscriber so it can tell a quiet bus from a dead connection.
     Heartbeat {
+        /// The last seq given out, so a subscriber sees how far the bus is.
         head_seq: u64,
     },
+    /// The answer to `Ping`.
     Pong,
+    /// The answer to `StatsRequest`.
     Stats(Stats),
     /// busd is shutting down gracefully; everything up to `last_seq` has been sent.
     Goodbye {
+        /// The run that is ending.
         epoch: u64,
+        /// Its final seq: nothing more will be published in this epoch.
         last_seq: u64,
     },
+    /// A refusal; busd closes the connection after it.
     Error {
+        /// What a client branches on.
         code: ErrorCode,
+        /// What a person reads.
         message: String,
     },
 }
@@ -130,16 +166,27 @@ pub enum ServerFrame {
 /// Why busd refused or closed a connection; clients branch on this, people read `message`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
+    /// The client speaks another protocol version; the message names both.
     VersionMismatch,
+    /// The token is missing or wrong.
     Unauthorized,
+    /// No `Hello` within busd's deadline.
     HelloTimeout,
+    /// The first frame was not a `Hello`.
     ExpectedHello,
+    /// A frame over busd's limit (or a first frame over 4 KiB).
     FrameTooLarge,
+    /// A frame that does not decode.
     Malformed,
+    /// A frame outside the connection's role (a subscriber publishing, say).
     NotPermitted,
+    /// A filter naming more accounts than busd allows.
     FilterTooLarge,
+    /// busd has no slot left for this role.
     TooManyConnections,
+    /// A subscriber too slow for its queue, under the disconnect policy.
     SlowConsumer,
+    /// busd is stopping.
     ShuttingDown,
     /// Another live publisher process already uses this name; batch ids are only comparable
     /// within one publisher, so sharing a name would make busd drop one's batches.
@@ -151,28 +198,44 @@ pub enum ErrorCode {
 /// A snapshot of busd's counters, for `busctl stats` and monitoring.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
+    /// The busd run these figures belong to.
     pub epoch: u64,
+    /// The last seq given out.
     pub head_seq: u64,
+    /// Open connections, of every role and in the handshake.
     pub connections: u64,
+    /// Connected publishers.
     pub publishers: u64,
+    /// Events published since start.
     pub published: u64,
+    /// Event deliveries to subscribers since start (one event to two subscribers is two).
     pub delivered: u64,
+    /// Events dropped from subscriber queues since start.
     pub dropped: u64,
+    /// Resent batches recognised and not published again.
     pub duplicate_batches: u64,
+    /// Events in the replay ring now.
     pub ring_events: u64,
+    /// Bytes in the replay ring now.
     pub ring_bytes: u64,
+    /// Every connection that has subscribed.
     pub subscribers: Vec<SubscriberStats>,
 }
 
 /// One subscriber's view in [`Stats`]: a growing `dropped` names the slow reader.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriberStats {
+    /// busd's number for the connection.
     pub id: u64,
+    /// The name it gave in `Hello`.
     pub name: String,
-    /// `None` means all accounts.
+    /// How many accounts its filter names; `None` means all accounts.
     pub accounts: Option<u64>,
+    /// Events waiting in its queue.
     pub queue_depth: u64,
+    /// Events delivered to it.
     pub delivered: u64,
+    /// Events dropped from its queue because it read too slowly.
     pub dropped: u64,
 }
 

@@ -5,6 +5,8 @@
 //! about the protocol; the hot paths (a publisher's batch in, an `Events` frame out) have
 //! hand-written byte-level helpers in [`publish`] and [`fanout`] that tests pin to postcard.
 
+#![warn(missing_docs)]
+
 pub mod codec;
 pub mod fanout;
 pub mod frame;

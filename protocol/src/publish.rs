@@ -53,14 +53,18 @@ pub fn encode_frame(dst: &mut BytesMut, batch_id: u64, count: u64, events: &[u8]
 /// One event of a batch: its account, and its postcard encoding (as in [`crate::Event`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent {
+    /// What busd routes on.
     pub account_id: u64,
+    /// The event's postcard bytes, a slice of the frame: shared, never copied.
     pub bytes: Bytes,
 }
 
 /// A `Publish` frame whose events are still bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawPublish {
+    /// The publisher's batch id.
     pub batch_id: u64,
+    /// The events in order.
     pub events: Vec<RawEvent>,
 }
 
@@ -68,6 +72,7 @@ pub struct RawPublish {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed Publish frame at byte {offset}")]
 pub struct MalformedPublish {
+    /// Where in the body reading failed, for the error message.
     pub offset: usize,
 }
 
