@@ -20,21 +20,30 @@ use crate::ring::Ring;
 
 /// One subscriber as the bus and its writer task share it.
 pub struct Subscriber {
+    /// busd's number for it, shown in stats.
     pub id: u64,
+    /// The name from its `Hello`, shown in stats.
     pub name: String,
+    /// What the bus has routed to it and its writer has not sent yet.
     pub queue: Queue,
     /// Wakes the writer when its queue goes from empty to not, or overflows.
     pub notify: Notify,
+    /// Events its writer has sent, for stats.
     pub delivered: AtomicU64,
 }
 
 /// Counters that only ever grow; read without the lock for stats.
 #[derive(Default)]
 pub struct Counters {
+    /// Events sequenced.
     pub published: AtomicU64,
+    /// Event deliveries written to subscribers.
     pub delivered: AtomicU64,
+    /// Resent batches recognised and dropped.
     pub duplicate_batches: AtomicU64,
+    /// Open connections.
     pub connections: AtomicU64,
+    /// Connected publishers.
     pub publishers: AtomicU64,
 }
 
@@ -42,7 +51,12 @@ pub struct Counters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
     /// The events got the seqs `first..=last` (an empty batch gets `first > last`).
-    Accepted { first: u64, last: u64 },
+    Accepted {
+        /// The first seq given.
+        first: u64,
+        /// The last seq given.
+        last: u64,
+    },
     /// This publisher already sent a batch with this id (or a later one); nothing was added.
     Duplicate,
 }
@@ -52,11 +66,13 @@ pub enum Published {
 #[error("busd is shutting down")]
 pub struct Closed;
 
+/// The daemon's one shared state: every connection task holds it.
 pub struct Bus {
     epoch: u64,
     when_full: WhenFull,
     queue_events: usize,
     state: Mutex<State>,
+    /// Figures read without the lock, for stats.
     pub counters: Counters,
 }
 
@@ -83,6 +99,8 @@ struct State {
 }
 
 impl Bus {
+    /// A bus for the run `epoch`, with a ring of `replay_bytes` and subscriber queues of
+    /// `queue_events` that behave as `when_full` says when they fill.
     pub fn new(epoch: u64, replay_bytes: usize, queue_events: usize, when_full: WhenFull) -> Self {
         Bus {
             epoch,
@@ -112,10 +130,12 @@ impl Bus {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// This run, as every `Welcome` and `Goodbye` names it.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
+    /// The last seq given out: where a fresh subscription starts.
     pub fn head(&self) -> u64 {
         self.lock().head
     }
@@ -191,6 +211,7 @@ impl Bus {
         (key, sub)
     }
 
+    /// Removes a subscriber that left; its queue goes with it.
     pub fn unregister(&self, key: SubKey) {
         let mut state = self.lock();
         if let Some(slot) = state.slots.get_mut(key).and_then(Option::take) {
@@ -252,6 +273,7 @@ impl Bus {
         state.head
     }
 
+    /// A snapshot of the figures `busctl stats` shows.
     pub fn stats(&self) -> Stats {
         let state = self.lock();
         // A connection that never subscribed (busctl stats asking for these very figures,

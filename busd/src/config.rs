@@ -15,6 +15,7 @@ pub enum SlowPolicy {
 }
 
 impl SlowPolicy {
+    /// What the queue does when this policy meets a full queue.
     pub fn when_full(self) -> WhenFull {
         match self {
             SlowPolicy::DropOldest => WhenFull::DropOldest,
@@ -23,6 +24,7 @@ impl SlowPolicy {
     }
 }
 
+/// Every setting of a busd, as its flags give them (or an embedding ingest's defaults).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Shared secret every client must present in `Hello`; `None` lets anyone in.
@@ -31,6 +33,7 @@ pub struct Config {
     pub queue_events: usize,
     /// Byte budget of the replay ring.
     pub replay_bytes: usize,
+    /// What happens to a subscriber whose queue is full.
     pub slow_policy: SlowPolicy,
     /// Most subscribers, and with them connections still in their handshake; publishers
     /// have their own [`Config::max_publishers`] slots on top, so idle subscribers can never

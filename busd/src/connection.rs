@@ -28,8 +28,11 @@ use crate::{publisher, subscriber};
 
 /// What every connection task shares.
 pub struct Context {
+    /// The bus every connection publishes to or reads from.
     pub bus: Arc<Bus>,
+    /// The daemon's settings.
     pub config: Config,
+    /// The stages of a graceful stop the connection watches.
     pub shutdown: Shutdown,
     /// The publisher names connected now.
     pub publishers: Publishers,
@@ -66,6 +69,7 @@ pub enum Close {
 }
 
 impl Close {
+    /// A refusal with `code` and a message for the peer.
     pub fn refuse(code: ErrorCode, message: impl Into<String>) -> Self {
         Close::Refuse(code, message.into())
     }
@@ -101,11 +105,13 @@ impl From<ReadError> for Close {
 /// A connection's outgoing side: frames are encoded into one buffer and written together.
 pub struct Outbound {
     wr: OwnedWriteHalf,
+    /// Frames encoded and not yet written; subscribers build `Events` frames straight in it.
     pub buf: BytesMut,
     max_frame: usize,
 }
 
 impl Outbound {
+    /// An outgoing side on `wr` that refuses to encode frames over `max_frame`.
     pub fn new(wr: OwnedWriteHalf, max_frame: usize) -> Self {
         Outbound {
             wr,

@@ -10,6 +10,8 @@ use rustc_hash::FxHashMap;
 /// A subscriber's slot in the bus; small and dense so per-publish scratch space can be a `Vec`.
 pub type SubKey = usize;
 
+/// Which subscribers want an account: the subscribers that take all, and per account the
+/// ones that named it, so routing an event touches only those.
 #[derive(Default)]
 pub struct FilterIndex {
     all: Vec<SubKey>,
@@ -17,6 +19,7 @@ pub struct FilterIndex {
 }
 
 impl FilterIndex {
+    /// Adds subscriber `key` under `filter`.
     pub fn insert(&mut self, key: SubKey, filter: &Filter) {
         match filter {
             Filter::All => self.all.push(key),
@@ -28,6 +31,7 @@ impl FilterIndex {
         }
     }
 
+    /// Removes subscriber `key`, which was inserted under `filter`.
     pub fn remove(&mut self, key: SubKey, filter: &Filter) {
         match filter {
             Filter::All => self.all.retain(|k| *k != key),

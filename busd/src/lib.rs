@@ -7,6 +7,8 @@
 //! Under `--cfg loom` only [`queue`] is built: it is what the loom tests model, and tokio
 //! leaves out its networking in that configuration.
 
+#![warn(missing_docs)]
+
 #[cfg(not(loom))]
 pub mod bus;
 #[cfg(not(loom))]

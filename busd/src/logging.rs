@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 
+/// Sets up logging once, at start; a second call does nothing.
 pub fn init() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -23,16 +23,22 @@ use std::sync::{Mutex, MutexGuard};
 /// filters) and the postcard bytes of `(seq, Event)`, shared by every queue that holds it.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// Its sequence number in this epoch.
     pub seq: u64,
+    /// Its account, for routing and for filtering a replay.
     pub account_id: u64,
+    /// The postcard bytes of `(seq, Event)`, ready to go into an `Events` frame.
     pub bytes: Bytes,
 }
 
 /// Events dropped from one queue: the range of sequence numbers they span and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gap {
+    /// The first seq dropped.
     pub from_seq: u64,
+    /// The last seq dropped.
     pub to_seq: u64,
+    /// How many were dropped (the range also spans events of other subscribers).
     pub missed: u64,
 }
 
@@ -57,7 +63,9 @@ impl Gap {
 /// What a full queue does with more events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenFull {
+    /// Make room by dropping the oldest events and remember them as a gap.
     DropOldest,
+    /// Take nothing more and mark the queue overflowed: the subscriber is disconnected.
     Refuse,
 }
 
@@ -70,6 +78,8 @@ pub struct Drained {
     pub overflowed: bool,
 }
 
+/// One subscriber's bounded queue between the bus and its writer: the bus never waits on
+/// a slow reader, and whatever the queue cannot keep is reported, never silently lost.
 pub struct Queue {
     inner: Mutex<Inner>,
     capacity: usize,
@@ -83,6 +93,7 @@ struct Inner {
 }
 
 impl Queue {
+    /// A queue of at most `capacity` events.
     pub fn new(capacity: usize) -> Self {
         Queue {
             inner: Mutex::new(Inner {
@@ -155,10 +166,12 @@ impl Queue {
         }
     }
 
+    /// Events waiting, for stats.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
 
+    /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -44,7 +44,10 @@ pub enum ReadError {
     Codec(#[from] CodecError),
     /// The first frame announced more than a `Hello` could need.
     #[error("the first frame must be a Hello under 4 KiB; this one announced {len} bytes")]
-    FirstFrameTooLarge { len: usize },
+    FirstFrameTooLarge {
+        /// The length the prefix announced.
+        len: usize,
+    },
     /// A started frame did not arrive whole in time.
     #[error("a frame did not arrive whole within {} of its start", humantime::format_duration(*.0))]
     FrameTimeout(Duration),

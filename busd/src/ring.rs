@@ -11,6 +11,8 @@ use crate::queue::Entry;
 /// Bytes an entry costs beyond its encoding: the entry itself in the deque.
 const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
 
+/// The most recent events within a byte budget, oldest first: what a resuming subscriber
+/// is replayed from.
 pub struct Ring {
     entries: VecDeque<Entry>,
     bytes: usize,
@@ -27,6 +29,7 @@ pub struct ReplayFrom {
 }
 
 impl Ring {
+    /// An empty ring that keeps at most `budget` bytes of events.
     pub fn new(budget: usize) -> Self {
         Ring {
             entries: VecDeque::new(),
@@ -79,14 +82,17 @@ impl Ring {
         self.entries.range(index.min(self.entries.len())..)
     }
 
+    /// Events held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no event is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Bytes held, as counted against the budget.
     pub fn bytes(&self) -> usize {
         self.bytes
     }

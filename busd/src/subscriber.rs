@@ -30,6 +30,8 @@ enum Control {
     Fatal(ServerFrame),
 }
 
+/// Serves a subscriber until it leaves, breaks the protocol, falls too far behind under the
+/// disconnect policy, or busd says `Goodbye`.
 pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String, peer: &str) {
     let ctx_writer = ctx.clone();
     let (key, sub) = ctx.bus.register(name);
