@@ -1,19 +1,8 @@
 //! `busctl`: the command-line client of Tracker's bus. Data goes to stdout, status lines to
 //! stderr; `busctl --help` lists the exit codes.
 
-mod aggregate;
-mod cli;
-mod doctor;
-mod output;
-mod publish;
-mod reconnect;
-mod render;
-mod session;
-mod stats;
-mod status;
-mod watch;
-
-use cli::{Cli, Command, exit};
+use client::cli::{Cli, Command, exit};
+use client::{doctor, publish, stats, status, watch};
 
 fn main() {
     // --help and --version print to stdout and exit 0; a bad argument exits 2 (USAGE).

@@ -298,18 +298,26 @@ impl Watch {
     /// Prints events not seen before, up to `--count`.
     async fn on_events(&mut self, events: Vec<(u64, Event)>) -> Option<Ended> {
         let position = self.position.as_mut()?;
-        let printed = &mut self.printed;
-        let mut fresh: Vec<(u64, Event)> = events
-            .into_iter()
-            .filter(|(seq, event)| *seq > position.seq && is_new(printed, event))
-            .collect();
+        let mut fresh = Vec::with_capacity(events.len());
+        for (seq, event) in events {
+            // Seqs only go forward: a frame out of order (from no busd of ours) prints
+            // nothing twice and nothing backwards.
+            if seq <= position.seq {
+                continue;
+            }
+            // Past copies too, so a resume does not ask for them again.
+            position.seq = seq;
+            if is_new(&mut self.printed, &event) {
+                fresh.push((seq, event));
+            }
+        }
         if let Some(count) = self.args.count {
             fresh
                 .truncate(usize::try_from(count.saturating_sub(self.events)).unwrap_or(usize::MAX));
         }
-        // Seqs still advance past copies, so a resume does not ask for them again.
-        let &(last, _) = fresh.last()?;
-        position.seq = last;
+        if fresh.is_empty() {
+            return None;
+        }
         self.events += fresh.len() as u64;
         let epoch = position.epoch;
         let output = Output::Events {
@@ -334,6 +342,35 @@ impl Watch {
         }
         Ok(())
     }
+}
+
+/// Drives the watcher's decisions over `sessions`, each a connection's `Welcome` and the
+/// frames read on it, without sockets, and returns what it would have printed: resume
+/// points, restart gaps, copies dropped by `(origin, id)`, `--count`, `--exit-on-gap`. What
+/// tests and the fuzz targets run in place of a busd.
+pub async fn replay(args: WatchArgs, sessions: Vec<(Welcome, Vec<ServerFrame>)>) -> Vec<Output> {
+    let frames: usize = sessions.iter().map(|(_, f)| f.len() + 1).sum();
+    let (tx, mut rx) = mpsc::channel(frames.max(1));
+    let mut watch = Watch::new(args, tx);
+    'sessions: for (welcome, frames) in sessions {
+        match watch.resume_point(welcome).await {
+            Ok(position) => watch.position = Some(position),
+            Err(_) => break,
+        }
+        for frame in frames {
+            match watch.on_frame(frame).await {
+                Some(Ended::Exit(_)) => break 'sessions,
+                Some(Ended::Lost(_)) => continue 'sessions,
+                None => {}
+            }
+        }
+    }
+    drop(watch);
+    let mut printed = Vec::new();
+    while let Some(output) = rx.recv().await {
+        printed.push(output);
+    }
+    printed
 }
 
 /// What a restart into `welcome`'s epoch cost a watcher at `position` of an older epoch:
@@ -393,6 +430,7 @@ fn is_new(printed: &mut HashMap<String, u64>, event: &Event) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
 
     fn welcome(epoch: u64, follows: Option<(u64, u64)>) -> Welcome {
         Welcome {
@@ -437,5 +475,91 @@ mod tests {
         assert!(!is_new(&mut printed, &event("a", 5)));
         assert!(!is_new(&mut printed, &event("a", 4)));
         assert!(is_new(&mut printed, &event("a", 6)));
+    }
+
+    fn args(extra: &[&str]) -> WatchArgs {
+        let mut argv = vec!["busctl", "watch", "--format", "json"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv) {
+            Ok(crate::cli::Cli {
+                command: crate::cli::Command::Watch(args),
+            }) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn event(origin: &str, id: u64) -> Event {
+        Event {
+            account_id: 1,
+            timestamp_us: 0,
+            data: format!("{origin}-{id}"),
+            origin: origin.into(),
+            id,
+        }
+    }
+
+    fn printed(outputs: &[Output]) -> Vec<(u64, u64, String)> {
+        outputs
+            .iter()
+            .flat_map(|o| match o {
+                Output::Events { epoch, events } => events
+                    .iter()
+                    .map(|(seq, e)| (*epoch, *seq, e.data.clone()))
+                    .collect(),
+                Output::Gap(_) => vec![],
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_crash_reports_a_gap_and_drops_the_resent_copies() {
+        let first = welcome(10, None);
+        let frames = vec![ServerFrame::Events(vec![
+            (1, event("o", 1)),
+            (2, event("o", 2)),
+        ])];
+        // busd crashed before acknowledging id 2: the publisher sent it again to the next.
+        let second = welcome(20, None);
+        let again = vec![ServerFrame::Events(vec![
+            (1, event("o", 2)),
+            (2, event("o", 3)),
+        ])];
+        let out = replay(args(&[]), vec![(first, frames), (second, again)]).await;
+        assert!(matches!(
+            out[1],
+            Output::Gap(GapReport { to_seq: None, .. })
+        ));
+        assert_eq!(
+            printed(&out),
+            [
+                (10, 1, "o-1".into()),
+                (10, 2, "o-2".into()),
+                (20, 2, "o-3".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn seqs_never_go_back_within_a_frame() {
+        let frames = vec![ServerFrame::Events(vec![
+            (5, event("o", 5)),
+            (3, event("o", 9)),
+        ])];
+        let out = replay(args(&[]), vec![(welcome(10, None), frames)]).await;
+        assert_eq!(printed(&out), [(10, 5, "o-5".into())]);
+    }
+
+    #[tokio::test]
+    async fn exit_on_gap_stops_at_the_gap() {
+        let frames = vec![
+            ServerFrame::Gap {
+                from_seq: 1,
+                to_seq: 4,
+                missed: 4,
+            },
+            ServerFrame::Events(vec![(5, event("o", 5))]),
+        ];
+        let out = replay(args(&["--exit-on-gap"]), vec![(welcome(10, None), frames)]).await;
+        assert_eq!(out.len(), 1, "the gap, and nothing after it");
     }
 }

@@ -4,16 +4,23 @@
 //! Input: one control byte (the read size, 0 for everything at once), then the bytes busd
 //! sent. busctl reads with `FrameCodec<ServerFrame, ClientFrame>` at its own frame limit
 //! (`client/src/session.rs`). Every event is rendered as `busctl watch` prints it, in text
-//! and JSON, and every gap likewise, with busctl's own `render.rs`. The watcher's decisions
-//! (resume points, restart gaps, duplicate ids) live in private functions of the binary
-//! crate and cannot be called from here.
+//! and JSON, and every gap likewise, with busctl's own `render.rs`. Then the whole stream
+//! goes through the watcher's decisions ([`client::watch::replay`]): each `Welcome` starts a
+//! connection, so resume points, restart gaps and copies dropped by `(origin, id)` are all
+//! exercised, and what it would print must never repeat an event or go back in seq.
 
 use bytes::BytesMut;
 use protocol::{ClientFrame, CodecError, Event, FrameCodec, ServerFrame, encode_frame};
 use tokio_util::codec::Decoder;
 
-use crate::cli::Format;
-use crate::render::{GapReport, describe_gap, event_line, gap_line};
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use clap::Parser as _;
+use client::cli::{Cli, Command, Format, WatchArgs};
+use client::output::Output;
+use client::render::{GapReport, describe_gap, event_line, gap_line};
+use client::session::Welcome;
 
 /// busctl's frame limit (`MAX_FRAME` in `client/src/session.rs`, private to the binary).
 pub const MAX_FRAME: usize = 64 << 20;
@@ -101,6 +108,24 @@ fn handle(frame: &ServerFrame) {
     }
 }
 
+/// `busctl watch --all --format json`, as the watcher is run.
+static WATCH: LazyLock<WatchArgs> =
+    LazyLock::new(
+        || match Cli::try_parse_from(["busctl", "watch", "--all", "--format", "json"]) {
+            Ok(Cli {
+                command: Command::Watch(args),
+            }) => args,
+            other => panic!("busctl watch parses: {other:?}"),
+        },
+    );
+
+/// One runtime for every input: the watcher's decisions are async only to wait on stdout.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime")
+});
+
 /// The whole check for one input; see the module doc for its format.
 pub fn check(input: &[u8]) {
     let Some((&control, stream)) = input.split_first() else {
@@ -108,14 +133,18 @@ pub fn check(input: &[u8]) {
     };
     let mut codec = FrameCodec::<ServerFrame, ClientFrame>::new(MAX_FRAME);
     let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
     for read in crate::reads(stream, usize::from(control)) {
         buf.extend_from_slice(read);
         loop {
             match codec.decode(&mut buf) {
-                Ok(Some(frame)) => handle(&frame),
+                Ok(Some(frame)) => {
+                    handle(&frame);
+                    frames.push(frame);
+                }
                 Ok(None) => break,
                 // busctl drops the connection on any decoding error.
-                Err(_) => return,
+                Err(_) => return watch(frames),
             }
         }
     }
@@ -123,5 +152,67 @@ pub fn check(input: &[u8]) {
         Ok(None) => assert!(buf.is_empty()),
         Err(CodecError::Truncated(left)) => assert!(left == buf.len() && left > 0),
         other => panic!("at the end, after every whole frame was taken: {other:?}"),
+    }
+    watch(frames);
+}
+
+/// The watcher over `frames`, a `Welcome` starting each connection (the first one's
+/// `Welcome` is made up if the stream has none yet), and what must hold of its output.
+fn watch(frames: Vec<ServerFrame>) {
+    let mut sessions: Vec<(Welcome, Vec<ServerFrame>)> = Vec::new();
+    for frame in frames {
+        match frame {
+            ServerFrame::Welcome {
+                epoch,
+                head_seq,
+                max_frame,
+                follows,
+                ..
+            } => sessions.push((
+                Welcome {
+                    epoch,
+                    head_seq,
+                    max_frame,
+                    follows,
+                },
+                Vec::new(),
+            )),
+            frame => match sessions.last_mut() {
+                Some((_, session)) => session.push(frame),
+                None => sessions.push((first_welcome(), vec![frame])),
+            },
+        }
+    }
+    let printed = RUNTIME.block_on(client::watch::replay(WATCH.clone(), sessions));
+    let mut seen = HashSet::new();
+    let mut last: Option<(u64, u64)> = None;
+    for output in printed {
+        let Output::Events { epoch, events } = output else {
+            continue;
+        };
+        for (seq, event) in events {
+            assert!(
+                seen.insert((event.origin.clone(), event.id)),
+                "event {}:{} printed twice",
+                event.origin,
+                event.id
+            );
+            if let Some((last_epoch, last_seq)) = last {
+                assert!(
+                    last_epoch != epoch || seq > last_seq,
+                    "seq went back within epoch {epoch}: {last_seq} then {seq}"
+                );
+            }
+            last = Some((epoch, seq));
+        }
+    }
+}
+
+fn first_welcome() -> Welcome {
+    Welcome {
+        epoch: 1,
+        head_seq: 0,
+        max_frame: MAX_FRAME as u64,
+        follows: None,
     }
 }
