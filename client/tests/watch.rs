@@ -32,6 +32,15 @@ fn publish(addr: &str, account: &str, data: &str, repeat: &str) -> Proc {
     ])
 }
 
+/// `busctl watch --aggregate` on `addr` (`args` starting with the window), once live.
+fn aggregate(addr: &str, args: &[&str]) -> Proc {
+    let mut argv = vec!["watch", "--bus", addr, "--aggregate"];
+    argv.extend_from_slice(args);
+    let proc = busctl(&argv);
+    proc.wait_stderr("live (epoch", WAIT);
+    proc
+}
+
 /// `busctl watch --format json` on `addr`, once it says it is live.
 fn watch(addr: &str, extra: &[&str]) -> Proc {
     let mut args = vec!["watch", "--bus", addr, "--format", "json"];
@@ -293,16 +302,7 @@ fn bad_arguments_exit_2_with_a_clear_message() {
 async fn aggregate_prints_json_windows_when_piped() {
     let busd = Busd::start(&[]);
     let addr = busd.addr.to_string();
-    let watcher = busctl(&[
-        "watch",
-        "--bus",
-        &addr,
-        "--aggregate",
-        "500ms",
-        "--top",
-        "2",
-    ]);
-    watcher.wait_stderr("live (epoch", WAIT);
+    let watcher = aggregate(&addr, &["500ms", "--top", "2"]);
     let batch: Vec<(u64, String)> = [7, 7, 7, 3, 3, 9]
         .iter()
         .map(|&a| (a, "x".to_owned()))
@@ -390,16 +390,7 @@ async fn a_wrong_token_is_fatal_not_retried() {
 async fn aggregate_windows_follow_an_explicit_format() {
     let busd = Busd::start(&[]);
     let addr = busd.addr.to_string();
-    let watcher = busctl(&[
-        "watch",
-        "--bus",
-        &addr,
-        "--aggregate",
-        "300ms",
-        "--format",
-        "text",
-    ]);
-    watcher.wait_stderr("live (epoch", WAIT);
+    let watcher = aggregate(&addr, &["300ms", "--format", "text"]);
     publish_data(busd.addr, 1, &[(4, "x".into())]).await;
     let deadline = std::time::Instant::now() + WAIT;
     let mut table = String::new();
