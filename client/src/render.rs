@@ -1,4 +1,4 @@
-//! How events and gaps look on stdout: DESIGN.md's text line, or one JSON object a line.
+//! How events and gaps look on stdout: the text line README shows, or one JSON object a line.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

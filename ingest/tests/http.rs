@@ -1,4 +1,4 @@
-//! The HTTP contract of the real ingest binary: every status of DESIGN.md's table, and what
+//! The HTTP contract of the real ingest binary: every status of README's table, and what
 //! happens to malformed, oversized and slow requests.
 
 mod support;

@@ -123,7 +123,7 @@ pub enum ServerFrame {
     /// Events in sequence order, each with its sequence number.
     Events(Vec<(u64, Event)>),
     /// Events this subscriber should have had between `from_seq` and `to_seq` were lost;
-    /// `missed` counts them (see DESIGN.md for when it is an upper bound).
+    /// `missed` counts them (an upper bound after falling out of the replay ring).
     Gap {
         /// The first seq of the loss.
         from_seq: u64,
