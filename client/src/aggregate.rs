@@ -12,6 +12,8 @@ use serde::Serialize;
 /// Lags are recorded up to an hour; anything older counts as an hour.
 const MAX_LAG_US: u64 = 3_600_000_000;
 
+/// Counts and lags of the current window, for `watch --aggregate`: a summary instead of
+/// every event, so a busy bus stays readable.
 pub struct Aggregator {
     window: Duration,
     top: usize,
@@ -20,28 +22,42 @@ pub struct Aggregator {
     gaps: u64,
 }
 
+/// One account's line in a window's top list.
 #[derive(Debug, Serialize)]
 pub struct AccountRow {
+    /// The account.
     pub account_id: u64,
+    /// Its events in the window.
     pub count: u64,
+    /// Its events per second over the window.
     pub rate: f64,
 }
 
 /// One window's summary; printed as a table on a terminal or a JSON line otherwise.
 #[derive(Debug, Serialize)]
 pub struct Window {
+    /// When the window closed, RFC 3339.
     pub window_end: String,
+    /// How long it lasted.
     pub window_secs: f64,
+    /// Events in it.
     pub events: u64,
+    /// Events per second.
     pub rate: f64,
+    /// Accounts that had at least one event.
     pub accounts_seen: usize,
+    /// The busiest accounts, most events first.
     pub top: Vec<AccountRow>,
+    /// Median end-to-end lag (arrival minus the event's timestamp), if any event came.
     pub lag_p50_us: Option<u64>,
+    /// 99th percentile lag.
     pub lag_p99_us: Option<u64>,
+    /// Gaps reported in the window.
     pub gaps: u64,
 }
 
 impl Aggregator {
+    /// Windows of `window`, listing the `top` busiest accounts.
     pub fn new(window: Duration, top: usize) -> Self {
         Aggregator {
             window,
@@ -53,10 +69,12 @@ impl Aggregator {
         }
     }
 
+    /// How long a window lasts.
     pub fn window(&self) -> Duration {
         self.window
     }
 
+    /// Counts `event`, which arrived at `now_us`.
     pub fn record(&mut self, event: &Event, now_us: u64) {
         *self.counts.entry(event.account_id).or_default() += 1;
         let lag = now_us
@@ -65,6 +83,7 @@ impl Aggregator {
         self.lag.saturating_record(lag);
     }
 
+    /// Counts a reported gap.
     pub fn gap(&mut self) {
         self.gaps += 1;
     }
@@ -112,6 +131,7 @@ impl Aggregator {
 }
 
 impl Window {
+    /// The window as one JSON line.
     pub fn json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }

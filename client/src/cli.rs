@@ -33,10 +33,12 @@ Every flag also reads TRACKER_BUSCTL_<FLAG>, e.g. TRACKER_BUSCTL_ACCOUNTS; --bus
 #[derive(Parser, Debug)]
 #[command(name = "busctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// busctl's subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Show events as they arrive; reconnects and resumes by itself.
@@ -50,6 +52,7 @@ pub enum Command {
     Doctor(DoctorArgs),
 }
 
+/// Where the bus is and how to get in: every subcommand has these.
 #[derive(Args, Debug, Clone)]
 pub struct BusArgs {
     /// busd address.
@@ -60,6 +63,7 @@ pub struct BusArgs {
     pub token: Option<String>,
 }
 
+/// How data is printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Lines for people (a table for `stats`).
@@ -69,8 +73,10 @@ pub enum Format {
     Json,
 }
 
+/// `busctl watch`'s flags.
 #[derive(Args, Debug, Clone)]
 pub struct WatchArgs {
+    /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
     /// Accounts to watch: ids and ranges, e.g. 1,5,10-20.
@@ -100,8 +106,10 @@ pub struct WatchArgs {
     pub max_outage: Option<Duration>,
 }
 
+/// `busctl publish`'s flags.
 #[derive(Args, Debug, Clone)]
 pub struct PublishArgs {
+    /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
     /// The account the event is for.
@@ -118,10 +126,13 @@ pub struct PublishArgs {
     pub max_outage: Duration,
 }
 
+/// `busctl stats`' flags.
 #[derive(Args, Debug, Clone)]
 pub struct StatsArgs {
+    /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
+    /// Output format: a table for people, or one JSON object for scripts.
     #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Time between the two samples that rates are computed from; 0s for no rates.
@@ -129,8 +140,10 @@ pub struct StatsArgs {
     pub sample: Duration,
 }
 
+/// `busctl doctor`'s flags.
 #[derive(Args, Debug, Clone)]
 pub struct DoctorArgs {
+    /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
     /// ingest's base URL.
@@ -155,6 +168,8 @@ pub struct AccountList(pub BTreeSet<u64>);
 /// Most ids one list may expand to; busd's own filter limit is 100,000 by default.
 const MAX_LISTED: u64 = 1_000_000;
 
+/// Reads `1,5,10-20` into a set of account ids, refusing empty items, reversed ranges and
+/// lists too large for busd's filter.
 pub fn parse_accounts(list: &str) -> Result<AccountList, String> {
     let mut ids = BTreeSet::new();
     for item in list.split(',').map(str::trim) {
@@ -188,6 +203,7 @@ pub fn parse_accounts(list: &str) -> Result<AccountList, String> {
     Ok(AccountList(ids))
 }
 
+/// A duration above zero (`500ms`, `5s`, `2m`): windows and deadlines of zero make no sense.
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be longer than zero".into()),

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use crate::cli::{DoctorArgs, exit};
 use crate::session::{self, Conn};
 
+/// Runs `busctl doctor`; returns the exit code.
 pub async fn run(args: DoctorArgs) -> i32 {
     match check(&args).await {
         Ok(()) => exit::OK,

@@ -2,6 +2,8 @@
 //! the fuzz targets reach the same code the binary runs (the watcher's handling of every
 //! frame busd can send included, through [`watch::replay`]).
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 pub mod cli;
 pub mod doctor;

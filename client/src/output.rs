@@ -19,9 +19,12 @@ use crate::render::{self, GapReport};
 pub enum Output {
     /// Events of one busd epoch, in seq order.
     Events {
+        /// The busd run their seqs belong to.
         epoch: u64,
+        /// `(seq, event)` pairs to print.
         events: Vec<(u64, Event)>,
     },
+    /// A loss to report.
     Gap(GapReport),
 }
 

@@ -27,6 +27,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A batch: its id and its events.
 type Batch = (u64, Vec<Event>);
 
+/// Runs `busctl publish`; returns the exit code.
 pub async fn run(args: PublishArgs) -> i32 {
     // Unique per run: busd drops batch ids it has seen from a publisher of the same name,
     // and subscribers drop event ids they have seen from the same origin.

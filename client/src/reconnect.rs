@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+/// The delays between reconnection attempts, growing from `base` to `cap`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     attempt: u32,
@@ -17,6 +18,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Delays starting at `base`, doubling up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Backoff {
             attempt: 0,
@@ -42,6 +44,7 @@ impl Backoff {
         half + half.mul_f64(fastrand::f64())
     }
 
+    /// Back to the first step, after a connection that worked.
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

@@ -10,6 +10,7 @@ use crate::cli::Format;
 /// Events lost between two points, as the watcher reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct GapReport {
+    /// The first seq that may be missing.
     pub from_seq: u64,
     /// `None` when busd crashed and the end of the loss is unknown.
     pub to_seq: Option<u64>,
@@ -81,6 +82,7 @@ pub fn event_line(format: Format, epoch: u64, seq: u64, event: &Event) -> String
     }
 }
 
+/// One gap as a line of `format`: on stdout too, so a pipeline sees it.
 pub fn gap_line(format: Format, gap: &GapReport) -> String {
     match format {
         Format::Text => format!("GAP  {}", describe_gap(gap)),

@@ -7,6 +7,7 @@ use protocol::{ClientFrame, ErrorCode, FrameCodec, PROTOCOL_VERSION, Position, R
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+/// A connection to busd after the handshake: typed frames both ways.
 pub type Conn = Framed<TcpStream, FrameCodec<ServerFrame, ClientFrame>>;
 
 /// Largest frame busctl accepts: generous, since busd bounds its own frames.
@@ -16,7 +17,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// busd's answer to `Hello`.
 #[derive(Debug, Clone, Copy)]
 pub struct Welcome {
+    /// The busd run.
     pub epoch: u64,
+    /// The last seq it has given out.
     pub head_seq: u64,
     /// busd's largest accepted frame body.
     pub max_frame: u64,
@@ -31,12 +34,26 @@ fn instance() -> u64 {
     *INSTANCE.get_or_init(|| fastrand::u64(..))
 }
 
+/// Why a connection to busd could not be had or kept.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Nothing answered at the address.
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// busd answered with an `Error` frame.
     #[error("busd refused: {message}")]
-    Refused { code: ErrorCode, message: String },
+    Refused {
+        /// busd's code, which decides whether retrying can help.
+        code: ErrorCode,
+        /// busd's words.
+        message: String,
+    },
+    /// The connection broke, or busd said something out of turn.
     #[error("connection lost: {0}")]
     Lost(String),
 }
@@ -60,6 +77,8 @@ impl SessionError {
     }
 }
 
+/// Connects to busd at `addr` and says `Hello` as `role` under `name`: the one handshake of
+/// every busctl command. Returns the connection and busd's `Welcome`.
 pub async fn open(
     addr: &str,
     role: Role,

@@ -19,6 +19,7 @@ struct Report {
     delivered_per_sec: Option<f64>,
 }
 
+/// Runs `busctl stats`; returns the exit code.
 pub async fn run(args: StatsArgs) -> i32 {
     match report(&args).await {
         Ok(report) => {

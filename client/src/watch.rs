@@ -34,6 +34,7 @@ const QUIET_AFTER: Duration = Duration::from_millis(2500);
 /// This long without any frame (the ping unanswered) and the connection is taken for dead.
 const DEAD_AFTER: Duration = Duration::from_secs(5);
 
+/// Runs `busctl watch` until `--count`, an exit flag, or Ctrl-C; returns the exit code.
 pub async fn run(args: WatchArgs) -> i32 {
     let (tx, rx) = mpsc::channel(256);
     let aggregator = args
