@@ -16,9 +16,13 @@ pub mod config;
 #[cfg(not(loom))]
 pub mod connection;
 #[cfg(not(loom))]
+pub mod context;
+#[cfg(not(loom))]
 pub mod filter;
 #[cfg(not(loom))]
 pub mod logging;
+#[cfg(not(loom))]
+pub mod peer;
 #[cfg(not(loom))]
 pub mod publisher;
 #[cfg(not(loom))]

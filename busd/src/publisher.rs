@@ -5,11 +5,12 @@
 //! read rather than one per batch.
 
 use protocol::codec::decode_body;
-use protocol::{ClientFrame, ErrorCode, ServerFrame, publish};
+use protocol::{ClientFrame, ErrorCode, Role, ServerFrame, publish};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::bus::Published;
-use crate::connection::{Close, Context, Outbound, Reader, close};
+use crate::context::Context;
+use crate::peer::{Close, Kind, Outbound, Reader, close, permitted};
 use crate::publishers::Claim;
 
 /// Serves a publisher that holds `claim` on its name until it leaves, breaks the protocol,
@@ -92,25 +93,21 @@ fn handle(
             Err(closed) => Err(Close::refuse(ErrorCode::ShuttingDown, closed.to_string())),
         };
     }
-    match decode_body::<ClientFrame>(body) {
-        Ok(ClientFrame::Ping) => out.push(&ServerFrame::Pong),
-        Ok(ClientFrame::StatsRequest) => out.push(&ServerFrame::Stats(ctx.bus.stats())),
-        Ok(ClientFrame::Subscribe { .. }) => {
-            return Err(Close::refuse(
-                ErrorCode::NotPermitted,
-                "Subscribe needs the Subscriber role; this connection said Publisher",
-            ));
-        }
-        Ok(ClientFrame::Hello { .. }) => {
-            return Err(Close::refuse(ErrorCode::Malformed, "Hello sent twice"));
-        }
-        Ok(ClientFrame::Publish { .. }) => {
+    let frame = decode_body::<ClientFrame>(body)?;
+    permitted(Role::Publisher, Kind::of(&frame))?;
+    match frame {
+        ClientFrame::Ping => out.push(&ServerFrame::Pong),
+        ClientFrame::StatsRequest => out.push(&ServerFrame::Stats(ctx.bus.stats())),
+        // The fast path above reads every Publish postcard reads; one that only postcard
+        // reads would be busd's bug, not the peer's, but is refused all the same.
+        ClientFrame::Publish { .. } => {
             return Err(Close::refuse(
                 ErrorCode::Malformed,
                 "unexpected Publish encoding",
             ));
         }
-        Err(err) => return Err(err.into()),
+        // Refused by `permitted` above.
+        ClientFrame::Hello { .. } | ClientFrame::Subscribe { .. } => {}
     }
     Ok(())
 }

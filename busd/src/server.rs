@@ -13,7 +13,9 @@ use tracing::{info, warn};
 use crate::accept::{accept_loop, never_reclaim};
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::connection::{self, Context};
+use crate::connection;
+use crate::context::Context;
+use crate::peer;
 use crate::publishers::Publishers;
 use crate::reader::ReadBudget;
 use crate::shutdown::Shutdown;
@@ -72,7 +74,7 @@ pub async fn serve(
                 ctx.bus.counters.connections.fetch_sub(1, Relaxed);
             }
         },
-        move |socket| connection::refuse_over_limit(socket, max_connections),
+        move |socket| peer::refuse_over_limit(socket, max_connections),
         never_reclaim,
     )
     .await;

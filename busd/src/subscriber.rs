@@ -9,13 +9,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::codec::decode_body;
 use protocol::fanout::EventsFrame;
-use protocol::{ClientFrame, ErrorCode, Filter, ServerFrame, publish};
+use protocol::{ClientFrame, ErrorCode, Filter, Role, ServerFrame, publish};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::bus::Subscriber;
-use crate::connection::{Close, Context, Outbound, Reader};
+use crate::context::Context;
 use crate::filter::SubKey;
+use crate::peer::{Close, Kind, Outbound, Reader, permitted};
 use crate::queue::Entry;
 
 /// Most events taken from the queue per write.
@@ -53,7 +54,7 @@ pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String
                 .await;
             drop(control);
             let _ = writer.await;
-            crate::connection::linger(rd).await;
+            crate::peer::linger(rd).await;
         }
         Ended::Close(quiet) => {
             drop(control);
@@ -101,9 +102,11 @@ async fn read_loop(
 /// Acts on one request; returns the reply to send, if any.
 fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<ServerFrame>, Close> {
     if publish::is_publish(body) {
-        return Err(not_permitted());
+        permitted(Role::Subscriber, Kind::Publish)?;
     }
-    match decode_body::<ClientFrame>(body)? {
+    let frame = decode_body::<ClientFrame>(body)?;
+    permitted(Role::Subscriber, Kind::of(&frame))?;
+    match frame {
         ClientFrame::Subscribe {
             filter,
             resume_after,
@@ -123,16 +126,9 @@ fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<Ser
         }
         ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
         ClientFrame::StatsRequest => Ok(Some(ServerFrame::Stats(ctx.bus.stats()))),
-        ClientFrame::Hello { .. } => Err(Close::refuse(ErrorCode::Malformed, "Hello sent twice")),
-        ClientFrame::Publish { .. } => Err(not_permitted()),
+        // Refused by `permitted` above.
+        ClientFrame::Hello { .. } | ClientFrame::Publish { .. } => Ok(None),
     }
-}
-
-fn not_permitted() -> Close {
-    Close::refuse(
-        ErrorCode::NotPermitted,
-        "Publish needs the Publisher role; this connection said Subscriber",
-    )
 }
 
 async fn write_loop(
