@@ -22,17 +22,17 @@ use rusqlite::Connection;
 
 use crate::{Accounts, DataError, Result, schema::open_existing};
 
-/// A running sync thread; stops when dropped or [`Sync::stop`]ped.
-pub struct Sync {
+/// A running sync thread; stops when dropped or [`SyncThread::stop`]ped.
+pub struct SyncThread {
     stop: Arc<AtomicBool>,
     accounts: Arc<Accounts>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Sync {
+impl SyncThread {
     /// Starts polling `path` every `interval` on its own connection and thread. `path` must
     /// already be an accounts database: the sync never creates one.
-    pub fn start(path: PathBuf, accounts: Arc<Accounts>, interval: Duration) -> Result<Sync> {
+    pub fn start(path: PathBuf, accounts: Arc<Accounts>, interval: Duration) -> Result<SyncThread> {
         let source = Source::open(&path)?;
         accounts.set_file_ok(true);
         let mut watcher = Watcher {
@@ -48,7 +48,7 @@ impl Sync {
             .name("accounts-sync".into())
             .spawn(move || watcher.run(interval, &stopping))
             .map_err(DataError::Thread)?;
-        Ok(Sync {
+        Ok(SyncThread {
             stop,
             accounts,
             thread: Some(thread),
@@ -74,7 +74,7 @@ impl Sync {
     }
 }
 
-impl Drop for Sync {
+impl Drop for SyncThread {
     fn drop(&mut self) {
         self.halt();
     }
@@ -284,12 +284,12 @@ mod tests {
         }
     }
 
-    fn started(path: &Path) -> (Arc<Accounts>, Sync) {
+    fn started(path: &Path) -> (Arc<Accounts>, SyncThread) {
         let (conn, _) = open(path).unwrap();
         let accounts = Arc::new(Accounts::default());
         accounts.load(&conn).unwrap();
-        let sync =
-            Sync::start(path.to_owned(), accounts.clone(), Duration::from_millis(20)).unwrap();
+        let sync = SyncThread::start(path.to_owned(), accounts.clone(), Duration::from_millis(20))
+            .unwrap();
         (accounts, sync)
     }
 
@@ -376,7 +376,7 @@ mod tests {
     fn start_refuses_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.db");
-        let started = Sync::start(
+        let started = SyncThread::start(
             path.clone(),
             Arc::new(Accounts::default()),
             Duration::from_millis(20),

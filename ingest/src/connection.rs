@@ -21,13 +21,18 @@ use crate::response::{self, Response};
 use crate::route::{self, App};
 use crate::slots::Lease;
 
+/// How long a connection may take over a request head, and stay idle between requests.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// From a head's first byte to its end (a slow drip does not reset it).
     pub header: Duration,
+    /// Between requests on a keep-alive connection.
     pub idle: Duration,
 }
 
-pub async fn serve(
+/// Serves one HTTP connection until the client leaves, a response closes it, it is
+/// reclaimed while idle, or `stop`.
+pub async fn handle(
     mut stream: TcpStream,
     app: Arc<App>,
     limits: Limits,
@@ -95,9 +100,19 @@ pub async fn serve(
 /// and answering 503. When busd is away, or stays behind, the buffer fills and the 503s of
 /// the contract follow.
 async fn throttle(app: &App) {
+    if !app.outbox.above_high_water() {
+        return;
+    }
     let give_up = Instant::now() + Duration::from_secs(1);
-    while app.outbox.above_high_water() && app.link.is_up() && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    loop {
+        // Registered before the check, so an ack in between still wakes us.
+        let room = app.outbox.room.notified();
+        if !(app.outbox.above_high_water() && app.link.is_up()) {
+            return;
+        }
+        if tokio::time::timeout_at(give_up, room).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Outbox {
     pub ready: Notify,
     /// Wakes whoever waits for the buffer to empty (shutdown's drain).
     pub drained: Notify,
+    /// Wakes connections holding back while the buffer was over half full.
+    pub room: Notify,
 }
 
 struct Inner {
@@ -91,6 +93,7 @@ impl Outbox {
             },
             ready: Notify::new(),
             drained: Notify::new(),
+            room: Notify::new(),
         }
     }
 
@@ -169,6 +172,7 @@ impl Outbox {
     /// forwarder if events are waiting, since it may have been holding them for this ack.
     pub fn ack(&self, batch_id: u64) {
         let mut inner = self.lock();
+        let was_high = self.is_high(&inner);
         while inner.unacked.front().is_some_and(|b| b.id <= batch_id) {
             if let Some(batch) = inner.unacked.pop_front() {
                 inner.events -= batch.count as usize;
@@ -177,6 +181,7 @@ impl Outbox {
         }
         let waiting = inner.filling_count > 0 || !inner.sealed.is_empty();
         let empty = inner.events == 0;
+        let room = was_high && !self.is_high(&inner);
         drop(inner);
         if waiting {
             self.ready.notify_one();
@@ -184,13 +189,19 @@ impl Outbox {
         if empty {
             self.drained.notify_waiters();
         }
+        if room {
+            self.room.notify_waiters();
+        }
+    }
+
+    fn is_high(&self, inner: &Inner) -> bool {
+        inner.events >= self.limits.events / 2 || inner.bytes >= self.limits.bytes / 2
     }
 
     /// Whether at least half the buffer is taken: busd is behind, and connections should
     /// stop reading for a moment rather than fill the rest and answer 503.
     pub fn above_high_water(&self) -> bool {
-        let inner = self.lock();
-        inner.events >= self.limits.events / 2 || inner.bytes >= self.limits.bytes / 2
+        self.is_high(&self.lock())
     }
 
     /// Batches sent and not yet acknowledged.
@@ -403,5 +414,19 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [100, 101]);
+    }
+
+    #[tokio::test]
+    async fn an_ack_below_high_water_wakes_held_back_connections() {
+        let outbox = Outbox::new(limits(4, 100), 1);
+        outbox.push(1, 2, "a", "o").unwrap();
+        outbox.push(1, 2, "b", "o").unwrap();
+        assert!(outbox.above_high_water());
+        let room = outbox.room.notified();
+        let batch = outbox.take_batch().unwrap();
+        outbox.ack(batch.id);
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("woken when the buffer fell under half");
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use data::Accounts;
 use protocol::publish::{FRAME_OVERHEAD, max_event_len};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -21,51 +22,62 @@ use crate::request::Limits;
 use crate::route::App;
 use crate::server;
 
+/// `ingest serve`: start, serve HTTP until SIGTERM or SIGINT, shut down.
 pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     // An empty value (an unset variable in a compose file, say) means no token.
     args.bus_token = args.bus_token.filter(|t| !t.is_empty());
+    let ingest = start(&args).await?;
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        busd::shutdown::signal().await;
+        info!("signal received: no longer accepting requests");
+        on_signal.cancel();
+    });
+    let Running {
+        listener,
+        app,
+        parts,
+    } = ingest;
+    server::run(listener, app, http_settings(&args), stop).await;
+    parts.shut_down(args.drain_timeout).await
+}
+
+/// A started ingest: the HTTP listener and the app it serves, and what runs beside them.
+struct Running {
+    listener: TcpListener,
+    app: Arc<App>,
+    parts: Parts,
+}
+
+/// What runs beside the HTTP side, stopped in order by [`Parts::shut_down`].
+struct Parts {
+    outbox: Arc<Outbox>,
+    forwarder: Background,
+    embedded_bus: Option<Background>,
+    sync: data::sync::SyncThread,
+}
+
+/// A task and the token that stops it.
+struct Background {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Background {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the accounts, reaches (or starts) busd and binds HTTP; refuses to start when
+/// busd refuses this ingest or a flag cannot work.
+async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let accounts = load_accounts(&args.db)?;
-    let sync = data::sync::Sync::start(args.db.clone(), accounts.clone(), args.sync_interval)
+    let sync = data::sync::SyncThread::start(args.db.clone(), accounts.clone(), args.sync_interval)
         .context("cannot start the accounts sync")?;
-
-    let bus_stop = CancellationToken::new();
-    let (bus, embedded) = match &args.bus {
-        Some(bus) => {
-            // Said out loud: a TRACKER_BUS exported for busctl also lands here.
-            info!("publishing to the busd at {bus} (--bus or TRACKER_BUS); no embedded busd");
-            (bus.clone(), None)
-        }
-        None => {
-            let listener = TcpListener::bind(&args.embedded_bus_listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen for the embedded busd on {}",
-                        args.embedded_bus_listen
-                    )
-                })?;
-            let addr = listener.local_addr()?;
-            info!("embedded busd listening on {addr}");
-            let state_file = args
-                .embedded_bus_state
-                .clone()
-                .unwrap_or_else(|| args.db.with_file_name("busd.state"));
-            let config = busd::Config {
-                token: args.bus_token.clone(),
-                state_file: Some(state_file),
-                ..busd::Config::default()
-            };
-            (
-                addr.to_string(),
-                Some(tokio::spawn(busd::serve(
-                    listener,
-                    config,
-                    bus_stop.clone(),
-                ))),
-            )
-        }
-    };
-
+    let (bus, embedded_bus) = start_bus(args).await?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -74,14 +86,13 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         .origin
         .clone()
         .unwrap_or_else(|| format!("{}:{}", hostname(), local.port()));
-    let limits = outbox_limits(&args, &origin)?;
+    let limits = outbox_limits(args, &origin)?;
     // Batch and event ids grow with the clock (in nanoseconds, faster than any event rate),
     // so they stay above those of an earlier run of this origin that a long-lived busd or
     // a watcher still remembers.
     let outbox = Arc::new(Outbox::new(limits, now_ns()));
     let metrics = Arc::new(Metrics::default());
     let link = Arc::new(Link::default());
-    let forwarder_stop = CancellationToken::new();
     let settings = Settings {
         bus,
         token: args.bus_token.clone(),
@@ -93,14 +104,14 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         batch_bytes: limits.batch_bytes,
     };
     preflight(&settings).await?;
-    let forwarder = tokio::spawn(forwarder::run(
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(forwarder::run(
         settings,
         outbox.clone(),
         link.clone(),
         metrics.clone(),
-        forwarder_stop.clone(),
+        stop.clone(),
     ));
-
     let app = Arc::new(App {
         accounts,
         outbox: outbox.clone(),
@@ -110,43 +121,84 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         max_data: args.max_data,
         cors_origins: args.cors_origin.clone(),
     });
-    let limits = Limits {
-        max_head: usize::try_from(args.max_head.as_u64()).unwrap_or(usize::MAX),
-        max_headers: args.max_headers,
-    };
-    let timeouts = Timeouts {
-        header: args.header_timeout,
-        idle: args.idle_timeout,
-    };
-    let http_stop = CancellationToken::new();
-    let on_signal = http_stop.clone();
-    tokio::spawn(async move {
-        busd::shutdown::signal().await;
-        info!("signal received: no longer accepting requests");
-        on_signal.cancel();
-    });
     info!(%origin, "listening on {local}");
-    server::serve(
+    Ok(Running {
         listener,
         app,
-        limits,
-        timeouts,
-        args.max_connections,
-        http_stop,
-    )
-    .await;
+        parts: Parts {
+            outbox,
+            forwarder: Background { task, stop },
+            embedded_bus,
+            sync,
+        },
+    })
+}
 
-    let drained = drain(&outbox, args.drain_timeout).await;
-    forwarder_stop.cancel();
-    let _ = forwarder.await;
-    if let Some(embedded) = embedded {
-        bus_stop.cancel();
-        let _ = embedded.await;
+/// The bus address to publish to: `--bus`, or a busd started in this process.
+async fn start_bus(args: &ServeArgs) -> anyhow::Result<(String, Option<Background>)> {
+    if let Some(bus) = &args.bus {
+        // Said out loud: a TRACKER_BUS exported for busctl also lands here.
+        info!("publishing to the busd at {bus} (--bus or TRACKER_BUS); no embedded busd");
+        return Ok((bus.clone(), None));
     }
-    sync.stop();
-    drained?;
-    info!("stopped");
-    Ok(())
+    let listener = TcpListener::bind(&args.embedded_bus_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the embedded busd on {}",
+                args.embedded_bus_listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    info!("embedded busd listening on {addr}");
+    let state_file = args
+        .embedded_bus_state
+        .clone()
+        .unwrap_or_else(|| args.db.with_file_name("busd.state"));
+    let config = busd::Config {
+        token: args.bus_token.clone(),
+        state_file: Some(state_file),
+        ..busd::Config::default()
+    };
+    let stop = CancellationToken::new();
+    let served = busd::serve(listener, config, stop.clone());
+    let task = tokio::spawn(async move {
+        if let Err(err) = served.await {
+            error!(%err, "the embedded busd failed");
+        }
+    });
+    Ok((addr.to_string(), Some(Background { task, stop })))
+}
+
+/// The HTTP side's limits and timeouts from the flags.
+fn http_settings(args: &ServeArgs) -> server::Settings {
+    server::Settings {
+        limits: Limits {
+            max_head: usize::try_from(args.max_head.as_u64()).unwrap_or(usize::MAX),
+            max_headers: args.max_headers,
+        },
+        timeouts: Timeouts {
+            header: args.header_timeout,
+            idle: args.idle_timeout,
+        },
+        max_connections: args.max_connections,
+    }
+}
+
+impl Parts {
+    /// After HTTP stopped: waits for busd to acknowledge what was accepted, then stops the
+    /// forwarder, the embedded busd (which says `Goodbye` to its subscribers) and the sync.
+    async fn shut_down(self, drain_timeout: std::time::Duration) -> anyhow::Result<()> {
+        let drained = drain(&self.outbox, drain_timeout).await;
+        self.forwarder.stop().await;
+        if let Some(bus) = self.embedded_bus {
+            bus.stop().await;
+        }
+        self.sync.stop();
+        drained?;
+        info!("stopped");
+        Ok(())
+    }
 }
 
 /// The outbox's bounds from the flags, refusing a `--max-data` no batch could carry.

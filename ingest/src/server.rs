@@ -15,15 +15,29 @@ use crate::request::Limits;
 use crate::route::App;
 use crate::slots::Slots;
 
+/// How the HTTP side treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// What a request head may be.
+    pub limits: Limits,
+    /// How long a head may take, and an idle connection may stay.
+    pub timeouts: Timeouts,
+    /// Most connections open at once (idle ones are reclaimed first).
+    pub max_connections: usize,
+}
+
 /// Serves HTTP on `listener` until `stop`, then waits a moment for open connections.
-pub async fn serve(
+pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
-    limits: Limits,
-    timeouts: Timeouts,
-    max_connections: usize,
+    settings: Settings,
     stop: CancellationToken,
 ) {
+    let Settings {
+        limits,
+        timeouts,
+        max_connections,
+    } = settings;
     let slots = Slots::new();
     let tasks = busd::accept::accept_loop(
         listener,
@@ -31,7 +45,7 @@ pub async fn serve(
         &stop,
         |stream| {
             let lease = slots.register(std::time::Instant::now());
-            connection::serve(stream, app.clone(), limits, timeouts, stop.clone(), lease)
+            connection::handle(stream, app.clone(), limits, timeouts, stop.clone(), lease)
         },
         connection::refuse,
         || reclaim(&slots, &app.metrics),
