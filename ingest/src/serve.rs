@@ -93,25 +93,17 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let outbox = Arc::new(Outbox::new(limits, now_ns()));
     let metrics = Arc::new(Metrics::default());
     let link = Arc::new(Link::default());
-    let settings = Settings {
-        bus,
-        token: args.bus_token.clone(),
-        name: origin.clone(),
-        instance: fastrand::u64(..),
-        linger: args.linger,
-        max_in_flight: usize::from(args.max_in_flight),
-        timeout: args.bus_timeout,
-        batch_bytes: limits.batch_bytes,
-    };
+    let settings = forwarder_settings(args, bus, &origin, limits.batch_bytes);
     preflight(&settings).await?;
     let stop = CancellationToken::new();
-    let task = tokio::spawn(forwarder::run(
+    let forwarded = forwarder::run(
         settings,
         outbox.clone(),
         link.clone(),
         metrics.clone(),
         stop.clone(),
-    ));
+    );
+    let task = tokio::spawn(forwarded);
     let app = Arc::new(App {
         accounts,
         outbox: outbox.clone(),
@@ -132,6 +124,20 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             sync,
         },
     })
+}
+
+/// How the forwarder reaches `bus` as the publisher `origin`.
+fn forwarder_settings(args: &ServeArgs, bus: String, origin: &str, batch_bytes: usize) -> Settings {
+    Settings {
+        bus,
+        token: args.bus_token.clone(),
+        name: origin.to_owned(),
+        instance: fastrand::u64(..),
+        linger: args.linger,
+        max_in_flight: usize::from(args.max_in_flight),
+        timeout: args.bus_timeout,
+        batch_bytes,
+    }
 }
 
 /// The bus address to publish to: `--bus`, or a busd started in this process.
