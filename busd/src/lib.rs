@@ -20,8 +20,6 @@ pub mod context;
 #[cfg(not(loom))]
 pub mod filter;
 #[cfg(not(loom))]
-pub mod logging;
-#[cfg(not(loom))]
 pub mod peer;
 #[cfg(not(loom))]
 pub mod publisher;
@@ -31,8 +29,6 @@ pub mod queue;
 #[cfg(not(loom))]
 pub mod reader;
 
-#[cfg(not(loom))]
-pub mod accept;
 #[cfg(not(loom))]
 pub mod ring;
 #[cfg(not(loom))]

@@ -125,7 +125,7 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (args, warnings) = plumbing::env::parse::<Args>();
-    busd::logging::init();
+    plumbing::logging::init();
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
-        busd::shutdown::signal().await;
+        plumbing::signal::interrupted().await;
         info!("signal received");
         on_signal.cancel();
     });

@@ -4,13 +4,11 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::accept::{accept_loop, never_reclaim};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::connection;
@@ -21,6 +19,7 @@ use crate::reader::ReadBudget;
 use crate::shutdown::Shutdown;
 use crate::slots::Slots;
 use crate::state::StateFile;
+use plumbing::accept::{accept_loop, never_reclaim};
 
 /// Serves publishers and subscribers on `listener` until `shutdown` is cancelled, then stops
 /// reading, closes the bus, flushes every subscriber and says `Goodbye` (see [`Shutdown`]).
@@ -116,7 +115,5 @@ fn read_budget(config: &Config) -> ReadBudget {
 
 /// Microseconds since the Unix epoch: distinct for every start, and growing across restarts.
 fn new_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
+    plumbing::clock::now_us().max(1)
 }

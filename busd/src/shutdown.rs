@@ -1,4 +1,4 @@
-//! Graceful shutdown in two stages, and the signals that start it.
+//! Graceful shutdown in two stages (the signals that start it are `plumbing::signal`).
 //!
 //! First every connection stops reading, so no new batch is accepted; then the bus is closed
 //! and its final seq known; only then do subscriber writers flush their queues and send
@@ -14,28 +14,4 @@ pub struct Shutdown {
     pub stop_reading: CancellationToken,
     /// The bus is closed: flush, say goodbye, close (stage two).
     pub goodbye: CancellationToken,
-}
-
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
-pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod doctor;
 pub mod output;
 pub mod publish;
-pub mod reconnect;
 pub mod render;
 pub mod session;
 pub mod stats;

@@ -100,7 +100,7 @@ async fn windows(
         tokio::select! {
             item = rx.recv() => match item {
                 Some(Output::Events { events, .. }) => {
-                    let now = render::now_us();
+                    let now = plumbing::clock::now_us();
                     for (_, event) in &events {
                         aggregator.record(event, now);
                     }

@@ -12,10 +12,9 @@ use protocol::{ClientFrame, Event, Role, ServerFrame};
 use tokio::time::Instant;
 
 use crate::cli::{PublishArgs, exit};
-use crate::reconnect::Backoff;
-use crate::render::now_us;
 use crate::session::{self, Conn, SessionError};
 use crate::status;
+use plumbing::backoff::Backoff;
 
 /// Events per Publish frame, and a byte budget that keeps frames under busd's 1 MiB default.
 const BATCH_EVENTS: usize = 1000;
@@ -106,7 +105,7 @@ impl Batches {
     fn new(args: &PublishArgs, origin: &str) -> Self {
         let template = Event {
             account_id: args.account,
-            timestamp_us: now_us(),
+            timestamp_us: plumbing::clock::now_us(),
             data: args.data.clone(),
             origin: origin.into(),
             id: 0,

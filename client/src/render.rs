@@ -1,6 +1,6 @@
 //! How events and gaps look on stdout: the text line README shows, or one JSON object a line.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use protocol::Event;
 use serde::Serialize;
@@ -30,13 +30,6 @@ pub fn timestamp(us: u64) -> Option<String> {
     }
     let time = UNIX_EPOCH.checked_add(Duration::from_micros(us))?;
     Some(humantime::format_rfc3339_micros(time).to_string())
-}
-
-/// Microseconds since the Unix epoch, now.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[derive(Serialize)]

@@ -23,10 +23,10 @@ use tokio::time::Instant;
 use crate::aggregate::Aggregator;
 use crate::cli::{WatchArgs, exit};
 use crate::output::{self, Output};
-use crate::reconnect::Backoff;
 use crate::render::{GapReport, describe_gap};
 use crate::session::{self, Conn, SessionError, Welcome};
 use crate::status;
+use plumbing::backoff::Backoff;
 
 /// busd heartbeats a subscriber idle for a second; this long without any frame is "quiet",
 /// and busctl pings to find out whether busd is still there.
@@ -44,7 +44,7 @@ pub async fn run(args: WatchArgs) -> i32 {
     let mut watch = Watch::new(args, tx);
     let code = tokio::select! {
         code = watch.run() => code,
-        _ = interrupted() => exit::OK,
+        _ = plumbing::signal::interrupted() => exit::OK,
     };
     let (events, gaps, reconnects) = (watch.events, watch.gaps, watch.reconnects);
     drop(watch);
@@ -57,22 +57,6 @@ pub async fn run(args: WatchArgs) -> i32 {
         }
         _ => code,
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// How one connection ended.

@@ -133,9 +133,7 @@ pub fn answer_buffered(
     }
     let started = std::time::Instant::now();
     let now = std::time::SystemTime::now();
-    let now_us = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
+    let now_us = plumbing::clock::us_at(now);
     let mut answered = 0;
     let close = response::with_date(now, |date| {
         loop {

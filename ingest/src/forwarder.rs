@@ -28,6 +28,8 @@ use tokio_util::codec::{Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use plumbing::backoff::Backoff;
+
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
@@ -108,7 +110,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut was_connected = false;
     while !stop.is_cancelled() {
         match connect(&settings).await {
@@ -122,7 +124,7 @@ pub async fn run(
                 let ended = forward(stream, &settings, &outbox, &stop).await;
                 link.set(DOWN);
                 if ended.progressed {
-                    delay = Duration::from_millis(50);
+                    backoff.reset();
                 }
                 if !stop.is_cancelled() {
                     let unacknowledged = outbox.depth();
@@ -140,9 +142,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -14,7 +14,7 @@ use ingest::serve;
 
 fn main() -> std::process::ExitCode {
     let (cli, warnings) = plumbing::env::parse::<Cli>();
-    busd::logging::init();
+    plumbing::logging::init();
     for warning in warnings {
         tracing::warn!("{warning}");
     }

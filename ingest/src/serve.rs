@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use data::Accounts;
@@ -30,7 +30,7 @@ pub async fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
-        busd::shutdown::signal().await;
+        plumbing::signal::interrupted().await;
         info!("signal received: no longer accepting requests");
         on_signal.cancel();
     });
@@ -90,7 +90,7 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     // Batch and event ids grow with the clock (in nanoseconds, faster than any event rate),
     // so they stay above those of an earlier run of this origin that a long-lived busd or
     // a watcher still remembers.
-    let outbox = Arc::new(Outbox::new(limits, now_ns()));
+    let outbox = Arc::new(Outbox::new(limits, plumbing::clock::now_ns()));
     let metrics = Arc::new(Metrics::default());
     let link = Arc::new(Link::default());
     let settings = forwarder_settings(args, bus, &origin, limits.batch_bytes);
@@ -315,10 +315,4 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "ingest".into())
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
 }

@@ -39,7 +39,7 @@ pub async fn run(
         max_connections,
     } = settings;
     let slots = Slots::new();
-    let tasks = busd::accept::accept_loop(
+    let tasks = plumbing::accept::accept_loop(
         listener,
         max_connections,
         &stop,

@@ -1,5 +1,5 @@
-//! Capped exponential backoff with jitter, so many watchers coming back after a busd restart
-//! do not reconnect in lockstep.
+//! Capped exponential backoff with jitter, so many clients coming back after a busd restart
+//! do not reconnect in lockstep: the one backoff of busctl and ingest alike.
 
 use std::time::Duration;
 
