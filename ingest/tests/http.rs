@@ -352,7 +352,7 @@ async fn request_targets_are_read_as_rfc_9112_says() {
 
 #[tokio::test]
 async fn no_response_may_be_cached() {
-    let ingest = Ingest::start(&["--max-connections", "1"]);
+    let ingest = Ingest::start(&[]);
     let at = ingest.http;
     for target in [
         "/5?data=a",
