@@ -70,7 +70,8 @@ impl SessionError {
                     | ErrorCode::NotPermitted
                     | ErrorCode::ExpectedHello
                     | ErrorCode::FrameTooLarge
-                    | ErrorCode::Malformed,
+                    | ErrorCode::Malformed
+                    | ErrorCode::NameInUse,
                 ..
             }
         )
@@ -78,18 +79,30 @@ impl SessionError {
 }
 
 /// Connects to busd at `addr` and says `Hello` as `role` under `name`: the one handshake of
-/// every busctl command. Returns the connection and busd's `Welcome`.
+/// every busctl command, ingest's forwarder and the tests. Returns the connection and busd's
+/// `Welcome`.
 pub async fn open(
     addr: &str,
     role: Role,
     name: &str,
     token: Option<&str>,
 ) -> Result<(Conn, Welcome), SessionError> {
+    open_within(addr, role, name, token, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`open`], allowing `timeout` each for the connection and for the `Welcome`.
+pub async fn open_within(
+    addr: &str,
+    role: Role,
+    name: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(Conn, Welcome), SessionError> {
     let connect_error = |reason: String| SessionError::Connect {
         addr: addr.to_owned(),
         reason,
     };
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
@@ -105,7 +118,7 @@ pub async fn open(
     conn.send(hello)
         .await
         .map_err(|e| SessionError::Lost(e.to_string()))?;
-    let answer = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.next())
+    let answer = tokio::time::timeout(timeout, conn.next())
         .await
         .map_err(|_| SessionError::Lost("no Welcome from busd".into()))?;
     match answer {

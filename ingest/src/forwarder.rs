@@ -17,14 +17,15 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
+use client::session::{self, SessionError};
+use futures::StreamExt;
 use protocol::publish::FRAME_OVERHEAD;
-use protocol::{ClientFrame, ErrorCode, FrameCodec, PROTOCOL_VERSION, RawCodec, Role, ServerFrame};
+use protocol::{ClientFrame, ErrorCode, RawCodec, Role, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::time::Instant;
-use tokio_util::codec::{Framed, FramedRead};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -42,9 +43,6 @@ pub struct Settings {
     pub token: Option<String>,
     /// Publisher name: the origin, unique per ingest instance.
     pub name: String,
-    /// Random per process: tells busd a reconnection of this process from another one
-    /// using the same name.
-    pub instance: u64,
     pub linger: Duration,
     /// Batches sent to busd and not yet acknowledged before the next waits.
     pub max_in_flight: usize,
@@ -147,51 +145,44 @@ pub async fn run(
     }
 }
 
-/// Connects, says Hello and checks the Welcome: the one handshake of ingest with busd.
-pub async fn connect(settings: &Settings) -> Result<TcpStream, ConnectError> {
-    let unreachable = |reason: String| ConnectError::Unreachable {
-        addr: settings.bus.clone(),
-        reason,
-    };
-    let stream = tokio::time::timeout(settings.timeout, TcpStream::connect(&settings.bus))
-        .await
-        .map_err(|_| unreachable("connect timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, FrameCodec::<ServerFrame, ClientFrame>::default());
-    let hello = ClientFrame::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Publisher,
-        name: settings.name.clone(),
-        token: settings.token.clone(),
-        instance: settings.instance,
-    };
-    framed
-        .send(hello)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let answer = tokio::time::timeout(settings.timeout, framed.next())
-        .await
-        .map_err(|_| unreachable("no Welcome in time".into()))?;
-    match answer {
-        Some(Ok(ServerFrame::Welcome { max_frame, .. })) => {
-            let fits = (settings.batch_bytes + FRAME_OVERHEAD) as u64 <= max_frame;
-            if !fits {
-                return Err(ConnectError::FrameTooSmall {
-                    max_frame,
-                    batch_bytes: settings.batch_bytes,
-                });
-            }
-            Ok(framed.into_inner())
+/// A connection to busd after the handshake: the socket, and whatever busd sent after its
+/// `Welcome` that the handshake already read.
+pub struct Connected {
+    stream: TcpStream,
+    read: BytesMut,
+}
+
+/// Says Hello with busctl's handshake (`client::session`) and checks that busd takes
+/// batches as large as ours.
+pub async fn connect(settings: &Settings) -> Result<Connected, ConnectError> {
+    let opened = session::open_within(
+        &settings.bus,
+        Role::Publisher,
+        &settings.name,
+        settings.token.as_deref(),
+        settings.timeout,
+    )
+    .await;
+    let (conn, welcome) = opened.map_err(|err| match err {
+        SessionError::Refused { code, message } if refuses_for_good(code) => {
+            ConnectError::Refused { code, message }
         }
-        Some(Ok(ServerFrame::Error { code, message })) if refuses_for_good(code) => {
-            Err(ConnectError::Refused { code, message })
-        }
-        Some(Ok(ServerFrame::Error { message, .. })) => Err(unreachable(message)),
-        Some(Ok(other)) => Err(unreachable(format!("expected Welcome, got {other:?}"))),
-        Some(Err(err)) => Err(unreachable(err.to_string())),
-        None => Err(unreachable("busd closed the connection".into())),
+        other => ConnectError::Unreachable {
+            addr: settings.bus.clone(),
+            reason: other.to_string(),
+        },
+    })?;
+    if (settings.batch_bytes + FRAME_OVERHEAD) as u64 > welcome.max_frame {
+        return Err(ConnectError::FrameTooSmall {
+            max_frame: welcome.max_frame,
+            batch_bytes: settings.batch_bytes,
+        });
     }
+    let parts = conn.into_parts();
+    Ok(Connected {
+        stream: parts.io,
+        read: parts.read_buf,
+    })
 }
 
 /// Refusals that will not go away by retrying: someone has to change a setting.
@@ -211,13 +202,14 @@ struct Ended {
 
 /// Forwards until the connection ends or `stop`.
 async fn forward(
-    stream: TcpStream,
+    connected: Connected,
     settings: &Settings,
     outbox: &Outbox,
     stop: &CancellationToken,
 ) -> Ended {
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = connected.stream.into_split();
     let mut frames = FramedRead::new(rd, RawCodec::default());
+    frames.read_buffer_mut().extend_from_slice(&connected.read);
     let mut out = BytesMut::with_capacity(256 * 1024);
     for batch in outbox.unacked() {
         protocol::publish::encode_frame(&mut out, batch.id, batch.count, &batch.events);

@@ -132,7 +132,6 @@ fn forwarder_settings(args: &ServeArgs, bus: String, origin: &str, batch_bytes: 
         bus,
         token: args.bus_token.clone(),
         name: origin.to_owned(),
-        instance: fastrand::u64(..),
         linger: args.linger,
         max_in_flight: usize::from(args.max_in_flight),
         timeout: args.bus_timeout,

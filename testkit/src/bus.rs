@@ -91,23 +91,13 @@ pub async fn connect(addr: SocketAddr) -> Conn {
 }
 
 /// Connects and says Hello; returns the connection and the Welcome's (epoch, head_seq).
+/// Connects with busctl's handshake (`client::session`, the one every program uses);
+/// returns the connection and the Welcome's (epoch, head_seq).
 pub async fn join(addr: SocketAddr, role: Role, name: &str) -> (Conn, u64, u64) {
-    let mut conn = connect(addr).await;
-    conn.send(hello(role, name, None))
+    let (conn, welcome) = client::session::open_within(&addr.to_string(), role, name, None, WAIT)
         .await
-        .expect("send Hello");
-    match next(&mut conn).await {
-        ServerFrame::Welcome {
-            version,
-            epoch,
-            head_seq,
-            ..
-        } => {
-            assert_eq!(version, PROTOCOL_VERSION);
-            (conn, epoch, head_seq)
-        }
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+        .unwrap_or_else(|err| panic!("joining busd at {addr}: {err}"));
+    (conn, welcome.epoch, welcome.head_seq)
 }
 
 pub async fn subscriber(
