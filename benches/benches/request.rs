@@ -4,11 +4,11 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use client::outbox::{self, Outbox};
+use client::publisher::Link;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use data::Accounts;
-use ingest::forwarder::Link;
 use ingest::metrics::Metrics;
-use ingest::outbox::{self, Outbox};
 use ingest::request::{self, Limits};
 use ingest::route::{self, App};
 

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::aggregate::{Aggregator, Window};
 use crate::cli::Format;
-use crate::render::{self, GapReport};
+use crate::render;
+use crate::subscriber::GapReport;
 
 /// What the watch loop hands to stdout.
 pub enum Output {

@@ -1,270 +1,141 @@
-//! `busctl publish`: events by hand, delivered at least once to busd and never twice.
+//! `busctl publish`: events by hand, through the same [`Publisher`] ingest uses, so they are
+//! delivered at least once to busd and never twice.
 //!
-//! Batches are pipelined and kept until acknowledged; after a reconnect the unacknowledged
-//! ones are sent again under the same publisher name and batch ids, so busd drops any it
-//! already had.
+//! The events go into a small outbox (a window of batches, whatever `--repeat` says) and the
+//! command waits whenever it is full; it ends when busd has acknowledged every event, when
+//! busd refuses it, or when busd stays away for `--max-outage`.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use protocol::{ClientFrame, Event, Role, ServerFrame};
-use tokio::time::Instant;
+use protocol::publish::max_event_len;
 
 use crate::cli::{PublishArgs, exit};
-use crate::session::{self, Conn, SessionError};
+use crate::outbox::{Full, Limits, Outbox};
+use crate::publisher::{PublishError, Publisher, Report, Settings};
 use crate::status;
-use plumbing::backoff::Backoff;
 
-/// Events per Publish frame, and a byte budget that keeps frames under busd's 1 MiB default.
+/// Events per batch, and a byte budget that keeps frames under busd's 1 MiB default.
 const BATCH_EVENTS: usize = 1000;
 const BATCH_BYTES: usize = 512 * 1024;
-/// Unacknowledged batches in flight: also all `publish` ever holds, whatever `--repeat` says.
+/// Batches the outbox holds: all `publish` ever keeps in memory.
 const WINDOW: usize = 16;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A batch: its id and its events.
-type Batch = (u64, Vec<Event>);
-
 /// Runs `busctl publish`; returns the exit code.
 pub async fn run(args: PublishArgs) -> i32 {
-    // Unique per run: busd drops batch ids it has seen from a publisher of the same name,
-    // and subscribers drop event ids they have seen from the same origin.
+    // Unique per run: busd keeps one live process per publisher name.
     let name = format!("busctl-{}-{:08x}", std::process::id(), fastrand::u32(..));
-    let mut source = Batches::new(&args, &name);
-    let mut unacked = VecDeque::new();
-    let mut backoff = Backoff::default();
-    let mut down_since: Option<Instant> = None;
-    loop {
-        let opened = session::open(
-            &args.bus.bus,
-            Role::Publisher,
-            &name,
-            args.bus.token.as_deref(),
-        )
-        .await;
-        let reason = match opened {
-            Ok((mut conn, welcome)) => {
-                if let Some(size) = oversized(&source, welcome.max_frame) {
-                    status!(
-                        "a batch of {size} bytes is over busd's frame limit of {} bytes: \
-                         use smaller --data",
-                        welcome.max_frame
-                    );
-                    return exit::ERROR;
-                }
-                backoff.reset();
-                down_since = None;
-                match send(&mut conn, &mut source, &mut unacked).await {
-                    None => {
-                        status!("published {} events to {}", args.repeat, args.bus.bus);
-                        return exit::OK;
-                    }
-                    Some(err) if err.is_fatal() => {
-                        status!("{err}");
-                        return exit::ERROR;
-                    }
-                    Some(err) => err.to_string(),
-                }
-            }
-            Err(err) if err.is_fatal() => {
-                status!("{err}");
-                return exit::ERROR;
-            }
-            Err(err) => err.to_string(),
-        };
-        let down = down_since.get_or_insert_with(Instant::now).elapsed();
-        if down >= args.max_outage {
-            let acked = source.made_batches() - unacked.len() as u64;
-            status!(
-                "giving up after {}s: {reason}; {acked} of {} batches acknowledged",
-                down.as_secs(),
-                source.total_batches()
-            );
-            return exit::OUTAGE;
-        }
-        status!(
-            "reconnecting (attempt {}, down {}s): {reason}",
-            backoff.attempt() + 1,
-            down.as_secs()
-        );
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// The batches of one run, made as they are needed, so `--repeat 20000000` holds a window
-/// of batches rather than every event at once.
-struct Batches {
-    template: Event,
-    per_batch: u64,
-    left: u64,
-    made: u64,
-}
-
-impl Batches {
-    fn new(args: &PublishArgs, origin: &str) -> Self {
-        let template = Event {
-            account_id: args.account,
-            timestamp_us: plumbing::clock::now_us(),
-            data: args.data.clone(),
-            origin: origin.into(),
-            id: 0,
-        };
-        let per_batch = (BATCH_BYTES / (args.data.len() + 32)).clamp(1, BATCH_EVENTS) as u64;
-        Batches {
-            template,
-            per_batch,
-            left: args.repeat,
-            made: 0,
-        }
-    }
-
-    /// The next batch: ids count from 1, event ids grow across batches.
-    fn next_batch(&mut self) -> Option<Batch> {
-        if self.left == 0 {
-            return None;
-        }
-        let n = self.left.min(self.per_batch);
-        let first_id = self.made * self.per_batch + 1;
-        let events = (0..n)
-            .map(|i| Event {
-                id: first_id + i,
-                ..self.template.clone()
-            })
-            .collect();
-        self.left -= n;
-        self.made += 1;
-        Some((self.made, events))
-    }
-
-    fn made_batches(&self) -> u64 {
-        self.made
-    }
-
-    fn total_batches(&self) -> u64 {
-        self.made + self.left.div_ceil(self.per_batch)
-    }
-}
-
-/// The encoded size of a full batch, if busd would refuse it as too large.
-fn oversized(source: &Batches, max_frame: u64) -> Option<u64> {
-    let frame = ClientFrame::Publish {
-        batch_id: u64::MAX,
-        events: vec![source.template.clone(); source.per_batch as usize],
+    let outbox = Arc::new(Outbox::new(
+        limits(&args.data, &name),
+        plumbing::clock::now_ns(),
+    ));
+    let settings = Settings {
+        bus: args.bus.bus.clone(),
+        token: args.bus.token.clone(),
+        name: name.clone(),
+        linger: Duration::ZERO,
+        max_in_flight: WINDOW,
+        timeout: ACK_TIMEOUT,
+        max_outage: Some(args.max_outage),
+        refusal_is_final: true,
     };
-    let mut buf = bytes::BytesMut::new();
-    let size = protocol::encode_frame(&frame, &mut buf, usize::MAX)
-        .map_or(u64::MAX, |()| buf.len() as u64 - 4);
-    (size > max_frame).then_some(size)
-}
-
-/// Sends what `unacked` holds again, then new batches from `source`, up to [`WINDOW`] in
-/// flight, retiring each on its `PubAck`; returns why it stopped early, if it did.
-async fn send(
-    conn: &mut Conn,
-    source: &mut Batches,
-    unacked: &mut VecDeque<Batch>,
-) -> Option<SessionError> {
-    for (batch_id, events) in unacked.iter() {
-        if let Err(err) = conn.feed(publish_frame(*batch_id, events)).await {
-            return Some(SessionError::Lost(err.to_string()));
+    let mut publisher = Publisher::start(settings, outbox, Arc::new(say));
+    let outbox = publisher.outbox().clone();
+    let given = std::cell::Cell::new(0);
+    let published = tokio::select! {
+        err = publisher.failed() => Err(err),
+        () = publish_all(&outbox, &args, &name, &given) => Ok(()),
+    };
+    let acked = given.get() - publisher.outbox().depth() as u64;
+    publisher.stop().await;
+    match published {
+        Ok(()) => {
+            status!("published {} events to {}", args.repeat, args.bus.bus);
+            exit::OK
+        }
+        Err(PublishError::Outage(outage)) => {
+            status!(
+                "giving up after {}s: {acked} of {} events acknowledged",
+                outage.down.as_secs(),
+                args.repeat
+            );
+            exit::OUTAGE
+        }
+        Err(err) => {
+            status!("{err}");
+            exit::ERROR
         }
     }
-    loop {
-        while unacked.len() < WINDOW {
-            let Some((batch_id, events)) = source.next_batch() else {
-                break;
-            };
-            if let Err(err) = conn.feed(publish_frame(batch_id, &events)).await {
-                unacked.push_back((batch_id, events));
-                return Some(SessionError::Lost(err.to_string()));
+}
+
+/// A window of batches, each cut to fit a frame; one event alone when `data` is larger.
+fn limits(data: &str, origin: &str) -> Limits {
+    let batch_bytes = BATCH_BYTES.max(max_event_len(data.len(), origin.len()));
+    Limits {
+        events: WINDOW * BATCH_EVENTS,
+        bytes: WINDOW * batch_bytes,
+        batch_events: BATCH_EVENTS,
+        batch_bytes,
+    }
+}
+
+/// Gives the outbox `--repeat` events, counting them in `given`, waiting for room whenever
+/// it is full; then waits until busd has them all.
+async fn publish_all(
+    outbox: &Outbox,
+    args: &PublishArgs,
+    origin: &str,
+    given: &std::cell::Cell<u64>,
+) {
+    let timestamp_us = plumbing::clock::now_us();
+    for _ in 0..args.repeat {
+        loop {
+            let room = outbox.room.notified();
+            match outbox.push(args.account, timestamp_us, &args.data, origin) {
+                Ok(()) => {
+                    given.set(given.get() + 1);
+                    break;
+                }
+                Err(Full) => room.await,
             }
-            unacked.push_back((batch_id, events));
-        }
-        if let Err(err) = conn.flush().await {
-            return Some(SessionError::Lost(err.to_string()));
-        }
-        // Nothing left in flight and nothing more to make: all acknowledged.
-        let &(oldest, _) = unacked.front()?;
-        match next_ack(conn).await {
-            Ok(batch_id) if batch_id == oldest => {
-                unacked.pop_front();
-            }
-            Ok(_) => {}
-            Err(err) => return Some(err),
         }
     }
+    while outbox.drain(Duration::from_secs(3600)).await.is_err() {}
 }
 
-fn publish_frame(batch_id: u64, events: &[Event]) -> ClientFrame {
-    ClientFrame::Publish {
-        batch_id,
-        events: events.to_vec(),
-    }
-}
-
-/// The next `PubAck`'s batch id (other frames give 0), or why the connection is no use.
-async fn next_ack(conn: &mut Conn) -> Result<u64, SessionError> {
-    let lost = |reason: &str| SessionError::Lost(reason.into());
-    match tokio::time::timeout(ACK_TIMEOUT, conn.next()).await {
-        Ok(Some(Ok(ServerFrame::PubAck { batch_id }))) => Ok(batch_id),
-        Ok(Some(Ok(ServerFrame::Error { code, message }))) => {
-            Err(SessionError::Refused { code, message })
-        }
-        Ok(Some(Ok(ServerFrame::Goodbye { .. }))) => Err(lost("busd is shutting down")),
-        Ok(Some(Ok(_))) => Ok(0),
-        Ok(Some(Err(err))) => Err(SessionError::Lost(err.to_string())),
-        Ok(None) => Err(lost("busd closed the connection")),
-        Err(_) => Err(lost("no acknowledgement in time")),
+/// The publisher's story on stderr.
+fn say(report: Report) {
+    match report {
+        Report::Connected => {}
+        Report::Lost { reason, .. } => status!("lost busd: {reason}"),
+        Report::Refused(err) => status!("{err}"),
+        Report::Retrying(retry) => status!("{retry}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::BusArgs;
 
     #[test]
-    fn repeats_split_into_numbered_batches() {
-        let args = PublishArgs {
-            bus: BusArgs {
-                bus: String::new(),
-                token: None,
-            },
-            account: 3,
-            data: "x".into(),
-            repeat: 2500,
-            max_outage: Duration::from_secs(1),
-        };
-        let mut source = Batches::new(&args, "o");
-        assert_eq!(source.total_batches(), 3);
-        let batches: Vec<Batch> = std::iter::from_fn(|| source.next_batch()).collect();
-        let sizes: Vec<usize> = batches.iter().map(|(_, e)| e.len()).collect();
-        assert_eq!(sizes, [1000, 1000, 500]);
-        assert_eq!(
-            batches.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
-        let ids: Vec<u64> = batches
-            .iter()
-            .flat_map(|(_, e)| e.iter().map(|e| e.id))
-            .collect();
-        assert_eq!(ids, (1..=2500).collect::<Vec<_>>(), "event ids grow by one");
+    fn large_data_makes_batches_of_one_that_still_fit() {
+        let data = "x".repeat(800_000);
+        let limits = limits(&data, "o");
+        assert!(limits.batch_bytes >= max_event_len(data.len(), 1));
+        let outbox = Outbox::new(limits, 1);
+        outbox.push(1, 2, &data, "o").unwrap();
+        outbox.push(1, 2, &data, "o").unwrap();
+        let batch = outbox.take_batch().unwrap();
+        assert_eq!(batch.count, 1);
     }
 
     #[test]
-    fn large_data_makes_smaller_batches() {
-        let args = PublishArgs {
-            bus: BusArgs {
-                bus: String::new(),
-                token: None,
-            },
-            account: 3,
-            data: "x".repeat(200_000),
-            repeat: 5,
-            max_outage: Duration::from_secs(1),
-        };
-        let mut source = Batches::new(&args, "o");
-        assert!(std::iter::from_fn(|| source.next_batch()).all(|(_, e)| e.len() <= 2));
+    fn the_window_bounds_memory_whatever_repeat_says() {
+        let outbox = Outbox::new(limits("x", "o"), 1);
+        let accepted = std::iter::repeat_with(|| outbox.push(1, 2, "x", "o"))
+            .take_while(Result::is_ok)
+            .count();
+        assert_eq!(accepted, WINDOW * BATCH_EVENTS);
     }
 }

@@ -6,19 +6,7 @@ use protocol::Event;
 use serde::Serialize;
 
 use crate::cli::Format;
-
-/// Events lost between two points, as the watcher reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct GapReport {
-    /// The first seq that may be missing.
-    pub from_seq: u64,
-    /// `None` when busd crashed and the end of the loss is unknown.
-    pub to_seq: Option<u64>,
-    /// `None` when unknown (after a crash).
-    pub missed: Option<u64>,
-    /// The epoch the sequence numbers belong to.
-    pub epoch: u64,
-}
+use crate::subscriber::GapReport;
 
 /// Latest instant humantime can print (the end of year 9999), in microseconds.
 const MAX_PRINTABLE_US: u64 = 253_402_300_800 * 1_000_000 - 1;

@@ -79,7 +79,7 @@ impl SessionError {
 }
 
 /// Connects to busd at `addr` and says `Hello` as `role` under `name`: the one handshake of
-/// every busctl command, ingest's forwarder and the tests. Returns the connection and busd's
+/// every busctl command, the publisher and subscriber, and the tests. Returns the connection and busd's
 /// `Welcome`.
 pub async fn open(
     addr: &str,

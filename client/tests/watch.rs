@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::bus::{Busd, event, publish_until_acked};
+use testkit::bus::{Busd, event, publish_events, publish_until_acked};
 use testkit::{Proc, free_port};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -54,12 +54,9 @@ fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
 }
 
-async fn publish_data(addr: std::net::SocketAddr, batch_id: u64, events: &[(u64, String)]) {
-    let events = events
-        .iter()
-        .map(|(account, data)| event(*account, data))
-        .collect();
-    publish_until_acked(addr, "tests", batch_id, events).await;
+/// Publishes through the client library's publisher, as ingest does.
+async fn publish_data(addr: std::net::SocketAddr, events: &[(u64, String)]) {
+    publish_events(addr, "tests", events).await;
 }
 
 #[tokio::test]
@@ -76,7 +73,7 @@ async fn filtered_events_arrive_in_order_and_others_never() {
                 .filter(|(a, _)| [1, 5].contains(a))
                 .map(|(_, d)| d.clone()),
         );
-        publish_data(busd.addr, round + 1, &batch).await;
+        publish_data(busd.addr, &batch).await;
     }
     let lines = watcher.stdout_lines(6, WAIT);
     assert!(watcher.wait_exit(WAIT).success(), "--count exits 0");
@@ -87,7 +84,7 @@ async fn filtered_events_arrive_in_order_and_others_never() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     for e in &events {
         assert!(e["epoch"].as_u64().is_some_and(|epoch| epoch > 0), "{e}");
-        assert_eq!(e["origin"], "test");
+        assert_eq!(e["origin"], "tests");
         assert_eq!(e["timestamp_us"], 1_795_255_200_123_456u64);
         assert_eq!(e["timestamp"], "2026-11-21T10:00:00.123456Z");
     }
@@ -106,7 +103,7 @@ async fn a_graceful_busd_restart_loses_and_doubles_nothing() {
             let events: Vec<(u64, String)> = (0..10)
                 .map(|i| (i, format!("e{}", batch * 10 + i)))
                 .collect();
-            publish_data(addr, batch + 1, &events).await;
+            publish_data(addr, &events).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -143,13 +140,13 @@ async fn two_restarts_while_away_are_a_gap_never_nothing_missed() {
     let listen = format!("127.0.0.1:{}", free_port());
     let busd = Busd::start_on(&listen, &[]);
     let mut watcher = watch(&listen, &["--exit-on-gap"]);
-    publish_data(busd.addr, 1, &[(1, "first run".into())]).await;
+    publish_data(busd.addr, &[(1, "first run".into())]).await;
     assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "first run");
     // The watcher sleeps through a whole run of busd, whose event it never sees.
     watcher.signal("STOP");
     busd.terminate();
     let middle = Busd::start_on(&listen, &[]);
-    publish_data(middle.addr, 1, &[(1, "missed".into())]).await;
+    publish_data(middle.addr, &[(1, "missed".into())]).await;
     middle.terminate();
     let _last = Busd::start_on(&listen, &[]);
     watcher.signal("CONT");
@@ -179,7 +176,7 @@ async fn a_copy_resent_after_a_crash_is_printed_once() {
     let busd = Busd::start_on(&listen, &[]);
     watcher.wait_stderr("without a Goodbye", WAIT);
     publish_until_acked(busd.addr, "resender", 1, batch).await;
-    publish_data(busd.addr, 2, &[(1, "new".into())]).await;
+    publish_data(busd.addr, &[(1, "new".into())]).await;
     let lines = watcher.stdout_lines(2, WAIT);
     assert!(json(&lines[0])["gap"].is_object(), "{}", lines[0]);
     assert_eq!(json(&lines[1])["data"], "new", "the copies were dropped");
@@ -191,7 +188,7 @@ async fn a_busd_crash_is_reported_as_a_gap_of_unknown_size() {
     let listen = format!("127.0.0.1:{port}");
     let busd = Busd::start_on(&listen, &[]);
     let watcher = watch(&listen, &[]);
-    publish_data(busd.addr, 1, &[(1, "before".into())]).await;
+    publish_data(busd.addr, &[(1, "before".into())]).await;
     assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "before");
     busd.kill();
     let busd = Busd::start_on(&listen, &[]);
@@ -202,7 +199,7 @@ async fn a_busd_crash_is_reported_as_a_gap_of_unknown_size() {
         gap["gap"]["to_seq"].is_null() && gap["gap"]["missed"].is_null(),
         "{gap}"
     );
-    publish_data(busd.addr, 1, &[(1, "after".into())]).await;
+    publish_data(busd.addr, &[(1, "after".into())]).await;
     let after = json(&watcher.stdout_lines(1, WAIT)[0]);
     assert_eq!(
         (after["data"].as_str(), after["seq"].as_u64()),
@@ -228,7 +225,7 @@ async fn busctl_waits_for_a_busd_that_is_not_there_yet() {
     watcher.wait_stderr("reconnecting (attempt 2", WAIT);
     let busd = Busd::start_on(&listen, &[]);
     watcher.wait_stderr("live (epoch", WAIT);
-    publish_data(busd.addr, 1, &[(9, "finally".into())]).await;
+    publish_data(busd.addr, &[(9, "finally".into())]).await;
     assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "finally");
 }
 
@@ -238,7 +235,7 @@ async fn a_silent_busd_is_noticed_and_left_then_resumed() {
     let listen = format!("127.0.0.1:{port}");
     let busd = Busd::start_on(&listen, &[]);
     let watcher = watch(&listen, &[]);
-    publish_data(busd.addr, 1, &[(1, "one".into())]).await;
+    publish_data(busd.addr, &[(1, "one".into())]).await;
     watcher.stdout_lines(1, WAIT);
     // A stopped process keeps its sockets open but says nothing: a half-open connection.
     busd.signal("STOP");
@@ -246,7 +243,7 @@ async fn a_silent_busd_is_noticed_and_left_then_resumed() {
     watcher.wait_stderr("no heartbeat for", WAIT);
     busd.signal("CONT");
     watcher.wait_stderr("resumed after seq 1", WAIT);
-    publish_data(busd.addr, 2, &[(1, "two".into())]).await;
+    publish_data(busd.addr, &[(1, "two".into())]).await;
     assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "two");
 }
 
@@ -307,7 +304,7 @@ async fn aggregate_prints_json_windows_when_piped() {
         .iter()
         .map(|&a| (a, "x".to_owned()))
         .collect();
-    publish_data(busd.addr, 1, &batch).await;
+    publish_data(busd.addr, &batch).await;
     let window = loop {
         let window = json(&watcher.stdout_lines(1, WAIT)[0]);
         if window["events"] != 0 {
@@ -391,7 +388,7 @@ async fn aggregate_windows_follow_an_explicit_format() {
     let busd = Busd::start(&[]);
     let addr = busd.addr.to_string();
     let watcher = aggregate(&addr, &["300ms", "--format", "text"]);
-    publish_data(busd.addr, 1, &[(4, "x".into())]).await;
+    publish_data(busd.addr, &[(4, "x".into())]).await;
     let deadline = std::time::Instant::now() + WAIT;
     let mut table = String::new();
     while !table.contains("account       count") {

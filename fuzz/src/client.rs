@@ -19,7 +19,8 @@ use std::sync::LazyLock;
 use clap::Parser as _;
 use client::cli::{Cli, Command, Format, WatchArgs};
 use client::output::Output;
-use client::render::{GapReport, describe_gap, event_line, gap_line};
+use client::render::{describe_gap, event_line, gap_line};
+use client::subscriber::GapReport;
 use client::session::Welcome;
 
 /// busctl's frame limit (`MAX_FRAME` in `client/src/session.rs`, private to the binary).

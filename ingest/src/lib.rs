@@ -2,15 +2,14 @@
 //! command line and the benchmarks can measure the request path piece by piece.
 //!
 //! A request flows [`request`] (parse and limits) -> [`route`] (validate, look up, accept)
-//! -> [`outbox`] (encoded, kept until acknowledged) -> [`forwarder`] (batches to busd);
+//! -> the client library's outbox (encoded, kept until acknowledged) -> its publisher
+//! (batches to busd, `client::publisher`);
 //! [`connection`] and [`server`] drive the sockets, [`slots`] takes back idle connections'
 //! slots when they run out, and [`serve`] puts it all together.
 
 pub mod cli;
 pub mod connection;
-pub mod forwarder;
 pub mod metrics;
-pub mod outbox;
 pub mod request;
 pub mod response;
 pub mod route;

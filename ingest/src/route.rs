@@ -6,17 +6,17 @@ use std::sync::Arc;
 use data::{Accounts, Status};
 use percent_encoding::percent_decode;
 
-use crate::forwarder::Link;
 use crate::metrics::{Metrics, Outcome};
-use crate::outbox::Outbox;
 use crate::request::{Head, Method};
 use crate::response::{Body, Cors, Response};
+use client::outbox::Outbox;
+use client::publisher::Link;
 
 /// What request handling needs, shared by every connection.
 pub struct App {
     pub accounts: Arc<Accounts>,
     pub outbox: Arc<Outbox>,
-    /// The forwarder's link to busd: readiness, and whether busd refuses us.
+    /// The publisher's link to busd: readiness, and whether busd refuses us.
     pub link: Arc<Link>,
     pub metrics: Arc<Metrics>,
     pub origin: String,
@@ -86,6 +86,10 @@ fn metrics(app: &App) -> Response {
         .buffer_bytes
         .set(i64::try_from(app.outbox.depth_bytes()).unwrap_or(i64::MAX));
     app.metrics.bus_up.set(i64::from(app.link.is_up()));
+    let counted = app.metrics.bus_reconnects.get();
+    app.metrics
+        .bus_reconnects
+        .inc_by(app.link.reconnects().saturating_sub(counted));
     app.metrics.accounts.set(app.accounts.len() as i64);
     app.metrics
         .accounts_file_ok

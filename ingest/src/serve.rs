@@ -11,13 +11,14 @@ use protocol::publish::{FRAME_OVERHEAD, max_event_len};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cli::ServeArgs;
 use crate::connection::Timeouts;
-use crate::forwarder::{self, Link, Settings};
+use client::outbox::{self, Outbox};
+use client::publisher::{self, OnReport, Publisher, Report, Settings};
+
 use crate::metrics::Metrics;
-use crate::outbox::{self, Outbox};
 use crate::request::Limits;
 use crate::route::App;
 use crate::server;
@@ -52,8 +53,7 @@ struct Running {
 
 /// What runs beside the HTTP side, stopped in order by [`Parts::shut_down`].
 struct Parts {
-    outbox: Arc<Outbox>,
-    forwarder: Background,
+    publisher: Publisher,
     embedded_bus: Option<Background>,
     sync: data::sync::SyncThread,
 }
@@ -91,24 +91,14 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     // so they stay above those of an earlier run of this origin that a long-lived busd or
     // a watcher still remembers.
     let outbox = Arc::new(Outbox::new(limits, plumbing::clock::now_ns()));
-    let metrics = Arc::new(Metrics::default());
-    let link = Arc::new(Link::default());
-    let settings = forwarder_settings(args, bus, &origin, limits.batch_bytes);
-    preflight(&settings).await?;
-    let stop = CancellationToken::new();
-    let forwarded = forwarder::run(
-        settings,
-        outbox.clone(),
-        link.clone(),
-        metrics.clone(),
-        stop.clone(),
-    );
-    let task = tokio::spawn(forwarded);
+    let settings = publisher_settings(args, bus, &origin);
+    preflight(&settings, limits.batch_bytes).await?;
+    let publisher = Publisher::start(settings, outbox.clone(), Arc::new(log_report) as OnReport);
     let app = Arc::new(App {
         accounts,
-        outbox: outbox.clone(),
-        link,
-        metrics,
+        outbox,
+        link: publisher.link().clone(),
+        metrics: Arc::new(Metrics::default()),
         origin: origin.clone(),
         max_data: args.max_data,
         cors_origins: args.cors_origin.clone(),
@@ -118,16 +108,16 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         listener,
         app,
         parts: Parts {
-            outbox,
-            forwarder: Background { task, stop },
+            publisher,
             embedded_bus,
             sync,
         },
     })
 }
 
-/// How the forwarder reaches `bus` as the publisher `origin`.
-fn forwarder_settings(args: &ServeArgs, bus: String, origin: &str, batch_bytes: usize) -> Settings {
+/// How the publisher reaches `bus` as `origin`: for ever, a refusal included (new events
+/// get 503 until someone fixes busd's settings and it accepts this ingest).
+fn publisher_settings(args: &ServeArgs, bus: String, origin: &str) -> Settings {
     Settings {
         bus,
         token: args.bus_token.clone(),
@@ -135,7 +125,23 @@ fn forwarder_settings(args: &ServeArgs, bus: String, origin: &str, batch_bytes: 
         linger: args.linger,
         max_in_flight: usize::from(args.max_in_flight),
         timeout: args.bus_timeout,
-        batch_bytes,
+        max_outage: None,
+        refusal_is_final: false,
+    }
+}
+
+/// The publisher's story in ingest's log.
+fn log_report(report: Report) {
+    match report {
+        Report::Connected => info!("connected to busd"),
+        Report::Lost {
+            reason,
+            unacknowledged,
+        } => warn!(%reason, unacknowledged, "lost busd; reconnecting"),
+        Report::Refused(err) => {
+            error!(%err, "new events get 503 until busd accepts this ingest");
+        }
+        Report::Retrying(retry) => debug!(%retry),
     }
 }
 
@@ -192,10 +198,10 @@ fn http_settings(args: &ServeArgs) -> server::Settings {
 
 impl Parts {
     /// After HTTP stopped: waits for busd to acknowledge what was accepted, then stops the
-    /// forwarder, the embedded busd (which says `Goodbye` to its subscribers) and the sync.
+    /// publisher, the embedded busd (which says `Goodbye` to its subscribers) and the sync.
     async fn shut_down(self, drain_timeout: std::time::Duration) -> anyhow::Result<()> {
-        let drained = drain(&self.outbox, drain_timeout).await;
-        self.forwarder.stop().await;
+        let drained = drain(&self.publisher, drain_timeout).await;
+        self.publisher.stop().await;
         if let Some(bus) = self.embedded_bus {
             bus.stop().await;
         }
@@ -237,8 +243,8 @@ fn outbox_limits(args: &ServeArgs, origin: &str) -> anyhow::Result<outbox::Limit
 /// ingest with the same origin, a frame limit too small) stops it at once, with the reason,
 /// instead of accepting events nobody will take. An unreachable busd is only a warning:
 /// events are buffered until it comes.
-async fn preflight(settings: &Settings) -> anyhow::Result<()> {
-    match forwarder::connect(settings).await {
+async fn preflight(settings: &Settings, batch_bytes: usize) -> anyhow::Result<()> {
+    match publisher::connect(settings, batch_bytes).await {
         Ok(_) => Ok(()),
         Err(err) if err.is_refusal() => Err(err).context("cannot publish to busd"),
         Err(err) => {
@@ -288,24 +294,20 @@ fn report_created(path: &Path, existed: bool) {
 
 /// Waits until busd has acknowledged every accepted event, or the timeout; an error (and
 /// so a failing exit status) names how many accepted events are lost.
-async fn drain(outbox: &Outbox, timeout: std::time::Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let drained = outbox.drained.notified();
-        if outbox.depth() == 0 {
+async fn drain(publisher: &Publisher, timeout: std::time::Duration) -> anyhow::Result<()> {
+    match publisher.outbox().drain(timeout).await {
+        Ok(()) => {
             info!("every accepted event was acknowledged by busd");
-            return Ok(());
+            Ok(())
         }
-        if tokio::time::timeout_at(deadline, drained).await.is_err() {
-            break;
+        Err(left) => {
+            error!(
+                left,
+                "busd did not acknowledge these accepted events before the drain timeout"
+            );
+            anyhow::bail!("{left} accepted events were lost: busd did not acknowledge them in time")
         }
     }
-    let left = outbox.depth();
-    error!(
-        left,
-        "busd did not acknowledge these accepted events before the drain timeout"
-    );
-    anyhow::bail!("{left} accepted events were lost: busd did not acknowledge them in time")
 }
 
 fn hostname() -> String {

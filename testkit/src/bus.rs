@@ -275,6 +275,63 @@ pub async fn try_publish(
     }
 }
 
+/// Publishes `(account, data)` events through the client library's [`Publisher`] as
+/// `name`, as ingest does, and waits until busd has acknowledged them all.
+///
+/// [`Publisher`]: client::publisher::Publisher
+pub async fn publish_events(addr: SocketAddr, name: &str, events: &[(u64, String)]) {
+    use client::outbox::{Limits, Outbox};
+    use client::publisher::{Publisher, Settings};
+    let limits = Limits {
+        events: usize::MAX,
+        bytes: usize::MAX,
+        batch_events: 1000,
+        batch_bytes: 512 * 1024,
+    };
+    let outbox = std::sync::Arc::new(Outbox::new(limits, next_id()));
+    for (account, data) in events {
+        outbox
+            .push(*account, 1_795_255_200_123_456, data, name)
+            .expect("an unbounded outbox");
+    }
+    let settings = Settings {
+        bus: addr.to_string(),
+        token: None,
+        name: name.into(),
+        linger: Duration::ZERO,
+        max_in_flight: 8,
+        timeout: WAIT,
+        max_outage: Some(Duration::from_secs(60)),
+        refusal_is_final: true,
+    };
+    let publisher = Publisher::start(settings, outbox, std::sync::Arc::new(|_| {}));
+    let drained = publisher.outbox().drain(Duration::from_secs(60)).await;
+    publisher.stop().await;
+    if let Err(left) = drained {
+        panic!("busd at {addr} did not acknowledge {left} events");
+    }
+}
+
+/// Ids that grow across every publisher of this test process, as a publisher's must
+/// across its runs.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+    NEXT.fetch_add(1 << 20, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A [`Subscriber`](client::subscriber::Subscriber) of the client library on `addr`, as
+/// busctl's: reconnects for at most a minute.
+pub fn subscribe(addr: &str, filter: Filter) -> client::subscriber::Subscriber {
+    client::subscriber::Subscriber::new(client::subscriber::Options {
+        bus: addr.into(),
+        token: None,
+        name: "test-subscriber".into(),
+        filter,
+        max_outage: Some(Duration::from_secs(60)),
+        resume: None,
+    })
+}
+
 /// Publishes a batch the way a real publisher must: until it is acknowledged, reconnecting
 /// and resending under the same name and batch id (so busd drops a copy it already has).
 pub async fn publish_until_acked(addr: SocketAddr, name: &str, batch_id: u64, events: Vec<Event>) {

@@ -48,7 +48,7 @@ pub struct Limits {
 pub struct Outbox {
     inner: Mutex<Inner>,
     limits: Limits,
-    /// Wakes the forwarder when events arrive in an empty buffer or a batch is sealed.
+    /// Wakes the publisher when events arrive in an empty buffer or a batch is sealed.
     pub ready: Notify,
     /// Wakes whoever waits for the buffer to empty (shutdown's drain).
     pub drained: Notify,
@@ -169,7 +169,7 @@ impl Outbox {
     }
 
     /// busd has `batch_id` (and, acks being in order, every batch before it). Wakes the
-    /// forwarder if events are waiting, since it may have been holding them for this ack.
+    /// publisher if events are waiting, since it may have been holding them for this ack.
     pub fn ack(&self, batch_id: u64) {
         let mut inner = self.lock();
         let was_high = self.is_high(&inner);
@@ -212,6 +212,21 @@ impl Outbox {
     /// Every batch busd has not acknowledged, oldest first, to send again after a reconnect.
     pub fn unacked(&self) -> Vec<Batch> {
         self.lock().unacked.iter().cloned().collect()
+    }
+
+    /// Waits until busd has acknowledged every event given to the outbox, or `timeout`
+    /// passes; `Err` holds how many are still unacknowledged.
+    pub async fn drain(&self, timeout: std::time::Duration) -> Result<(), usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let drained = self.drained.notified();
+            if self.depth() == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return Err(self.depth());
+            }
+        }
     }
 
     /// Accepted events busd does not have yet: waiting plus unacknowledged.
@@ -363,7 +378,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_ack_wakes_the_forwarder_when_events_wait() {
+    async fn an_ack_wakes_the_publisher_when_events_wait() {
         let outbox = Outbox::new(limits(10, 100), 1);
         outbox.push(1, 2, "a", "o").unwrap();
         outbox.ready.notified().await;
@@ -373,7 +388,7 @@ mod tests {
         outbox.ready.notified().await;
         outbox.ack(batch.id);
         assert_eq!(outbox.in_flight(), 0);
-        // The ack left a permit: the forwarder holding "b" for it wakes at once.
+        // The ack left a permit: the publisher holding "b" for it wakes at once.
         tokio::time::timeout(std::time::Duration::from_secs(1), outbox.ready.notified())
             .await
             .unwrap();

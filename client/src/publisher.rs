@@ -1,61 +1,101 @@
-//! The forwarder: moves batches from the outbox to busd as `Publish` frames and retires them
-//! on `PubAck`.
+//! The publisher: moves batches from an [`Outbox`] to busd as `Publish` frames and retires
+//! them on `PubAck`.
 //!
 //! On every (re)connection it first sends again every batch busd has not acknowledged, in
 //! order and under the same ids: a busd that already has one drops the copy, a new busd
-//! (after a restart) takes it. That is what makes a 202 survive a busd restart.
+//! (after a restart) takes it. That is what makes an accepted event survive a busd restart.
 //!
 //! A busd that stops answering (frozen, or a half-open connection) is noticed: whenever
 //! something is outstanding (a batch, or the ping sent after a quiet second) and busd says
-//! nothing for `--bus-timeout`, the link is marked down, `/readyz` turns 503, and the
-//! forwarder reconnects and resends. A busd that refuses ingest (wrong token, another
-//! ingest with the same `--origin`, a frame limit too small for `--max-data`) marks the link
-//! refused: new events get 503 instead of filling a buffer nobody drains.
+//! nothing for [`Settings::timeout`], the link is marked down and the publisher reconnects
+//! and resends. A busd that refuses the publisher (wrong token, another process with the
+//! same name, a frame limit too small for the outbox's batches) marks the link refused, so
+//! the caller can stop taking events nobody will drain.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use client::session::{self, SessionError};
 use futures::StreamExt;
+use plumbing::backoff::Backoff;
 use protocol::publish::FRAME_OVERHEAD;
 use protocol::{ClientFrame, ErrorCode, RawCodec, Role, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
-use plumbing::backoff::Backoff;
-
-use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::reconnect::{Outage, Reconnect, Retry};
+use crate::session::{self, SessionError};
 
-/// How long a connection may stay quiet before the forwarder pings busd to check on it.
+/// How long a connection may stay quiet before the publisher pings busd to check on it.
 const PING_AFTER: Duration = Duration::from_secs(1);
 
-/// What the forwarder needs to reach busd.
+/// What the publisher needs to reach busd.
+#[derive(Debug, Clone)]
 pub struct Settings {
+    /// busd's address.
     pub bus: String,
+    /// The token busd asks for, if it asks.
     pub token: Option<String>,
-    /// Publisher name: the origin, unique per ingest instance.
+    /// Publisher name: busd keeps one live process per name and drops batch ids it has
+    /// seen from it, so it must be unique per publishing program (ingest's origin).
     pub name: String,
+    /// How long to let a partly filled batch wait for company before sending it.
     pub linger: Duration,
     /// Batches sent to busd and not yet acknowledged before the next waits.
     pub max_in_flight: usize,
     /// How long busd may leave a batch or a ping unanswered before it is taken for dead.
     pub timeout: Duration,
-    /// The largest batch the outbox cuts: busd's frame limit must hold it.
-    pub batch_bytes: usize,
+    /// How long busd may stay unreachable before the publisher gives up; `None` never does.
+    pub max_outage: Option<Duration>,
+    /// Whether a refusal ends the publisher (a one-shot command) or is retried until
+    /// someone fixes busd's settings (a daemon, which answers 503 meanwhile).
+    pub refusal_is_final: bool,
 }
 
-/// The state of the link to busd, as the HTTP side sees it.
+/// What happened to the link, for the caller to log in its own way.
+#[derive(Debug)]
+pub enum Report {
+    /// Connected (again) to busd.
+    Connected,
+    /// The connection was lost; the batches busd has not acknowledged wait for the next.
+    Lost {
+        /// Why.
+        reason: String,
+        /// Events accepted and not yet acknowledged.
+        unacknowledged: usize,
+    },
+    /// busd refuses this publisher: someone has to change a setting.
+    Refused(ConnectError),
+    /// The next attempt is coming.
+    Retrying(Retry),
+}
+
+/// Where the publisher's [`Report`]s go.
+pub type OnReport = Arc<dyn Fn(Report) + Send + Sync>;
+
+/// Why a publisher stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// busd refused, and [`Settings::refusal_is_final`] said to stop.
+    #[error(transparent)]
+    Refused(#[from] ConnectError),
+    /// busd stayed unreachable past [`Settings::max_outage`].
+    #[error(transparent)]
+    Outage(#[from] Outage),
+}
+
+/// The state of the link to busd, as the accepting side sees it.
 #[derive(Debug, Default)]
 pub struct Link {
     state: AtomicU8,
+    reconnects: AtomicU64,
 }
 
 const DOWN: u8 = 0;
@@ -63,15 +103,20 @@ const UP: u8 = 1;
 const REFUSED: u8 = 2;
 
 impl Link {
-    /// Connected, and busd answering in time: `/readyz` is 200.
+    /// Connected, and busd answering in time.
     pub fn is_up(&self) -> bool {
         self.state.load(Ordering::Acquire) == UP
     }
 
-    /// busd refuses this ingest: accepting events that cannot be delivered would only
-    /// fill the buffer, so they get 503.
+    /// busd refuses this publisher: accepting events that cannot be delivered would only
+    /// fill the outbox.
     pub fn is_refused(&self) -> bool {
         self.state.load(Ordering::Acquire) == REFUSED
+    }
+
+    /// Times busd came back after the link was lost.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
     }
 
     fn set(&self, state: u8) {
@@ -79,70 +124,167 @@ impl Link {
     }
 }
 
+/// A running publisher: the task draining an outbox to busd, and the link it keeps.
+pub struct Publisher {
+    outbox: Arc<Outbox>,
+    link: Arc<Link>,
+    stop: CancellationToken,
+    /// `None` once [`Publisher::failed`] has seen it end.
+    task: Option<JoinHandle<Result<(), PublishError>>>,
+}
+
+impl Publisher {
+    /// Starts publishing what `outbox` is given, reporting what happens to the link through
+    /// `on_report`.
+    pub fn start(settings: Settings, outbox: Arc<Outbox>, on_report: OnReport) -> Publisher {
+        let link = Arc::new(Link::default());
+        let stop = CancellationToken::new();
+        let run = run(
+            settings,
+            outbox.clone(),
+            link.clone(),
+            on_report,
+            stop.clone(),
+        );
+        Publisher {
+            outbox,
+            link,
+            stop,
+            task: Some(tokio::spawn(run)),
+        }
+    }
+
+    /// The outbox this publisher drains.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The link's state, shared with whoever accepts events.
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    /// Resolves when the publisher stops by itself (a final refusal or an outage); never,
+    /// while it keeps trying.
+    pub async fn failed(&mut self) -> PublishError {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = task.await;
+        self.task = None;
+        match ended {
+            Ok(Err(err)) => err,
+            // It returns `Ok` only when stopped, which takes `self`; a panic is a bug.
+            Ok(Ok(())) | Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops the publisher, dropping what busd has not acknowledged.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}
+
 /// Why a connection to busd could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Nothing answered, or the handshake failed in a way a retry may fix.
     #[error("cannot reach busd at {addr}: {reason}")]
-    Unreachable { addr: String, reason: String },
-    #[error("busd refused ingest ({code:?}): {message}")]
-    Refused { code: ErrorCode, message: String },
+    Unreachable {
+        /// busd's address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// busd refused the handshake.
+    #[error("busd refused this publisher ({code:?}): {message}")]
+    Refused {
+        /// busd's code.
+        code: ErrorCode,
+        /// busd's words.
+        message: String,
+    },
+    /// busd's frames are too small for the outbox's batches.
     #[error(
         "busd accepts frames of at most {max_frame} bytes, too small for batches of \
-         {batch_bytes} bytes (lower --batch-bytes or --max-data, or raise busd's --max-frame)"
+         {batch_bytes} bytes: raise busd's --max-frame, or send smaller batches (ingest's \
+         --batch-bytes and --max-data, busctl's --data)"
     )]
-    FrameTooSmall { max_frame: u64, batch_bytes: usize },
+    FrameTooSmall {
+        /// busd's limit, from its `Welcome`.
+        max_frame: u64,
+        /// The outbox's largest batch.
+        batch_bytes: usize,
+    },
 }
 
 impl ConnectError {
-    /// Whether retrying can help without someone changing a setting.
+    /// Whether retrying cannot help without someone changing a setting.
     pub fn is_refusal(&self) -> bool {
         !matches!(self, ConnectError::Unreachable { .. })
     }
 }
 
 /// Runs until `stop` is cancelled, reconnecting whenever the bus goes away.
-pub async fn run(
+async fn run(
     settings: Settings,
     outbox: Arc<Outbox>,
     link: Arc<Link>,
-    metrics: Arc<Metrics>,
+    on_report: OnReport,
     stop: CancellationToken,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    let mut was_connected = false;
+) -> Result<(), PublishError> {
+    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut reconnect = Reconnect::new(backoff, settings.max_outage);
+    let batch_bytes = outbox.limits().batch_bytes;
     while !stop.is_cancelled() {
-        match connect(&settings).await {
+        let reason = match connect(&settings, batch_bytes).await {
             Ok(stream) => {
                 link.set(UP);
-                if was_connected {
-                    metrics.bus_reconnects.inc();
-                }
-                was_connected = true;
-                info!(bus = %settings.bus, "connected to busd");
+                reconnect.connected();
+                link.reconnects
+                    .store(reconnect.reconnects(), Ordering::Relaxed);
+                on_report(Report::Connected);
                 let ended = forward(stream, &settings, &outbox, &stop).await;
                 link.set(DOWN);
                 if ended.progressed {
-                    backoff.reset();
+                    reconnect.progressed();
                 }
-                if !stop.is_cancelled() {
-                    let unacknowledged = outbox.depth();
-                    warn!(reason = %ended.reason, unacknowledged, "lost busd; reconnecting");
+                if stop.is_cancelled() {
+                    break;
                 }
+                let unacknowledged = outbox.depth();
+                let reason = ended.reason;
+                on_report(Report::Lost {
+                    reason: reason.clone(),
+                    unacknowledged,
+                });
+                reason
             }
             Err(err) if err.is_refusal() => {
                 link.set(REFUSED);
-                error!(%err, "new events get 503 until busd accepts this ingest");
+                if settings.refusal_is_final {
+                    return Err(err.into());
+                }
+                let reason = err.to_string();
+                on_report(Report::Refused(err));
+                reason
             }
             Err(err) => {
                 link.set(DOWN);
-                warn!(%err, "retrying");
+                err.to_string()
             }
-        }
+        };
+        let (retry, delay) = reconnect.retry(reason)?;
+        on_report(Report::Retrying(retry));
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
+    Ok(())
 }
 
 /// A connection to busd after the handshake: the socket, and whatever busd sent after its
@@ -152,9 +294,10 @@ pub struct Connected {
     read: BytesMut,
 }
 
-/// Says Hello with busctl's handshake (`client::session`) and checks that busd takes
-/// batches as large as ours.
-pub async fn connect(settings: &Settings) -> Result<Connected, ConnectError> {
+/// Says Hello with the one handshake ([`session`]) and checks that busd takes batches of
+/// `batch_bytes`. Also what a program calls once before it starts, to refuse to run
+/// against a busd that refuses it.
+pub async fn connect(settings: &Settings, batch_bytes: usize) -> Result<Connected, ConnectError> {
     let opened = session::open_within(
         &settings.bus,
         Role::Publisher,
@@ -172,10 +315,10 @@ pub async fn connect(settings: &Settings) -> Result<Connected, ConnectError> {
             reason: other.to_string(),
         },
     })?;
-    if (settings.batch_bytes + FRAME_OVERHEAD) as u64 > welcome.max_frame {
+    if (batch_bytes + FRAME_OVERHEAD) as u64 > welcome.max_frame {
         return Err(ConnectError::FrameTooSmall {
             max_frame: welcome.max_frame,
-            batch_bytes: settings.batch_bytes,
+            batch_bytes,
         });
     }
     let parts = conn.into_parts();
@@ -262,7 +405,7 @@ async fn forward(
     }
 }
 
-/// What the forwarder tracks of one connection to tell a live busd from a dead one.
+/// What the publisher tracks of one connection to tell a live busd from a dead one.
 struct Session {
     /// Since when busd owes an answer (to a batch or a ping) and has said nothing.
     waiting_since: Option<Instant>,
@@ -334,7 +477,7 @@ impl Session {
     }
 }
 
-/// Writes `out` within `timeout`: a busd that stopped reading must not hold the forwarder.
+/// Writes `out` within `timeout`: a busd that stopped reading must not hold the publisher.
 async fn write(
     wr: &mut OwnedWriteHalf,
     out: &mut BytesMut,

@@ -1,0 +1,682 @@
+//! The subscriber: a filter's events from the bus, across any number of disconnects, each
+//! event once, and every loss said out loud.
+//!
+//! It remembers the last position it handed out and, after any disconnect, reconnects with
+//! backoff, subscribes again to resume after that position, and hands out only what is new.
+//! A busd restart shows up as a new epoch. Nothing was missed only when the new busd's
+//! `Welcome` says it directly follows the run we were reading and we had everything up to
+//! that run's last seq (its `Goodbye`); a chain that does not reach back to our epoch (a
+//! crash, or a restart slept through) is a gap of unknown size.
+//!
+//! Events also carry `(origin, id)`, with ids growing per origin. After a busd crash a
+//! publisher resends the batches the dead busd had not acknowledged, and the new busd
+//! numbers them afresh; the subscriber drops any event whose id is not above the last it
+//! handed out from that origin, so such a copy is never seen twice.
+//!
+//! busd heartbeats an idle subscriber every second. Silence for [`QUIET_AFTER`] is "quiet":
+//! the subscriber pings; silence for [`DEAD_AFTER`] more and the connection is taken for
+//! dead, which a half-open TCP connection would otherwise hide forever.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use plumbing::backoff::Backoff;
+use protocol::{ClientFrame, Event, Filter, Position, Role, ServerFrame};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::position::Resume;
+use crate::reconnect::{Outage, Reconnect, Retry};
+use crate::session::{self, Conn, SessionError, Welcome};
+
+/// Silence after which the subscriber pings busd to find out whether it is still there.
+pub const QUIET_AFTER: Duration = Duration::from_millis(2500);
+/// Silence after the ping after which the connection is taken for dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// What to subscribe to, and where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// busd's address.
+    pub bus: String,
+    /// The token busd asks for, if it asks.
+    pub token: Option<String>,
+    /// The name busd shows in its stats.
+    pub name: String,
+    /// The events wanted: busd filters them, so the others never cross the network.
+    pub filter: Filter,
+    /// How long the bus may stay unreachable before [`Subscriber::next`] gives up; `None`
+    /// waits for ever.
+    pub max_outage: Option<Duration>,
+    /// Resume after this position (kept from an earlier subscriber) instead of starting live.
+    pub resume: Option<Resume>,
+}
+
+/// Events lost between two points, as the subscriber reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GapReport {
+    /// The first seq that may be missing.
+    pub from_seq: u64,
+    /// `None` when busd crashed and the end of the loss is unknown.
+    pub to_seq: Option<u64>,
+    /// `None` when unknown (after a crash).
+    pub missed: Option<u64>,
+    /// The epoch the sequence numbers belong to.
+    pub epoch: u64,
+}
+
+/// What the subscriber hands out, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Events of one busd epoch, in seq order, none seen before.
+    Events {
+        /// The busd run their seqs belong to.
+        epoch: u64,
+        /// `(seq, event)` pairs.
+        events: Vec<(u64, Event)>,
+    },
+    /// Events were lost here.
+    Gap(GapReport),
+    /// A change in the connection worth telling a person about.
+    Notice(Notice),
+}
+
+/// The connection's story, for a status line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// The first attempt to reach the bus.
+    Connecting(String),
+    /// Subscribed for the first time; events after `head_seq` follow.
+    Live {
+        /// The busd run.
+        epoch: u64,
+        /// The last seq busd had given out.
+        head_seq: u64,
+    },
+    /// Subscribed again after a disconnect, resuming after this position.
+    Resumed(Resume),
+    /// busd was restarted while we were away; the gap, if any, follows.
+    Restarted {
+        /// The run we were reading.
+        old: u64,
+        /// The run now serving.
+        new: u64,
+        /// The run `new` directly follows and that run's last seq, if it ended cleanly.
+        follows: Option<Position>,
+        /// Whether we had every event of `old`: nothing was missed.
+        complete: bool,
+    },
+    /// busd said nothing for a while; a ping is on its way.
+    Quiet {
+        /// Time since the last frame.
+        since: Duration,
+    },
+    /// busd spoke again after being quiet.
+    Alive,
+    /// busd is shutting down cleanly; the subscriber will resume on the next one.
+    ShuttingDown {
+        /// The run ending.
+        epoch: u64,
+        /// Its last seq.
+        last_seq: u64,
+    },
+    /// The connection failed or was lost; the next attempt is coming.
+    Reconnecting(Retry),
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Connecting(bus) => write!(f, "connecting to {bus}"),
+            Notice::Live { epoch, head_seq } => {
+                write!(f, "live (epoch {epoch}, head seq {head_seq})")
+            }
+            Notice::Resumed(at) => write!(f, "resumed after {at}"),
+            Notice::Restarted {
+                old,
+                new,
+                follows,
+                complete,
+            } => {
+                write!(f, "busd restarted (epoch {old} -> {new})")?;
+                match follows {
+                    Some(_) if *complete => {
+                        write!(
+                            f,
+                            " right after the run whose end we saw: nothing was missed"
+                        )
+                    }
+                    Some(prev) if prev.epoch == *old => write!(
+                        f,
+                        "; epoch {old} ended at seq {} before we had it all",
+                        prev.seq
+                    ),
+                    Some(prev) => {
+                        write!(
+                            f,
+                            " after epoch {}, a run this watcher never saw",
+                            prev.epoch
+                        )
+                    }
+                    None => write!(f, " without a Goodbye"),
+                }
+            }
+            Notice::Quiet { since } => {
+                write!(f, "quiet (last heartbeat {}s ago)", since.as_secs())
+            }
+            Notice::Alive => write!(f, "live"),
+            Notice::ShuttingDown { epoch, last_seq } => write!(
+                f,
+                "busd is shutting down (epoch {epoch}, last seq {last_seq}); will resume"
+            ),
+            Notice::Reconnecting(retry) => write!(f, "{retry}"),
+        }
+    }
+}
+
+/// Why a subscriber stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// busd refused in a way retrying cannot fix (a wrong token or version, say).
+    #[error(transparent)]
+    Refused(SessionError),
+    /// The bus stayed unreachable past [`Options::max_outage`].
+    #[error(transparent)]
+    Outage(#[from] Outage),
+}
+
+/// A subscription that outlives connections: call [`Subscriber::next`] for ever.
+pub struct Subscriber {
+    options: Options,
+    cursor: Cursor,
+    reconnect: Reconnect,
+    state: State,
+    pending: VecDeque<Delivery>,
+}
+
+enum State {
+    Connect,
+    Sleep(Instant),
+    Lost(String),
+    Reading { conn: Box<Conn>, liveness: Liveness },
+}
+
+/// When busd last spoke, and whether we have pinged it since.
+struct Liveness {
+    last_frame: Instant,
+    quiet: bool,
+}
+
+/// How a connection ended.
+enum End {
+    Lost(String),
+    Refused(SessionError),
+}
+
+impl Subscriber {
+    /// A subscriber that connects on the first [`Subscriber::next`].
+    pub fn new(options: Options) -> Self {
+        let cursor = Cursor {
+            position: options.resume.map(|r| r.0),
+            ..Cursor::default()
+        };
+        let reconnect = Reconnect::new(Backoff::default(), options.max_outage);
+        let pending = VecDeque::from([Delivery::Notice(Notice::Connecting(options.bus.clone()))]);
+        Subscriber {
+            options,
+            cursor,
+            reconnect,
+            state: State::Connect,
+            pending,
+        }
+    }
+
+    /// The next thing to hand out: events, a gap, or a notice. Reconnects as often as it
+    /// takes; an error means the subscription is over.
+    pub async fn next(&mut self) -> Result<Delivery, SubscribeError> {
+        loop {
+            if let Some(delivery) = self.pending.pop_front() {
+                return Ok(delivery);
+            }
+            self.step().await?;
+        }
+    }
+
+    /// Where to resume after what has been handed out, to give a later subscriber.
+    pub fn position(&self) -> Option<Resume> {
+        self.cursor.position.map(Resume)
+    }
+
+    /// Times the bus came back after being lost.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnect.reconnects()
+    }
+
+    /// One step of the connection's life. Cancel-safe: dropped at any await, the state
+    /// left behind is one the next call carries on from.
+    async fn step(&mut self) -> Result<(), SubscribeError> {
+        let end = match &mut self.state {
+            State::Connect => return self.connect().await,
+            State::Sleep(until) => {
+                tokio::time::sleep_until(*until).await;
+                self.state = State::Connect;
+                return Ok(());
+            }
+            State::Lost(reason) => {
+                let (retry, delay) = self.reconnect.retry(std::mem::take(reason))?;
+                self.pending
+                    .push_back(Delivery::Notice(Notice::Reconnecting(retry)));
+                self.state = State::Sleep(Instant::now() + delay);
+                return Ok(());
+            }
+            State::Reading { conn, liveness } => {
+                match read(conn, liveness, &mut self.cursor, &mut self.pending).await {
+                    None => return Ok(()),
+                    Some(end) => end,
+                }
+            }
+        };
+        match end {
+            End::Lost(reason) => self.state = State::Lost(reason),
+            End::Refused(err) => {
+                self.state = State::Lost(err.to_string());
+                return Err(SubscribeError::Refused(err));
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Result<(), SubscribeError> {
+        let opened = session::open(
+            &self.options.bus,
+            Role::Subscriber,
+            &self.options.name,
+            self.options.token.as_deref(),
+        )
+        .await;
+        match opened {
+            Ok((conn, welcome)) => self.subscribe(conn, welcome).await,
+            Err(err) if err.is_fatal() => {
+                self.state = State::Lost(err.to_string());
+                return Err(SubscribeError::Refused(err));
+            }
+            Err(err) => self.state = State::Lost(err.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Subscribes on a fresh connection, resuming where the cursor stands.
+    async fn subscribe(&mut self, mut conn: Conn, welcome: Welcome) {
+        let first = self.cursor.position.is_none();
+        let resume = self.cursor.resume_point(welcome, &mut self.pending);
+        let subscribe = ClientFrame::Subscribe {
+            filter: self.options.filter.clone(),
+            resume_after: Some(resume),
+        };
+        if let Err(err) = conn.send(subscribe).await {
+            self.state = State::Lost(err.to_string());
+            return;
+        }
+        self.reconnect.connected();
+        self.reconnect.progressed();
+        let notice = if first {
+            Notice::Live {
+                epoch: welcome.epoch,
+                head_seq: welcome.head_seq,
+            }
+        } else {
+            Notice::Resumed(Resume(resume))
+        };
+        self.pending.push_back(Delivery::Notice(notice));
+        self.state = State::Reading {
+            conn: Box::new(conn),
+            liveness: Liveness {
+                last_frame: Instant::now(),
+                quiet: false,
+            },
+        };
+    }
+}
+
+/// Reads one frame (or notices the silence) and acts on it.
+async fn read(
+    conn: &mut Conn,
+    liveness: &mut Liveness,
+    cursor: &mut Cursor,
+    pending: &mut VecDeque<Delivery>,
+) -> Option<End> {
+    let wait = if liveness.quiet {
+        DEAD_AFTER
+    } else {
+        QUIET_AFTER
+    };
+    let frame = match tokio::time::timeout_at(liveness.last_frame + wait, conn.next()).await {
+        Err(_) if !liveness.quiet => {
+            liveness.quiet = true;
+            let since = liveness.last_frame.elapsed();
+            pending.push_back(Delivery::Notice(Notice::Quiet { since }));
+            let _ = conn.send(ClientFrame::Ping).await;
+            return None;
+        }
+        Err(_) => {
+            let secs = liveness.last_frame.elapsed().as_secs();
+            return Some(End::Lost(format!("no heartbeat for {secs}s")));
+        }
+        Ok(None) => return Some(End::Lost("busd closed the connection".into())),
+        Ok(Some(Err(err))) => return Some(End::Lost(err.to_string())),
+        Ok(Some(Ok(frame))) => frame,
+    };
+    liveness.last_frame = Instant::now();
+    if liveness.quiet {
+        liveness.quiet = false;
+        pending.push_back(Delivery::Notice(Notice::Alive));
+    }
+    cursor.on_frame(frame, pending)
+}
+
+/// Runs a subscriber's decisions over `sessions`, each a connection's `Welcome` and the
+/// frames read on it, without sockets: resume points, restart gaps, copies dropped by
+/// `(origin, id)`, seqs that go backwards. What tests and fuzz targets run in place of a busd.
+pub fn replay(sessions: Vec<(Welcome, Vec<ServerFrame>)>) -> Vec<Delivery> {
+    let mut cursor = Cursor::default();
+    let mut out = VecDeque::new();
+    'sessions: for (welcome, frames) in sessions {
+        cursor.resume_point(welcome, &mut out);
+        for frame in frames {
+            match cursor.on_frame(frame, &mut out) {
+                Some(End::Refused(_)) => break 'sessions,
+                Some(End::Lost(_)) => continue 'sessions,
+                None => {}
+            }
+        }
+    }
+    out.into()
+}
+
+/// The subscriber's memory, apart from any socket: the last position handed out, and per
+/// origin the highest event id handed out.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The last seq handed out (or, before any, where reading started), in busd's epoch.
+    position: Option<Position>,
+    /// Per origin, the highest event id handed out: anything at or below it is a copy.
+    seen: HashMap<String, u64>,
+}
+
+impl Cursor {
+    /// Where to resume on a connection to a busd with `welcome`, reporting any loss to `out`;
+    /// the cursor stands there from now on.
+    fn resume_point(&mut self, welcome: Welcome, out: &mut VecDeque<Delivery>) -> Position {
+        let resume = self.resume_from(welcome, out);
+        self.position = Some(resume);
+        resume
+    }
+
+    fn resume_from(&mut self, welcome: Welcome, out: &mut VecDeque<Delivery>) -> Position {
+        let Some(position) = self.position else {
+            return Position {
+                epoch: welcome.epoch,
+                seq: welcome.head_seq,
+            };
+        };
+        if position.epoch == welcome.epoch {
+            return position;
+        }
+        let (notice, gap) = restart(position, welcome);
+        out.push_back(Delivery::Notice(notice));
+        out.extend(gap.map(Delivery::Gap));
+        Position {
+            epoch: welcome.epoch,
+            seq: 0,
+        }
+    }
+
+    fn on_frame(&mut self, frame: ServerFrame, out: &mut VecDeque<Delivery>) -> Option<End> {
+        let position = self.position.as_mut()?;
+        match frame {
+            ServerFrame::Events(events) => {
+                self.on_events(events, out);
+                None
+            }
+            ServerFrame::Gap {
+                from_seq,
+                to_seq,
+                missed,
+            } => {
+                position.seq = position.seq.max(to_seq);
+                out.push_back(Delivery::Gap(GapReport {
+                    from_seq,
+                    to_seq: Some(to_seq),
+                    missed: Some(missed),
+                    epoch: position.epoch,
+                }));
+                None
+            }
+            ServerFrame::Goodbye { epoch, last_seq } => {
+                // busd flushes our queue before Goodbye: we have all of ours up to last_seq.
+                if position.epoch == epoch {
+                    position.seq = position.seq.max(last_seq);
+                }
+                let notice = Notice::ShuttingDown { epoch, last_seq };
+                out.push_back(Delivery::Notice(notice));
+                Some(End::Lost("busd said goodbye".into()))
+            }
+            ServerFrame::Error { code, message } => {
+                let err = SessionError::Refused { code, message };
+                Some(if err.is_fatal() {
+                    End::Refused(err)
+                } else {
+                    End::Lost(err.to_string())
+                })
+            }
+            ServerFrame::Heartbeat { .. }
+            | ServerFrame::Pong
+            | ServerFrame::Welcome { .. }
+            | ServerFrame::PubAck { .. }
+            | ServerFrame::Stats(_) => None,
+        }
+    }
+
+    /// Hands out the events not seen before.
+    fn on_events(&mut self, events: Vec<(u64, Event)>, out: &mut VecDeque<Delivery>) {
+        let Some(position) = self.position.as_mut() else {
+            return;
+        };
+        let mut fresh = Vec::with_capacity(events.len());
+        for (seq, event) in events {
+            // Seqs only go forward: a frame out of order (from no busd of ours) hands out
+            // nothing twice and nothing backwards.
+            if seq <= position.seq {
+                continue;
+            }
+            // Past copies too, so a resume does not ask for them again.
+            position.seq = seq;
+            if is_new(&mut self.seen, &event) {
+                fresh.push((seq, event));
+            }
+        }
+        if !fresh.is_empty() {
+            out.push_back(Delivery::Events {
+                epoch: position.epoch,
+                events: fresh,
+            });
+        }
+    }
+}
+
+/// What a restart into `welcome`'s epoch cost a subscriber at `position` of an older epoch:
+/// the notice, and the gap to report unless busd's chain proves nothing was missed.
+fn restart(position: Position, welcome: Welcome) -> (Notice, Option<GapReport>) {
+    let old = position.epoch;
+    // busd's numbers are a peer's: saturate rather than trust them not to overflow.
+    let gap = |to_seq: Option<u64>| GapReport {
+        from_seq: position.seq.saturating_add(1),
+        to_seq,
+        missed: to_seq.map(|to| to.saturating_sub(position.seq)),
+        epoch: old,
+    };
+    let complete = welcome
+        .follows
+        .is_some_and(|prev| prev.epoch == old && position.seq >= prev.seq);
+    let lost = match welcome.follows {
+        _ if complete => None,
+        Some(prev) if prev.epoch == old => Some(gap(Some(prev.seq))),
+        _ => Some(gap(None)),
+    };
+    let notice = Notice::Restarted {
+        old,
+        new: welcome.epoch,
+        follows: welcome.follows,
+        complete,
+    };
+    (notice, lost)
+}
+
+/// Whether `event` is above the last id seen from its origin; if so it becomes the mark.
+fn is_new(seen: &mut HashMap<String, u64>, event: &Event) -> bool {
+    match seen.get_mut(&event.origin) {
+        Some(last) if event.id <= *last => false,
+        Some(last) => {
+            *last = event.id;
+            true
+        }
+        None => {
+            seen.insert(event.origin.clone(), event.id);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn welcome(epoch: u64, follows: Option<(u64, u64)>) -> Welcome {
+        Welcome {
+            epoch,
+            head_seq: 0,
+            max_frame: 1 << 20,
+            follows: follows.map(|(epoch, seq)| Position { epoch, seq }),
+        }
+    }
+
+    #[test]
+    fn only_an_unbroken_chain_means_nothing_was_missed() {
+        let at = Position { epoch: 10, seq: 50 };
+        let (notice, gap) = restart(at, welcome(20, Some((10, 50))));
+        assert_eq!(gap, None);
+        assert!(
+            notice.to_string().contains("nothing was missed"),
+            "{notice}"
+        );
+        let short = restart(at, welcome(20, Some((10, 80)))).1.unwrap();
+        assert_eq!(
+            (short.from_seq, short.to_seq, short.missed),
+            (51, Some(80), Some(30))
+        );
+        // Two restarts while we were away: the chain names epoch 15, not ours.
+        let (notice, skipped) = restart(at, welcome(20, Some((15, 7))));
+        let skipped = skipped.unwrap();
+        assert_eq!(
+            (skipped.from_seq, skipped.to_seq, skipped.missed),
+            (51, None, None)
+        );
+        assert!(notice.to_string().contains("never saw"), "{notice}");
+        let crashed = restart(at, welcome(20, None)).1.unwrap();
+        assert_eq!((crashed.to_seq, crashed.epoch), (None, 10));
+    }
+
+    fn event(origin: &str, id: u64) -> Event {
+        Event {
+            account_id: 1,
+            timestamp_us: 0,
+            data: format!("{origin}-{id}"),
+            origin: origin.into(),
+            id,
+        }
+    }
+
+    #[test]
+    fn copies_are_dropped_per_origin() {
+        let mut seen = HashMap::new();
+        assert!(is_new(&mut seen, &event("a", 5)));
+        assert!(is_new(&mut seen, &event("b", 1)));
+        assert!(!is_new(&mut seen, &event("a", 5)));
+        assert!(!is_new(&mut seen, &event("a", 4)));
+        assert!(is_new(&mut seen, &event("a", 6)));
+    }
+
+    fn handed_out(deliveries: &[Delivery]) -> Vec<(u64, u64, String)> {
+        deliveries
+            .iter()
+            .flat_map(|d| match d {
+                Delivery::Events { epoch, events } => events
+                    .iter()
+                    .map(|(seq, e)| (*epoch, *seq, e.data.clone()))
+                    .collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_crash_reports_a_gap_and_drops_the_resent_copies() {
+        let first = vec![ServerFrame::Events(vec![
+            (1, event("o", 1)),
+            (2, event("o", 2)),
+        ])];
+        // busd crashed before acknowledging id 2: the publisher sent it again to the next.
+        let again = vec![ServerFrame::Events(vec![
+            (1, event("o", 2)),
+            (2, event("o", 3)),
+        ])];
+        let out = replay(vec![(welcome(10, None), first), (welcome(20, None), again)]);
+        let gaps: Vec<&GapReport> = out
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Gap(gap) => Some(gap),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!((gaps[0].epoch, gaps[0].to_seq), (10, None));
+        assert_eq!(
+            handed_out(&out),
+            [
+                (10, 1, "o-1".into()),
+                (10, 2, "o-2".into()),
+                (20, 2, "o-3".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn seqs_never_go_back_within_a_frame() {
+        let frames = vec![ServerFrame::Events(vec![
+            (5, event("o", 5)),
+            (3, event("o", 9)),
+        ])];
+        let out = replay(vec![(welcome(10, None), frames)]);
+        assert_eq!(handed_out(&out), [(10, 5, "o-5".into())]);
+    }
+
+    #[test]
+    fn a_goodbye_then_the_next_run_is_no_gap() {
+        let first = vec![
+            ServerFrame::Events(vec![(1, event("o", 1))]),
+            ServerFrame::Goodbye {
+                epoch: 10,
+                last_seq: 3,
+            },
+        ];
+        let out = replay(vec![
+            (welcome(10, None), first),
+            (welcome(20, Some((10, 3))), vec![]),
+        ]);
+        assert!(
+            out.iter().all(|d| !matches!(d, Delivery::Gap(_))),
+            "{out:?}"
+        );
+    }
+}
