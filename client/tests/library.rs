@@ -132,8 +132,10 @@ async fn live(subscriber: &mut Subscriber) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_restart_under_load_loses_nothing_and_doubles_nothing() {
+/// Publishes every event while a subscriber reads them, and stops busd with `signal` a
+/// quarter of the way through; returns what the subscriber saw and whether the outbox
+/// drained.
+async fn through_a_restart(signal: &'static str) -> (Seen, Result<(), usize>) {
     let listen = format!("127.0.0.1:{}", free_port());
     let busd = Busd::start_on(&listen, &["--replay-bytes", "256MiB"]);
     let mut subscriber = subscribe(&listen, Filter::All);
@@ -144,32 +146,26 @@ async fn a_graceful_restart_under_load_loses_nothing_and_doubles_nothing() {
         push_all(&publisher, &pushed).await;
         publisher.outbox().drain(WAIT).await
     };
-    let restart = restart_midway(busd, "TERM", &pushed);
+    let restart = restart_midway(busd, signal, &pushed);
     let (seen, drained, _busd) = tokio::join!(read_until_last(&mut subscriber), pushing, restart);
+    publisher.stop().await;
+    (seen, drained)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_restart_under_load_loses_nothing_and_doubles_nothing() {
+    let (seen, drained) = through_a_restart("TERM").await;
     assert_eq!(drained, Ok(()), "busd acknowledged every event");
     assert_eq!(seen.gaps, 0, "a graceful restart is no gap");
     assert!(seen.resumed >= 1, "the subscriber resumed on the new busd");
     assert_eq!(seen.events.len() as u64, EVENTS, "every event arrived");
     assert!(seen.events.values().all(|&n| n == 1), "none twice");
-    publisher.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_under_load_is_a_gap_never_a_copy() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let busd = Busd::start_on(&listen, &["--replay-bytes", "256MiB"]);
-    let mut subscriber = subscribe(&listen, Filter::All);
-    live(&mut subscriber).await;
-    let publisher = publisher(&listen);
-    let pushed = AtomicU64::new(0);
-    let pushing = async {
-        push_all(&publisher, &pushed).await;
-        publisher.outbox().drain(WAIT).await
-    };
-    let restart = restart_midway(busd, "KILL", &pushed);
-    let (seen, drained, _busd) = tokio::join!(read_until_last(&mut subscriber), pushing, restart);
+    let (seen, drained) = through_a_restart("KILL").await;
     assert_eq!(drained, Ok(()), "the new busd acknowledged every event");
     assert!(seen.gaps >= 1, "a crash is reported as a gap");
     assert!(seen.events.values().all(|&n| n == 1), "none twice");
-    publisher.stop().await;
 }
