@@ -1,8 +1,10 @@
 //! The side-by-side comparison in one command: `cargo bench -p benches --bench compare`.
 //! Writes `benches/RESULTS.md` and `benches/results.json`. `BENCH_SECONDS` sets each run's
 //! length (default 10); `BENCH_SMOKE=1` runs every part for 2 s and writes nothing but
-//! stdout, which is what CI does so the harness cannot rot. Every server it starts listens
-//! on loopback, and every run is bounded in time.
+//! stdout, which is what CI does so the harness cannot rot. `BENCH_PARTS=bus,footprint`
+//! runs only the parts named (of `http`, `bus`, `latency`, `footprint`) and writes nothing
+//! but stdout either: a partial run is for working on one part, not for the record. Every
+//! server it starts listens on loopback, and every run is bounded in time.
 
 use benches::compare::{Budget, bus, footprint, http, latency, report};
 
@@ -17,15 +19,33 @@ fn main() -> std::io::Result<()> {
             .unwrap_or(10)
     };
     let budget = Budget { seconds, smoke };
+    let parts = std::env::var("BENCH_PARTS").ok();
+    let wanted = |part: &str| {
+        parts
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|p| p.trim() == part))
+    };
     let work = tempfile::tempdir()?;
-    eprintln!("compare: HTTP");
-    let http = http::run(budget, work.path());
-    eprintln!("compare: pub/sub");
-    let bus = bus::run(budget);
-    eprintln!("compare: end to end");
-    let latency = latency::run(budget, work.path());
-    eprintln!("compare: memory and start");
-    let footprint = footprint::run(budget, work.path());
+    let mut http = Vec::new();
+    if wanted("http") {
+        eprintln!("compare: HTTP");
+        http = http::run(budget, work.path());
+    }
+    let mut bus = Vec::new();
+    if wanted("bus") {
+        eprintln!("compare: pub/sub");
+        bus = bus::run(budget);
+    }
+    let mut latency = Vec::new();
+    if wanted("latency") {
+        eprintln!("compare: end to end");
+        latency = latency::run(budget, work.path());
+    }
+    let mut footprint = Vec::new();
+    if wanted("footprint") {
+        eprintln!("compare: memory and start");
+        footprint = footprint::run(budget, work.path());
+    }
     let goals = report::goals(&http, &bus, &latency);
     let results = report::Results {
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -44,7 +64,7 @@ fn main() -> std::io::Result<()> {
     };
     let markdown = report::markdown(&results);
     print!("{markdown}");
-    if !smoke {
+    if !smoke && parts.is_none() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         std::fs::write(dir.join("RESULTS.md"), &markdown)?;
         std::fs::write(

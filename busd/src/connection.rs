@@ -39,22 +39,28 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
     };
     let mut reader = FrameReader::new(rd, limits);
     let mut out = Outbound::new(wr, ctx.config.max_frame);
-    let hello = tokio::select! {
-        hello = read_hello(&mut reader, &ctx.config) => hello,
-        _ = ctx.shutdown.stop_reading.cancelled() => {
-            Err(Close::refuse(ErrorCode::ShuttingDown, "busd is shutting down"))
+    // The handshake's and the refusals' futures are boxed: a connection's task is as large
+    // as its largest state, and only the role's loop should decide that for a connection
+    // that stays (an idle subscriber costs little more than it).
+    let hello = Box::pin(async {
+        tokio::select! {
+            hello = read_hello(&mut reader, &ctx.config) => hello,
+            _ = ctx.shutdown.stop_reading.cancelled() => {
+                Err(Close::refuse(ErrorCode::ShuttingDown, "busd is shutting down"))
+            }
         }
-    };
+    })
+    .await;
     let hello = match hello {
         Ok(hello) => hello,
-        Err(reason) => return close(reader, out, reason, &peer).await,
+        Err(reason) => return Box::pin(close(reader, out, reason, &peer)).await,
     };
     debug!(%peer, role = ?hello.role, name = %hello.name, "hello");
     let _slot = match ctx.slots.take(hello.role) {
         Ok(slot) => slot,
         Err(full) => {
             let reason = Close::refuse(ErrorCode::TooManyConnections, full.to_string());
-            return close(reader, out, reason, &peer).await;
+            return Box::pin(close(reader, out, reason, &peer)).await;
         }
     };
     reader.hello_accepted();
@@ -73,7 +79,7 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
                     hello.name
                 );
                 let reason = Close::refuse(ErrorCode::NameInUse, message);
-                return close(reader, out, reason, &peer).await;
+                return Box::pin(close(reader, out, reason, &peer)).await;
             }
         },
     };

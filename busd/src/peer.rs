@@ -68,6 +68,8 @@ impl From<ReadError> for Close {
 }
 
 /// A connection's outgoing side: frames are encoded into one buffer and written together.
+/// The buffer is allocated by the first frame and kept while the connection is busy;
+/// [`Outbound::release`] gives it back when the connection goes idle.
 pub struct Outbound {
     wr: OwnedWriteHalf,
     /// Frames encoded and not yet written; subscribers build `Events` frames straight in it.
@@ -80,7 +82,7 @@ impl Outbound {
     pub fn new(wr: OwnedWriteHalf, max_frame: usize) -> Self {
         Outbound {
             wr,
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::new(),
             max_frame,
         }
     }
@@ -100,6 +102,14 @@ impl Outbound {
         self.wr.write_all(&self.buf).await?;
         self.buf.clear();
         Ok(true)
+    }
+
+    /// Frees the buffer of a connection gone idle, so an idle subscriber holds none; the
+    /// next frame allocates one again.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Writes what is queued plus `last`, then half-closes, giving a stuck peer a second.

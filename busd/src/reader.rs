@@ -13,6 +13,10 @@
 //! connection idle between frames has no deadline (subscribers are idle most of the time).
 //! Before `Hello` a frame may be at most [`SMALL`] bytes, so nothing beyond the connection's
 //! own buffer is ever held for a peer that has not said who it is.
+//!
+//! Between frames the connection holds no buffer at all: it waits for the socket to become
+//! readable ([`Readable`]) and only then allocates one. Ten thousand idle subscribers then
+//! cost busd no read buffers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +39,32 @@ pub const SMALL: usize = 4 * 1024;
 /// The largest body of a connection's first frame. A `Hello` is tens of bytes; anything
 /// bigger before the handshake is refused before a byte of it is buffered.
 pub const FIRST_FRAME_MAX: usize = SMALL - PREFIX;
+
+/// A socket the reader can wait on without holding a buffer: a buffer of `room` bytes is
+/// allocated only once bytes are there to read.
+pub trait Readable {
+    /// Reads into `buf` (empty, with no capacity) once the socket has bytes, giving it `room`
+    /// only then; `Ok(0)` is the end of the stream. Cancel-safe: cancelled, `buf` is empty.
+    fn read_idle(
+        &mut self,
+        buf: &mut BytesMut,
+        room: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+impl Readable for OwnedReadHalf {
+    async fn read_idle(&mut self, buf: &mut BytesMut, room: usize) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            buf.reserve(room);
+            match self.try_read_buf(buf) {
+                // Readiness was stale: give the buffer back and wait again.
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
+                read => return read,
+            }
+        }
+    }
+}
 
 /// Why no frame could be read; each ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +159,12 @@ enum Buffered {
     Whole(usize),
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: AsyncRead + Readable + Unpin> FrameReader<R> {
     /// A reader for a connection that has yet to say `Hello`.
     pub fn new(rd: R, limits: Limits) -> Self {
         FrameReader {
             rd,
-            buf: BytesMut::with_capacity(SMALL),
+            buf: BytesMut::new(),
             limits,
             greeted: false,
             held: None,
@@ -171,7 +201,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 Buffered::Whole(total) => return Ok(Some(self.take(total))),
                 Buffered::Nothing => {
                     self.deadline = None;
-                    self.keep_small_room();
+                    // Idle: no buffer until there is something to read.
+                    self.buf = BytesMut::new();
+                    let read = self.rd.read_idle(&mut self.buf, SMALL).await;
+                    if read.map_err(CodecError::Io)? == 0 {
+                        return Ok(None);
+                    }
+                    continue;
                 }
                 Buffered::Part(total) => self.make_room(total).await?,
             }

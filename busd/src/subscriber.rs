@@ -1,8 +1,10 @@
-//! A subscriber's connection: a reader for its requests and a writer that drains its queue.
+//! A subscriber's connection: one task that answers its requests and drains its queue.
 //!
-//! The two halves run as separate tasks so a subscriber that stops reading its socket only
-//! blocks its own writer; the bus keeps pushing into its bounded queue, which drops the
-//! oldest events (and reports a gap) or disconnects it, per the slow policy.
+//! One task, not a reader and a writer: an idle subscriber then costs one small future and
+//! no channel, and holds no buffer ([`Outbound::release`], [`crate::reader`]). A subscriber
+//! that stops reading its socket blocks only its own task while a write waits; the bus
+//! keeps pushing into its bounded queue, which drops the oldest events (and reports a gap)
+//! or disconnects it, per the slow policy.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,7 +12,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use protocol::codec::decode_body;
 use protocol::fanout::EventsFrame;
 use protocol::{ClientFrame, ErrorCode, Filter, Role, ServerFrame, publish};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::bus::Subscriber;
@@ -24,78 +25,140 @@ const DRAIN_EVENTS: usize = 4096;
 /// An `Events` frame is closed at this size, well under any peer's frame limit.
 const FRAME_BYTES: usize = 256 * 1024;
 
-/// What the reader asks the writer to send.
-enum Control {
-    Frame(ServerFrame),
-    /// Send this, close, and stop.
-    Fatal(ServerFrame),
-}
-
 /// Serves a subscriber until it leaves, breaks the protocol, falls too far behind under the
 /// disconnect policy, or busd says `Goodbye`.
 pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String, peer: &str) {
-    let ctx_writer = ctx.clone();
     let (key, sub) = ctx.bus.register(name);
-    let (control, requests) = mpsc::channel(64);
-    let writer = tokio::spawn(write_loop(out, sub, requests, ctx_writer));
-    let mut reader = reader;
-    let ended = read_loop(&mut reader, ctx, key, &control).await;
-    // The reader's buffer and any budget it holds are not needed while the writer finishes.
-    let rd = reader.into_inner();
-    match ended {
-        Ended::Stopped => {
-            // Keep `control` open: the writer flushes and says goodbye once the bus closes.
-            let _ = writer.await;
-        }
-        Ended::Close(Close::Refuse(code, message)) => {
-            tracing::info!(%peer, ?code, %message, "closing subscriber");
-            let _ = control
-                .send(Control::Fatal(ServerFrame::Error { code, message }))
-                .await;
-            drop(control);
-            let _ = writer.await;
-            crate::peer::linger(rd).await;
-        }
-        Ended::Close(quiet) => {
-            drop(control);
-            let _ = writer.await;
-            tracing::debug!(%peer, reason = ?quiet, "subscriber left");
-        }
-    }
+    let mut connection = Connection {
+        reader,
+        out,
+        sub,
+        key,
+        batch: Vec::new(),
+    };
+    let ended = connection.serve(ctx).await;
+    let Connection { reader, out, .. } = connection;
+    // Boxed: the task is as large as its largest state, and the ending should not make
+    // every idle subscriber larger.
+    Box::pin(end(ended, reader, out, ctx, peer)).await;
     ctx.bus.unregister(key);
 }
 
+/// Says goodbye, or why the connection is closed, and lets the peer read it.
+async fn end(ended: Ended, reader: Reader, out: Outbound, ctx: &Context, peer: &str) {
+    match ended {
+        Ended::Goodbye => {
+            let goodbye = ServerFrame::Goodbye {
+                epoch: ctx.bus.epoch(),
+                last_seq: ctx.bus.head(),
+            };
+            out.finish(&goodbye).await;
+        }
+        Ended::Close(Close::Refuse(code, message)) => {
+            tracing::info!(%peer, ?code, %message, "closing subscriber");
+            // The reader's buffer and any budget it holds are not needed while lingering.
+            let rd = reader.into_inner();
+            out.finish(&ServerFrame::Error { code, message }).await;
+            crate::peer::linger(rd).await;
+        }
+        Ended::Close(quiet) => tracing::debug!(%peer, reason = ?quiet, "subscriber left"),
+    }
+}
+
+/// How serving a subscriber ended.
 enum Ended {
-    Stopped,
+    /// busd is shutting down and the queue is flushed: say `Goodbye`.
+    Goodbye,
     Close(Close),
 }
 
-async fn read_loop(
-    reader: &mut Reader,
-    ctx: &Context,
+impl From<DrainEnd> for Ended {
+    fn from(end: DrainEnd) -> Self {
+        Ended::Close(match end {
+            DrainEnd::Overflowed => Close::refuse(
+                ErrorCode::SlowConsumer,
+                "subscriber fell behind its queue limit; resume to catch up",
+            ),
+            DrainEnd::SocketFailed => Close::Quiet("write failed".into()),
+        })
+    }
+}
+
+/// One subscriber's connection and what it holds between wake-ups.
+struct Connection {
+    reader: Reader,
+    out: Outbound,
+    sub: Arc<Subscriber>,
     key: SubKey,
-    control: &mpsc::Sender<Control>,
-) -> Ended {
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = ctx.shutdown.stop_reading.cancelled() => return Ended::Stopped,
-            _ = control.closed() => return Ended::Close(Close::Quiet("writer ended".into())),
-            next = reader.next() => next,
-        };
+    /// Entries taken from the queue: grown by the first drain, kept while busy, freed with
+    /// the write buffer when idle.
+    batch: Vec<Entry>,
+}
+
+impl Connection {
+    async fn serve(&mut self, ctx: &Context) -> Ended {
+        let heartbeat = ctx.config.heartbeat;
+        let mut idle_until = Instant::now() + heartbeat;
+        let mut reading = true;
+        loop {
+            let mut idle = false;
+            tokio::select! {
+                biased;
+                _ = ctx.shutdown.stop_reading.cancelled(), if reading => reading = false,
+                next = self.reader.next(), if reading => {
+                    if let Err(ended) = self.on_request(next, ctx) {
+                        return ended;
+                    }
+                }
+                _ = ctx.shutdown.goodbye.cancelled() => {
+                    return match self.drain(ctx).await {
+                        Ok(()) => Ended::Goodbye,
+                        Err(end) => end.into(),
+                    };
+                }
+                _ = self.sub.notify.notified() => {
+                    if let Err(end) = self.drain(ctx).await {
+                        return end.into();
+                    }
+                }
+                _ = sleep_until(idle_until) => {
+                    self.out.push(&ServerFrame::Heartbeat { head_seq: ctx.bus.head() });
+                    idle = true;
+                }
+            }
+            match self.out.flush().await {
+                Ok(true) => idle_until = Instant::now() + heartbeat,
+                Ok(false) => {}
+                Err(err) => return Ended::Close(Close::Quiet(err.to_string())),
+            }
+            if idle {
+                self.out.release();
+                self.batch = Vec::new();
+            }
+        }
+    }
+
+    /// Acts on what the reader got: a request's reply is queued for the next flush.
+    fn on_request(
+        &mut self,
+        next: Option<Result<bytes::Bytes, crate::reader::ReadError>>,
+        ctx: &Context,
+    ) -> Result<(), Ended> {
         let body = match next {
-            None => return Ended::Close(Close::Quiet("subscriber closed".into())),
-            Some(Err(err)) => return Ended::Close(err.into()),
+            None => return Err(Ended::Close(Close::Quiet("subscriber closed".into()))),
+            Some(Err(err)) => return Err(Ended::Close(err.into())),
             Some(Ok(body)) => body,
         };
-        let reply = match request(&body, ctx, key) {
-            Ok(Some(reply)) => reply,
-            Ok(None) => continue,
-            Err(reason) => return Ended::Close(reason),
-        };
-        if control.send(Control::Frame(reply)).await.is_err() {
-            return Ended::Close(Close::Quiet("writer ended".into()));
+        match request(&body, ctx, self.key) {
+            Ok(Some(reply)) => self.out.push(&reply),
+            Ok(None) => {}
+            Err(reason) => return Err(Ended::Close(reason)),
         }
+        Ok(())
+    }
+
+    async fn drain(&mut self, ctx: &Context) -> Result<(), DrainEnd> {
+        drain(&mut self.out, &self.sub, ctx, &mut self.batch).await
     }
 }
 
@@ -131,61 +194,10 @@ fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<Ser
     }
 }
 
-async fn write_loop(
-    mut out: Outbound,
-    sub: Arc<Subscriber>,
-    mut requests: mpsc::Receiver<Control>,
-    ctx: Arc<Context>,
-) {
-    let heartbeat = ctx.config.heartbeat;
-    let mut idle_until = Instant::now() + heartbeat;
-    let mut batch = Vec::with_capacity(DRAIN_EVENTS);
-    loop {
-        tokio::select! {
-            biased;
-            request = requests.recv() => match request {
-                Some(Control::Frame(frame)) => out.push(&frame),
-                Some(Control::Fatal(frame)) => return out.finish(&frame).await,
-                None => return,
-            },
-            _ = sub.notify.notified() => {
-                if let Err(end) = drain(&mut out, &sub, &ctx, &mut batch).await {
-                    return finish(out, end).await;
-                }
-            }
-            _ = ctx.shutdown.goodbye.cancelled() => {
-                if let Err(end) = drain(&mut out, &sub, &ctx, &mut batch).await {
-                    return finish(out, end).await;
-                }
-                let goodbye = ServerFrame::Goodbye { epoch: ctx.bus.epoch(), last_seq: ctx.bus.head() };
-                return out.finish(&goodbye).await;
-            }
-            _ = sleep_until(idle_until) => {
-                out.push(&ServerFrame::Heartbeat { head_seq: ctx.bus.head() });
-            }
-        }
-        match out.flush().await {
-            Ok(true) => idle_until = Instant::now() + heartbeat,
-            Ok(false) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// Why draining stopped the writer.
+/// Why draining stopped serving.
 enum DrainEnd {
     Overflowed,
     SocketFailed,
-}
-
-async fn finish(out: Outbound, end: DrainEnd) {
-    if let DrainEnd::Overflowed = end {
-        let error = ServerFrame::Error {
-            code: ErrorCode::SlowConsumer,
-            message: "subscriber fell behind its queue limit; resume to catch up".into(),
-        };
-        out.finish(&error).await;
-    }
 }
 
 /// Writes out everything queued, in frames of bounded size, gaps before the events after them.

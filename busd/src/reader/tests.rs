@@ -212,3 +212,33 @@ async fn has_frame_sees_a_buffered_whole_frame() {
     assert_eq!(&next_ok(&mut reader).await[..], b"two");
     assert!(!reader.has_frame());
 }
+
+impl Readable for DuplexStream {
+    /// An in-memory pipe has no readiness to wait on: it reads with a buffer in hand.
+    async fn read_idle(&mut self, buf: &mut BytesMut, room: usize) -> std::io::Result<usize> {
+        buf.reserve(room);
+        tokio::io::AsyncReadExt::read_buf(self, buf).await
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_holds_no_read_buffer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (socket, _) = listener.accept().await.unwrap();
+    let (rd, _wr) = socket.into_split();
+    let budget = ReadBudget::new(1 << 20);
+    let mut reader = FrameReader::new(rd, limits(&budget, Duration::from_secs(5)));
+    reader.hello_accepted();
+    peer.write_all(&frame(b"ping")).await.unwrap();
+    let body = reader.next().await.unwrap().unwrap();
+    assert_eq!(&body[..], b"ping");
+    let idle = tokio::time::timeout(Duration::from_millis(50), reader.next()).await;
+    assert!(idle.is_err(), "nothing more to read");
+    assert_eq!(reader.buf.capacity(), 0, "no buffer while waiting");
+    peer.write_all(&frame(b"again")).await.unwrap();
+    let body = reader.next().await.unwrap().unwrap();
+    assert_eq!(&body[..], b"again", "a buffer comes back with the bytes");
+}
