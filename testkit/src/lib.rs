@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod http;
+pub mod nats;
 pub mod process;
 
 pub use process::{Proc, binary, free_port};

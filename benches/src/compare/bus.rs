@@ -1,8 +1,10 @@
-//! Pub/sub: busd against redis-server pub/sub and nats-server, in the three shapes of the
-//! targets, with 64-byte payloads. Each system gets a fresh server per shape and the same
-//! kind of raw client: a pipelining publisher with a window of 8 batches of 512, and
-//! subscribers that count messages without decoding them.
+//! Pub/sub: busd against redis-server pub/sub and two nats-servers (Debian's, and the current
+//! release `.ci/nats-server` installs), in the three shapes of the targets, with 64-byte
+//! payloads. Each system gets a fresh server per shape and the same kind of raw client: a
+//! pipelining publisher with a window of 8 batches of 512, and subscribers that count
+//! messages without decoding them.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -11,7 +13,7 @@ use std::time::Duration;
 use protocol::Filter;
 use serde::Serialize;
 
-use super::tools::{ensure, free_port, spawn_listening};
+use super::tools::{ensure, ensure_at, free_port, spawn_listening};
 use super::{Budget, nats, redis};
 use crate::bus_load::{self, Shape};
 use crate::process::{Running, release_binary};
@@ -29,35 +31,77 @@ pub struct Row {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum System {
+enum Kind {
     Busd,
     Redis,
     Nats,
 }
 
+/// One server the shapes run against: its row label and its program, or why it has none.
+struct System {
+    kind: Kind,
+    name: String,
+    program: Result<PathBuf, String>,
+}
+
+/// Where Debian's nats-server package puts the program.
+const DEBIAN_NATS: &str = "/usr/sbin/nats-server";
+
 impl System {
-    fn name(self) -> &'static str {
-        match self {
-            System::Busd => "busd",
-            System::Redis => "redis-server pub/sub",
-            System::Nats => "nats-server",
-        }
+    /// busd, Redis, Debian's nats-server and the pinned current one (`.ci/nats-server`),
+    /// found or installed once per run. The NATS rows carry the version each server reports.
+    fn all() -> Vec<System> {
+        let debian = ensure_at(Path::new(DEBIAN_NATS), "nats-server");
+        let debian_name = match debian.as_deref().ok().and_then(testkit::nats::version) {
+            Some(v) => format!("nats-server {v} (Debian)"),
+            None => "nats-server (Debian)".to_owned(),
+        };
+        let pinned = testkit::nats::server();
+        let pinned_version = pinned
+            .as_deref()
+            .and_then(testkit::nats::version)
+            .unwrap_or_else(|| testkit::nats::VERSION.to_owned());
+        vec![
+            System {
+                kind: Kind::Busd,
+                name: "busd".into(),
+                program: release_binary("busd", "busd").map_err(|e| e.to_string()),
+            },
+            System {
+                kind: Kind::Redis,
+                name: "redis-server pub/sub".into(),
+                program: ensure("redis-server", "redis-server"),
+            },
+            System {
+                kind: Kind::Nats,
+                name: debian_name,
+                program: debian,
+            },
+            System {
+                kind: Kind::Nats,
+                name: format!("nats-server {pinned_version}"),
+                program: pinned.ok_or_else(|| {
+                    format!(
+                        "skipped: nats-server {} not installed (.ci/nats-server installs it)",
+                        testkit::nats::VERSION
+                    )
+                }),
+            },
+        ]
     }
 
     /// Starts a fresh server on a free loopback port.
-    fn start(self) -> Result<(Running, String), String> {
+    fn start(&self) -> Result<(Running, String), String> {
+        let program = self.program.as_ref().map_err(Clone::clone)?;
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
-        let mut command = match self {
-            System::Busd => {
-                let mut c =
-                    Command::new(release_binary("busd", "busd").map_err(|e| e.to_string())?);
-                c.args(["--listen", &addr]).env("RUST_LOG", "warn");
-                c
+        let mut command = Command::new(program);
+        match self.kind {
+            Kind::Busd => {
+                command.args(["--listen", &addr]).env("RUST_LOG", "warn");
             }
-            System::Redis => {
-                let mut c = Command::new(ensure("redis-server", "redis-server")?);
-                c.args([
+            Kind::Redis => {
+                command.args([
                     "--port",
                     &port.to_string(),
                     "--bind",
@@ -67,15 +111,12 @@ impl System {
                     "--appendonly",
                     "no",
                 ]);
-                c
             }
-            System::Nats => {
-                let mut c = Command::new(ensure("nats-server", "nats-server")?);
-                c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-                c
+            Kind::Nats => {
+                command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
             }
-        };
-        let running = spawn_listening(&mut command, &addr, self.name())?;
+        }
+        let running = spawn_listening(&mut command, &addr, &self.name)?;
         Ok((running, addr))
     }
 }
@@ -86,20 +127,21 @@ pub fn run(budget: Budget) -> Vec<Row> {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => return vec![skipped(System::Busd, "-", &e.to_string())],
+        Err(e) => return vec![skipped("busd", "-", &e.to_string())],
     };
     let measure = Duration::from_secs(u64::from(budget.seconds));
     let warmup = Duration::from_millis(if budget.smoke { 300 } else { 1000 });
+    let systems = System::all();
     let mut rows = Vec::new();
     for shape in [Shape::one_to_one(), Shape::one_to_ten(), Shape::filtered()] {
-        for system in [System::Busd, System::Redis, System::Nats] {
+        for system in &systems {
             let row = match system.start() {
                 Ok((server, addr)) => {
                     let row = runtime.block_on(measure_one(system, &addr, &shape, warmup, measure));
                     drop(server);
                     row
                 }
-                Err(note) => skipped(system, shape.name, &note),
+                Err(note) => skipped(&system.name, shape.name, &note),
             };
             rows.push(row);
         }
@@ -107,9 +149,9 @@ pub fn run(budget: Budget) -> Vec<Row> {
     rows
 }
 
-fn skipped(system: System, shape: &str, note: &str) -> Row {
+fn skipped(system: &str, shape: &str, note: &str) -> Row {
     Row {
-        system: system.name().into(),
+        system: system.into(),
         shape: shape.into(),
         published_per_sec: None,
         delivered_per_sec: None,
@@ -119,13 +161,13 @@ fn skipped(system: System, shape: &str, note: &str) -> Row {
 }
 
 async fn measure_one(
-    system: System,
+    system: &System,
     addr: &str,
     shape: &Shape,
     warmup: Duration,
     measure: Duration,
 ) -> Row {
-    let result = if system == System::Busd {
+    let result = if system.kind == Kind::Busd {
         match addr.parse() {
             Ok(addr) => bus_load::run(addr, shape, warmup, measure)
                 .await
@@ -133,18 +175,18 @@ async fn measure_one(
             Err(e) => Err(std::io::Error::other(format!("{e}"))),
         }
     } else {
-        measure_raw(system, addr, shape, warmup, measure).await
+        measure_raw(system.kind, addr, shape, warmup, measure).await
     };
     match result {
         Ok((published, delivered, lost)) => Row {
-            system: system.name().into(),
+            system: system.name.clone(),
             shape: shape.name.into(),
             published_per_sec: Some(published),
             delivered_per_sec: Some(delivered),
             lost: Some(lost),
             note: None,
         },
-        Err(e) => skipped(system, shape.name, &e.to_string()),
+        Err(e) => skipped(&system.name, shape.name, &e.to_string()),
     }
 }
 
@@ -157,7 +199,7 @@ fn names(filter: &Filter) -> Vec<String> {
 }
 
 async fn measure_raw(
-    system: System,
+    kind: Kind,
     addr: &str,
     shape: &Shape,
     warmup: Duration,
@@ -167,8 +209,8 @@ async fn measure_raw(
     let published = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     for filter in &shape.filters {
-        match system {
-            System::Redis => redis::subscribe(addr, names(filter), delivered.clone()).await?,
+        match kind {
+            Kind::Redis => redis::subscribe(addr, names(filter), delivered.clone()).await?,
             _ => nats::subscribe(addr, names(filter), delivered.clone()).await?,
         }
     }
@@ -184,8 +226,8 @@ async fn measure_raw(
     let publisher = {
         let (addr, published, stop) = (addr.to_owned(), published.clone(), stop.clone());
         tokio::spawn(async move {
-            match system {
-                System::Redis => redis::publish(&addr, targets, published, stop).await,
+            match kind {
+                Kind::Redis => redis::publish(&addr, targets, published, stop).await,
                 _ => nats::publish(&addr, targets, published, stop).await,
             }
         })

@@ -1,7 +1,7 @@
 //! Finding, or installing with apt-get, the programs the comparison runs against.
 
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Once;
 
@@ -19,6 +19,39 @@ pub fn ensure(program: &str, package: &str) -> Result<PathBuf, String> {
     if let Some(path) = find(program) {
         return Ok(path);
     }
+    let installed = apt_install(package);
+    match find(program) {
+        Some(path) => Ok(path),
+        None if installed => Err(format!("{package} installed but {program} not found")),
+        None => Err(format!(
+            "{program} is missing and `apt-get install {package}` failed"
+        )),
+    }
+}
+
+/// Debian's `package`'s program at `path`, installed first when it is missing and we are
+/// root: for a program that must be Debian's build even when another comes first on PATH.
+pub fn ensure_at(path: &Path, package: &str) -> Result<PathBuf, String> {
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    if apt_install(package) {
+        if path.is_file() {
+            return Ok(path.to_owned());
+        }
+        return Err(format!(
+            "{package} installed but {} not found",
+            path.display()
+        ));
+    }
+    Err(format!(
+        "{} is missing and `apt-get install {package}` failed",
+        path.display()
+    ))
+}
+
+/// `apt-get install package`, after one `apt-get update` per run; whether it succeeded.
+fn apt_install(package: &str) -> bool {
     static UPDATE: Once = Once::new();
     UPDATE.call_once(|| {
         let _ = Command::new("apt-get")
@@ -27,19 +60,12 @@ pub fn ensure(program: &str, package: &str) -> Result<PathBuf, String> {
             .stderr(Stdio::null())
             .status();
     });
-    let installed = Command::new("apt-get")
+    Command::new("apt-get")
         .args(["install", "-y", "-qq", package])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    match find(program) {
-        Some(path) => Ok(path),
-        None if installed => Err(format!("{package} installed but {program} not found")),
-        None => Err(format!(
-            "{program} is missing and `apt-get install {package}` failed"
-        )),
-    }
+        .is_ok_and(|s| s.success())
 }
 
 /// A free loopback port (released before use).
