@@ -4,4 +4,5 @@
 
 pub mod bus_load;
 pub mod compare;
+pub mod icount;
 pub mod process;
