@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod connection;
 pub mod metrics;
+pub mod query;
 pub mod request;
 pub mod response;
 pub mod route;

@@ -44,7 +44,11 @@ pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
         }
         Method::Get | Method::Head => {}
     }
-    let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
+    // The path is a few bytes: a plain loop finds its end sooner than a searcher is set up.
+    let (path, query) = match head.target.bytes().position(|b| b == b'?') {
+        Some(at) => (&head.target[..at], &head.target[at + 1..]),
+        None => (head.target, ""),
+    };
     let (mut response, outcome) = match path {
         "/healthz" => (Response::json(200, r#"{"status":"ok"}"#), Outcome::Health),
         "/readyz" => (ready(app), Outcome::Health),
@@ -161,18 +165,12 @@ fn account_id(path: &str) -> Option<u64> {
 
 /// The first `data` parameter, `+` as space, percent-decoded, UTF-8, within `max` bytes.
 fn data_param(query: &str, max: usize) -> Result<Cow<'_, str>, &'static str> {
-    let raw = query
-        .split('&')
-        .find_map(|pair| {
-            pair.strip_prefix("data=")
-                .or_else(|| (pair == "data").then_some(""))
-        })
-        .ok_or("missing")?;
+    let (raw, escaped) = crate::query::raw_data(query).ok_or("missing")?;
     // Every decoded byte takes at least one encoded one, at most three.
     if raw.len() > max.saturating_mul(3) {
         return Err("too_long");
     }
-    if !raw.bytes().any(|b| b == b'%' || b == b'+') {
+    if !escaped {
         return if raw.len() > max {
             Err("too_long")
         } else {
