@@ -19,6 +19,8 @@ fn main() -> std::io::Result<()> {
             .unwrap_or(10)
     };
     let budget = Budget { seconds, smoke };
+    // Before anything starts: what else the machine was doing shows in its load.
+    let machine = machine();
     let parts = std::env::var("BENCH_PARTS").ok();
     let wanted = |part: &str| {
         parts
@@ -49,11 +51,7 @@ fn main() -> std::io::Result<()> {
     let goals = report::goals(&http, &bus, &latency);
     let results = report::Results {
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        machine: format!(
-            "{} cores, {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::env::consts::ARCH
-        ),
+        machine,
         seconds_per_run: seconds,
         smoke,
         http,
@@ -73,4 +71,29 @@ fn main() -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The machine and its state when the run began: cores, CPU, kernel and load average, so a
+/// figure can be read against what else was running.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |k| k.trim().to_owned());
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "{} cores ({cpu}, {}), Linux {kernel}, load average {load} at the start",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::env::consts::ARCH
+    )
 }
