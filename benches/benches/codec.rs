@@ -62,7 +62,7 @@ fn codec(c: &mut Criterion) {
         let mut out = BytesMut::with_capacity(1 << 16);
         b.iter(|| {
             out.clear();
-            let mut frame = EventsFrame::begin(&mut out);
+            let mut frame = EventsFrame::begin(&mut out, entries.len() as u64);
             for entry in &entries {
                 frame.push(&mut out, entry);
             }

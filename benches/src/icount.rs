@@ -25,7 +25,7 @@ use ingest::metrics::Metrics;
 use ingest::request::{self, Limits};
 use ingest::route::{self, App};
 use protocol::Filter;
-use protocol::fanout::EventsFrame;
+use protocol::fanout::{EventsFrame, frame_count};
 use protocol::publish;
 
 /// Why a workload could not run as designed: its count would measure some other path.
@@ -311,15 +311,17 @@ fn drain(
             return Err(Error::new("a subscriber queue overflowed"));
         }
         let taken = batch.len();
-        let mut frame = EventsFrame::begin(out);
-        for entry in batch.drain(..) {
-            if !frame.is_empty() && frame.len(out) + entry.bytes.len() > FRAME_BYTES {
-                frame.finish(out);
-                frame = EventsFrame::begin(out);
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let count = frame_count(rest.iter().map(|e| e.bytes.len()), FRAME_BYTES);
+            let mut frame = EventsFrame::begin(out, count as u64);
+            for entry in &rest[..count] {
+                frame.push(out, &entry.bytes);
             }
-            frame.push(out, &entry.bytes);
+            frame.finish(out);
+            rest = &rest[count..];
         }
-        frame.finish(out);
+        batch.clear();
         sub.delivered.fetch_add(taken as u64, Relaxed);
         bus.counters.delivered.fetch_add(taken as u64, Relaxed);
         // The socket write: what the writer's flush leaves behind is an empty buffer.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::codec::decode_body;
-use protocol::fanout::EventsFrame;
+use protocol::fanout::{EventsFrame, frame_count};
 use protocol::{ClientFrame, ErrorCode, Filter, Role, ServerFrame, publish};
 use tokio::time::{Instant, sleep_until};
 
@@ -220,15 +220,18 @@ async fn drain(
             });
         }
         let taken = batch.len();
-        let mut frame = EventsFrame::begin(&mut out.buf);
-        for entry in batch.drain(..) {
-            if !frame.is_empty() && frame.len(&out.buf) + entry.bytes.len() > FRAME_BYTES {
-                frame.finish(&mut out.buf);
-                frame = EventsFrame::begin(&mut out.buf);
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            // Counted first, so the frame's count is written in place, never moved.
+            let count = frame_count(rest.iter().map(|e| e.bytes.len()), FRAME_BYTES);
+            let mut frame = EventsFrame::begin(&mut out.buf, count as u64);
+            for entry in &rest[..count] {
+                frame.push(&mut out.buf, &entry.bytes);
             }
-            frame.push(&mut out.buf, &entry.bytes);
+            frame.finish(&mut out.buf);
+            rest = &rest[count..];
         }
-        frame.finish(&mut out.buf);
+        batch.clear();
         sub.delivered.fetch_add(taken as u64, Relaxed);
         ctx.bus.counters.delivered.fetch_add(taken as u64, Relaxed);
         out.flush().await.map_err(|_| DrainEnd::SocketFailed)?;

@@ -19,17 +19,42 @@ pub fn encode_entry(dst: &mut BytesMut, seq: u64, event_bytes: &[u8]) {
 pub struct EventsFrame {
     start: usize,
     count: u64,
+    /// Bytes reserved for the count's varint.
+    count_room: usize,
 }
 
-/// Room reserved for the count varint; the frame is shifted once at the end if it needs less.
-const COUNT_ROOM: usize = varint::MAX_LEN;
+/// Bytes before the first entry: length prefix and tag (the count's room comes on top).
+const HEAD: usize = 4 + 1;
+
+/// How many entries, of these sizes, one frame of at most `limit` bytes takes: as many as
+/// fit, and at least one. Counted before building, so [`EventsFrame::begin`] can reserve
+/// the count's exact room and the frame is never moved.
+pub fn frame_count(sizes: impl IntoIterator<Item = usize>, limit: usize) -> usize {
+    let mut len = HEAD + varint::MAX_LEN;
+    let mut count = 0;
+    for size in sizes {
+        if count > 0 && len + size > limit {
+            break;
+        }
+        len += size;
+        count += 1;
+    }
+    count
+}
 
 impl EventsFrame {
-    /// Starts a frame at the end of `dst`.
-    pub fn begin(dst: &mut BytesMut) -> Self {
+    /// Starts a frame at the end of `dst` that will hold `expected` entries. Room is
+    /// reserved for exactly that count; another count costs one move of the frame's body
+    /// in [`EventsFrame::finish`].
+    pub fn begin(dst: &mut BytesMut, expected: u64) -> Self {
         let start = dst.len();
-        dst.put_bytes(0, 4 + 1 + COUNT_ROOM);
-        EventsFrame { start, count: 0 }
+        let count_room = varint::len(expected);
+        dst.put_bytes(0, HEAD + count_room);
+        EventsFrame {
+            start,
+            count: 0,
+            count_room,
+        }
     }
 
     /// Appends one entry made by [`encode_entry`].
@@ -59,18 +84,24 @@ impl EventsFrame {
             dst.truncate(self.start);
             return;
         }
-        let mut head = [0u8; 1 + COUNT_ROOM];
+        let count_len = varint::len(self.count);
+        let body_start = self.start + HEAD + self.count_room;
+        if count_len < self.count_room {
+            let unused = self.count_room - count_len;
+            dst.copy_within(body_start.., body_start - unused);
+            dst.truncate(dst.len() - unused);
+        } else if count_len > self.count_room {
+            let extra = count_len - self.count_room;
+            let end = dst.len();
+            dst.put_bytes(0, extra);
+            dst.copy_within(body_start..end, body_start + extra);
+        }
+        let mut head = [0u8; 1 + varint::MAX_LEN];
         head[0] = ServerFrame::EVENTS_TAG;
         let mut count = &mut head[1..];
         varint::put(&mut count, self.count);
-        let head_len = 1 + varint::len(self.count);
-        let body_start = self.start + 4 + 1 + COUNT_ROOM;
-        let body_len = dst.len() - body_start;
-        let unused = COUNT_ROOM + 1 - head_len;
-        // Close the hole left by the unused part of the count's room.
-        dst.copy_within(self.start + 4 + unused.., self.start + 4);
-        dst.truncate(dst.len() - unused);
-        let frame_len = (head_len + body_len) as u32;
+        let head_len = 1 + count_len;
+        let frame_len = (dst.len() - self.start - 4) as u32;
         dst[self.start..self.start + 4].copy_from_slice(&frame_len.to_be_bytes());
         dst[self.start + 4..self.start + 4 + head_len].copy_from_slice(&head[..head_len]);
     }
@@ -88,6 +119,8 @@ mod tests {
             events in proptest::collection::vec(
                 (any::<u64>(), any::<u64>(), any::<u64>(), ".{0,80}", "[a-z]{0,8}", any::<u64>()), 0..300),
             junk in proptest::collection::vec(any::<u8>(), 0..8),
+            // Right, too small or too large: every count room must give the same frame.
+            hint in prop_oneof![Just(None), any::<u64>().prop_map(Some), (0u64..400).prop_map(Some)],
         ) {
             let events: Vec<(u64, Event)> = events
                 .into_iter()
@@ -99,7 +132,8 @@ mod tests {
             encode_frame(&ServerFrame::Events(events.clone()), &mut expected, usize::MAX).unwrap();
 
             let mut dst = BytesMut::from(&junk[..]);
-            let mut frame = EventsFrame::begin(&mut dst);
+            let expected_count = hint.unwrap_or(events.len() as u64);
+            let mut frame = EventsFrame::begin(&mut dst, expected_count);
             for (seq, event) in &events {
                 let mut entry = BytesMut::new();
                 encode_entry(&mut entry, *seq, &postcard::to_allocvec(event).unwrap());
@@ -112,5 +146,18 @@ mod tests {
                 prop_assert_eq!(&dst[..], &expected[..]);
             }
         }
+    }
+
+    #[test]
+    fn frame_count_fills_up_to_the_limit_and_takes_at_least_one() {
+        let head = HEAD + varint::MAX_LEN;
+        assert_eq!(frame_count([10, 10, 10], head + 20), 2);
+        assert_eq!(frame_count([10, 10, 10], head + 30), 3);
+        assert_eq!(
+            frame_count([1000, 10], head + 20),
+            1,
+            "an oversized entry goes alone"
+        );
+        assert_eq!(frame_count([], 100), 0);
     }
 }

@@ -27,7 +27,7 @@ fn drain(sub: &Subscriber) -> (Option<Gap>, Vec<(u64, u64)>) {
         .iter()
         .map(|e| {
             let mut bytes = BytesMut::new();
-            let mut frame = fanout::EventsFrame::begin(&mut bytes);
+            let mut frame = fanout::EventsFrame::begin(&mut bytes, 1);
             frame.push(&mut bytes, &e.bytes);
             frame.finish(&mut bytes);
             let Ok(ServerFrame::Events(events)) = protocol::codec::decode_body(&bytes[4..]) else {
