@@ -94,9 +94,21 @@ pub async fn handle(socket: TcpStream, ctx: Arc<Context>) {
     if let Err(err) = out.flush().await {
         return debug!(%peer, %err, "connection lost after Hello");
     }
+    // Boxed too: the role's loop is allocated once at its own size, instead of inside a
+    // task sized for the handshake's locals as well.
     match claim {
-        Some(claim) => publisher::run(reader, out, &ctx, &claim, hello.instance, &peer).await,
-        None => subscriber::run(reader, out, &ctx, hello.name, &peer).await,
+        Some(claim) => {
+            Box::pin(publisher::run(
+                reader,
+                out,
+                &ctx,
+                &claim,
+                hello.instance,
+                &peer,
+            ))
+            .await;
+        }
+        None => Box::pin(subscriber::run(reader, out, &ctx, hello.name, &peer)).await,
     }
 }
 
