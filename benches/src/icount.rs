@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use busd::bus::{Bus, Published, Subscriber};
 use busd::queue::Entry;
+use busd::subscriber::{DRAIN_EVENTS, FRAME_BYTES};
 use bytes::{Buf, BytesMut};
 use client::outbox::{self, Outbox};
 use client::publisher::Link;
@@ -25,7 +26,7 @@ use ingest::metrics::Metrics;
 use ingest::request::{self, Limits};
 use ingest::route::{self, App};
 use protocol::Filter;
-use protocol::fanout::{EventsFrame, frame_count};
+use protocol::fanout::write_frames;
 use protocol::publish;
 
 /// Why a workload could not run as designed: its count would measure some other path.
@@ -206,12 +207,6 @@ pub const FILTERED_SUBSCRIBERS: u64 = 10;
 /// (every push also evicts) without spending minutes under valgrind filling 64 MiB.
 const RING_BYTES: usize = 4 << 20;
 
-/// Most events the subscriber writer takes from its queue per write (busd's `DRAIN_EVENTS`).
-const DRAIN_EVENTS: usize = 4096;
-
-/// Size at which the writer closes an `Events` frame (busd's `FRAME_BYTES`).
-const FRAME_BYTES: usize = 256 * 1024;
-
 /// busd's publish-and-fan-out path in-process: a `Publish` frame body split and sequenced
 /// by the bus, routed to 10 account-filtered subscribers and one that takes everything,
 /// and drained from their queues into `Events` frames as each subscriber's writer does.
@@ -311,16 +306,8 @@ fn drain(
             return Err(Error::new("a subscriber queue overflowed"));
         }
         let taken = batch.len();
-        let mut rest = &batch[..];
-        while !rest.is_empty() {
-            let count = frame_count(rest.iter().map(|e| e.bytes.len()), FRAME_BYTES);
-            let mut frame = EventsFrame::begin(out, count as u64);
-            for entry in &rest[..count] {
-                frame.push(out, &entry.bytes);
-            }
-            frame.finish(out);
-            rest = &rest[count..];
-        }
+        // Counted first, so each frame's count is written in place, never moved.
+        write_frames(out, batch, FRAME_BYTES, |e| &e.bytes);
         batch.clear();
         sub.delivered.fetch_add(taken as u64, Relaxed);
         bus.counters.delivered.fetch_add(taken as u64, Relaxed);

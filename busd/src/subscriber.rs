@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::codec::decode_body;
-use protocol::fanout::{EventsFrame, frame_count};
+use protocol::fanout::write_frames;
 use protocol::{ClientFrame, ErrorCode, Filter, Role, ServerFrame, publish};
 use tokio::time::{Instant, sleep_until};
 
@@ -20,10 +20,11 @@ use crate::filter::SubKey;
 use crate::peer::{Close, Kind, Outbound, Reader, permitted};
 use crate::queue::Entry;
 
-/// Most events taken from the queue per write.
-const DRAIN_EVENTS: usize = 4096;
+/// Most events taken from the queue per write (public so the instruction-count guard
+/// measures the same drain).
+pub const DRAIN_EVENTS: usize = 4096;
 /// An `Events` frame is closed at this size, well under any peer's frame limit.
-const FRAME_BYTES: usize = 256 * 1024;
+pub const FRAME_BYTES: usize = 256 * 1024;
 
 /// Serves a subscriber until it leaves, breaks the protocol, falls too far behind under the
 /// disconnect policy, or busd says `Goodbye`.
@@ -220,17 +221,8 @@ async fn drain(
             });
         }
         let taken = batch.len();
-        let mut rest = &batch[..];
-        while !rest.is_empty() {
-            // Counted first, so the frame's count is written in place, never moved.
-            let count = frame_count(rest.iter().map(|e| e.bytes.len()), FRAME_BYTES);
-            let mut frame = EventsFrame::begin(&mut out.buf, count as u64);
-            for entry in &rest[..count] {
-                frame.push(&mut out.buf, &entry.bytes);
-            }
-            frame.finish(&mut out.buf);
-            rest = &rest[count..];
-        }
+        // Counted first, so each frame's count is written in place, never moved.
+        write_frames(&mut out.buf, batch, FRAME_BYTES, |e| &e.bytes);
         batch.clear();
         sub.delivered.fetch_add(taken as u64, Relaxed);
         ctx.bus.counters.delivered.fetch_add(taken as u64, Relaxed);

@@ -26,10 +26,31 @@ pub struct EventsFrame {
 /// Bytes before the first entry: length prefix and tag (the count's room comes on top).
 const HEAD: usize = 4 + 1;
 
+/// Appends `Events` frames holding every entry (each made by [`encode_entry`], reached
+/// through `bytes`), as many per frame as fit in `limit` bytes and at least one. Each
+/// frame's entries are counted before it is built, so its count is written in place and
+/// the frame is never moved: busd's fan-out, and what the instruction-count guard measures.
+pub fn write_frames<E>(
+    dst: &mut BytesMut,
+    entries: &[E],
+    limit: usize,
+    bytes: impl Fn(&E) -> &[u8],
+) {
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let count = frame_count(rest.iter().map(|e| bytes(e).len()), limit);
+        let mut frame = EventsFrame::begin(dst, count as u64);
+        for entry in &rest[..count] {
+            frame.push(dst, bytes(entry));
+        }
+        frame.finish(dst);
+        rest = &rest[count..];
+    }
+}
+
 /// How many entries, of these sizes, one frame of at most `limit` bytes takes: as many as
-/// fit, and at least one. Counted before building, so [`EventsFrame::begin`] can reserve
-/// the count's exact room and the frame is never moved.
-pub fn frame_count(sizes: impl IntoIterator<Item = usize>, limit: usize) -> usize {
+/// fit, and at least one.
+fn frame_count(sizes: impl IntoIterator<Item = usize>, limit: usize) -> usize {
     let mut len = HEAD + varint::MAX_LEN;
     let mut count = 0;
     for size in sizes {
@@ -159,5 +180,48 @@ mod tests {
             "an oversized entry goes alone"
         );
         assert_eq!(frame_count([], 100), 0);
+    }
+
+    #[test]
+    fn write_frames_splits_at_the_limit_and_loses_nothing() {
+        let events: Vec<(u64, Event)> = (0..50)
+            .map(|i| {
+                let event = Event {
+                    account_id: i,
+                    timestamp_us: i,
+                    data: "x".repeat(i as usize * 7),
+                    origin: "o".into(),
+                    id: i,
+                };
+                (i + 1, event)
+            })
+            .collect();
+        let entries: Vec<BytesMut> = events
+            .iter()
+            .map(|(seq, event)| {
+                let mut entry = BytesMut::new();
+                encode_entry(&mut entry, *seq, &postcard::to_allocvec(event).unwrap());
+                entry
+            })
+            .collect();
+        let mut dst = BytesMut::new();
+        write_frames(&mut dst, &entries, 512, |e| &e[..]);
+        let mut decoded = Vec::new();
+        let mut frames = 0;
+        while !dst.is_empty() {
+            let len = u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]) as usize;
+            let frame = dst.split_to(4 + len);
+            assert!(
+                frame.len() <= 512,
+                "every entry fits, so every frame is within the limit"
+            );
+            let Ok(ServerFrame::Events(batch)) = crate::codec::decode_body(&frame[4..]) else {
+                panic!("not an Events frame");
+            };
+            decoded.extend(batch);
+            frames += 1;
+        }
+        assert!(frames > 1, "the limit split the entries");
+        assert_eq!(decoded, events);
     }
 }
