@@ -47,7 +47,9 @@ pub async fn run(args: PublishArgs) -> i32 {
         err = publisher.failed() => Err(err),
         () = publish_all(&outbox, &args, &name, &given) => Ok(()),
     };
-    let acked = given.get().saturating_sub(publisher.outbox().depth() as u64);
+    let acked = given
+        .get()
+        .saturating_sub(publisher.outbox().depth() as u64);
     publisher.stop().await;
     match published {
         Ok(()) => {
