@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub mod exit {
     /// Done: `--count` reached, Ctrl-C, or the command finished.
     pub const OK: i32 = 0;
-    /// busd refused us for good (wrong token, wrong version), or stdout failed.
+    /// The bus refused us for good (wrong token, wrong version, a NATS server without
+    /// JetStream or too old to filter), or stdout failed.
     pub const ERROR: i32 = 1;
     // 2: bad arguments, clap's own code when it refuses the command line.
     /// A gap was reported and `--exit-on-gap` was given.
@@ -21,7 +22,7 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done (--count reached, Ctrl-C, command finished)
-  1  refused by busd (token, version) or output failed
+  1  refused by the bus (token, version, no JetStream, server too old) or output failed
   2  bad arguments
   3  gap reported, with --exit-on-gap
   4  bus unreachable for longer than --max-outage
@@ -55,12 +56,39 @@ pub enum Command {
 /// Where the bus is and how to get in: every subcommand has these.
 #[derive(Args, Debug, Clone)]
 pub struct BusArgs {
-    /// busd address.
-    #[arg(long, env = "TRACKER_BUS", default_value = "127.0.0.1:7070")]
+    /// The bus: busd's host:port (or busd://host:port), or NATS JetStream as
+    /// nats://h1:4222,nats://h2:4222,...
+    #[arg(long, env = "TRACKER_BUS", default_value = "127.0.0.1:7070", value_parser = crate::bus::parse_arg)]
     pub bus: String,
-    /// Shared secret, when busd has one.
+    /// Shared secret: busd's token, or the NATS servers' token.
     #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// JetStream only: the stream holding the events.
+    #[arg(long, env = "TRACKER_STREAM", default_value = crate::jetstream::DEFAULT_STREAM)]
+    pub stream: String,
+    /// JetStream only: events of account N are on subject <PREFIX>.N.
+    #[arg(long, env = "TRACKER_SUBJECT_PREFIX", default_value = crate::jetstream::DEFAULT_PREFIX)]
+    pub subject_prefix: String,
+    /// JetStream only: a watch of more accounts than this reads every account's subject
+    /// and filters in busctl instead of on the server.
+    #[arg(
+        long,
+        env = "TRACKER_BUSCTL_MAX_FILTER_SUBJECTS",
+        default_value_t = 100
+    )]
+    pub max_filter_subjects: usize,
+}
+
+impl BusArgs {
+    /// The JetStream layout these flags name (unused on busd).
+    pub fn layout(&self) -> crate::jetstream::Layout {
+        crate::jetstream::Layout {
+            stream: self.stream.clone(),
+            prefix: self.subject_prefix.clone(),
+            max_filter_subjects: self.max_filter_subjects,
+            ..crate::jetstream::Layout::default()
+        }
+    }
 }
 
 /// How data is printed on stdout.

@@ -6,6 +6,7 @@
 //!   and the tests use it.
 //! - [`subscriber`]: a filter's events across reconnects and bus restarts, each once, with
 //!   every loss reported as a gap and a resume [`position`] the caller can keep.
+//! - [`bus`]: which bus an address names; [`jetstream`]: the JetStream halves of both.
 //! - [`session`]: the one handshake; [`reconnect`]: the one reconnect loop's bookkeeping.
 //!
 //! The commands live here too, so that integration tests and the fuzz targets reach the
@@ -15,8 +16,10 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod bus;
 pub mod cli;
 pub mod doctor;
+pub mod jetstream;
 pub mod outbox;
 pub mod output;
 pub mod position;

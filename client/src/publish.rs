@@ -32,6 +32,7 @@ pub async fn run(args: PublishArgs) -> i32 {
     ));
     let settings = Settings {
         bus: args.bus.bus.clone(),
+        layout: args.bus.layout(),
         token: args.bus.token.clone(),
         name: name.clone(),
         linger: Duration::ZERO,
@@ -110,7 +111,8 @@ async fn publish_all(
 fn say(report: Report) {
     match report {
         Report::Connected => {}
-        Report::Lost { reason, .. } => status!("lost busd: {reason}"),
+        Report::Lost { reason, .. } => status!("lost the bus: {reason}"),
+        Report::Warning(warning) => status!("{warning}"),
         Report::Refused(err) => status!("{err}"),
         Report::Retrying(retry) => status!("{retry}"),
     }

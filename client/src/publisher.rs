@@ -1,5 +1,6 @@
 //! The publisher: moves batches from an [`Outbox`] to busd as `Publish` frames and retires
-//! them on `PubAck`.
+//! them on `PubAck` (or, for a `nats://` bus, to JetStream one message per event, retired
+//! when JetStream has acknowledged every message of the batch: [`crate::jetstream`]).
 //!
 //! On every (re)connection it first sends again every batch busd has not acknowledged, in
 //! order and under the same ids: a busd that already has one drops the copy, a new busd
@@ -29,18 +30,23 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::Address;
+use crate::jetstream::{self, JetstreamError, Layout};
 use crate::outbox::Outbox;
 use crate::reconnect::{Outage, Reconnect, Retry};
 use crate::session::{self, SessionError};
 
 /// How long a connection may stay quiet before the publisher pings busd to check on it.
-const PING_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PING_AFTER: Duration = Duration::from_secs(1);
 
 /// What the publisher needs to reach busd.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// busd's address.
+    /// The bus's address: busd's `host:port`, or `nats://` URLs for JetStream.
     pub bus: String,
+    /// The JetStream stream and subjects, when `bus` is JetStream (the stream is created
+    /// from it when absent).
+    pub layout: Layout,
     /// The token busd asks for, if it asks.
     pub token: Option<String>,
     /// Publisher name: busd keeps one live process per name and drops batch ids it has
@@ -73,6 +79,8 @@ pub enum Report {
     },
     /// busd refuses this publisher: someone has to change a setting.
     Refused(ConnectError),
+    /// Worth a warning, once: the JetStream stream exists with other settings than asked.
+    Warning(String),
     /// The next attempt is coming.
     Retrying(Retry),
 }
@@ -98,9 +106,9 @@ pub struct Link {
     reconnects: AtomicU64,
 }
 
-const DOWN: u8 = 0;
-const UP: u8 = 1;
-const REFUSED: u8 = 2;
+pub(crate) const DOWN: u8 = 0;
+pub(crate) const UP: u8 = 1;
+pub(crate) const REFUSED: u8 = 2;
 
 impl Link {
     /// Connected, and busd answering in time.
@@ -119,7 +127,7 @@ impl Link {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    fn set(&self, state: u8) {
+    pub(crate) fn set(&self, state: u8) {
         self.state.store(state, Ordering::Release);
     }
 }
@@ -219,12 +227,19 @@ pub enum ConnectError {
         /// The outbox's largest batch.
         batch_bytes: usize,
     },
+    /// JetStream is unreachable, unavailable or refuses (see [`JetstreamError`]).
+    #[error(transparent)]
+    Jetstream(#[from] JetstreamError),
 }
 
 impl ConnectError {
     /// Whether retrying cannot help without someone changing a setting.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, ConnectError::Unreachable { .. })
+        match self {
+            ConnectError::Unreachable { .. } => false,
+            ConnectError::Jetstream(err) => err.is_refusal(),
+            ConnectError::Refused { .. } | ConnectError::FrameTooSmall { .. } => true,
+        }
     }
 }
 
@@ -239,15 +254,27 @@ async fn run(
     let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut reconnect = Reconnect::new(backoff, settings.max_outage);
     let batch_bytes = outbox.limits().batch_bytes;
+    let mut warned = false;
     while !stop.is_cancelled() {
         let reason = match connect(&settings, batch_bytes).await {
-            Ok(stream) => {
+            Ok(connected) => {
                 link.set(UP);
                 reconnect.connected();
                 link.reconnects
                     .store(reconnect.reconnects(), Ordering::Relaxed);
                 on_report(Report::Connected);
-                let ended = forward(stream, &settings, &outbox, &stop).await;
+                if !warned && !connected.warnings.is_empty() {
+                    warned = true;
+                    on_report(Report::Warning(connected.warnings.join("; ")));
+                }
+                let ended = match connected.open {
+                    Open::Busd { stream, read } => {
+                        forward(stream, read, &settings, &outbox, &stop).await
+                    }
+                    Open::Jetstream(conn) => {
+                        jetstream::publisher::forward(conn, &settings, &outbox, &stop).await
+                    }
+                };
                 link.set(DOWN);
                 if ended.progressed {
                     reconnect.progressed();
@@ -287,17 +314,40 @@ async fn run(
     Ok(())
 }
 
-/// A connection to busd after the handshake: the socket, and whatever busd sent after its
-/// `Welcome` that the handshake already read.
+/// A connection to the bus, ready to publish on.
 pub struct Connected {
-    stream: TcpStream,
-    read: BytesMut,
+    open: Open,
+    /// How the JetStream stream differs from the layout asked for (it is used as it is).
+    pub warnings: Vec<String>,
 }
 
-/// Says Hello with the one handshake ([`session`]) and checks that busd takes batches of
-/// `batch_bytes`. Also what a program calls once before it starts, to refuse to run
-/// against a busd that refuses it.
+enum Open {
+    /// busd after the handshake: the socket, and whatever busd sent after its `Welcome`
+    /// that the handshake already read.
+    Busd { stream: TcpStream, read: BytesMut },
+    /// A JetStream client whose stream exists.
+    Jetstream(jetstream::Connection),
+}
+
+/// Connects to the bus `settings` names: for busd, says Hello with the one handshake
+/// ([`session`]) and checks that busd takes batches of `batch_bytes`; for JetStream,
+/// connects and creates the stream when absent. Also what a program calls once before it
+/// starts, to refuse to run against a bus that refuses it.
 pub async fn connect(settings: &Settings, batch_bytes: usize) -> Result<Connected, ConnectError> {
+    if let Ok(Address::Jetstream(servers)) = Address::parse(&settings.bus) {
+        let conn = jetstream::connect(
+            &servers,
+            &settings.name,
+            settings.token.as_deref(),
+            settings.timeout,
+        )
+        .await?;
+        let (_, warnings) = jetstream::stream::ensure(&conn.js, &settings.layout).await?;
+        return Ok(Connected {
+            open: Open::Jetstream(conn),
+            warnings,
+        });
+    }
     let opened = session::open_within(
         &settings.bus,
         Role::Publisher,
@@ -323,8 +373,11 @@ pub async fn connect(settings: &Settings, batch_bytes: usize) -> Result<Connecte
     }
     let parts = conn.into_parts();
     Ok(Connected {
-        stream: parts.io,
-        read: parts.read_buf,
+        open: Open::Busd {
+            stream: parts.io,
+            read: parts.read_buf,
+        },
+        warnings: Vec::new(),
     })
 }
 
@@ -337,22 +390,23 @@ fn refuses_for_good(code: ErrorCode) -> bool {
 }
 
 /// How one connection ended.
-struct Ended {
-    reason: String,
-    /// Whether busd acknowledged anything on it (if not, the backoff keeps growing).
-    progressed: bool,
+pub(crate) struct Ended {
+    pub(crate) reason: String,
+    /// Whether the bus acknowledged anything on it (if not, the backoff keeps growing).
+    pub(crate) progressed: bool,
 }
 
-/// Forwards until the connection ends or `stop`.
+/// Forwards to busd until the connection ends or `stop`.
 async fn forward(
-    connected: Connected,
+    stream: TcpStream,
+    read: BytesMut,
     settings: &Settings,
     outbox: &Outbox,
     stop: &CancellationToken,
 ) -> Ended {
-    let (rd, mut wr) = connected.stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, RawCodec::default());
-    frames.read_buffer_mut().extend_from_slice(&connected.read);
+    frames.read_buffer_mut().extend_from_slice(&read);
     let mut out = BytesMut::with_capacity(256 * 1024);
     for batch in outbox.unacked() {
         protocol::publish::encode_frame(&mut out, batch.id, batch.count, &batch.events);

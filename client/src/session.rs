@@ -102,7 +102,7 @@ pub async fn open_within(
         addr: addr.to_owned(),
         reason,
     };
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(crate::bus::busd_addr(addr)))
         .await
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;

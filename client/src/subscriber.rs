@@ -13,6 +13,11 @@
 //! numbers them afresh; the subscriber drops any event whose id is not above the last it
 //! handed out from that origin, so such a copy is never seen twice.
 //!
+//! On a `nats://` bus the same subscriber reads a JetStream consumer instead
+//! ([`crate::jetstream`]): the position is the stream's creation time (its "epoch") and
+//! stream sequence, a sequence the stream no longer holds is a gap, and a stream deleted and
+//! created again is a gap of unknown size.
+//!
 //! busd heartbeats an idle subscriber every second. Silence for [`QUIET_AFTER`] is "quiet":
 //! the subscriber pings; silence for [`DEAD_AFTER`] more and the connection is taken for
 //! dead, which a half-open TCP connection would otherwise hide forever.
@@ -26,6 +31,9 @@ use protocol::{ClientFrame, Event, Filter, Position, Role, ServerFrame};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::bus::Address;
+use crate::jetstream::subscriber::{Item, Pull};
+use crate::jetstream::{self, JetstreamError, Layout};
 use crate::position::Resume;
 use crate::reconnect::{Outage, Reconnect, Retry};
 use crate::session::{self, Conn, SessionError, Welcome};
@@ -38,8 +46,10 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 /// What to subscribe to, and where.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// busd's address.
+    /// The bus's address: busd's `host:port`, or `nats://` URLs for JetStream.
     pub bus: String,
+    /// The JetStream stream and subjects, when `bus` is JetStream.
+    pub layout: Layout,
     /// The token busd asks for, if it asks.
     pub token: Option<String>,
     /// The name busd shows in its stats.
@@ -96,6 +106,14 @@ pub enum Notice {
     },
     /// Subscribed again after a disconnect, resuming after this position.
     Resumed(Resume),
+    /// The JetStream stream was deleted and created again: what the old one held after
+    /// our position is a gap of unknown size, and reading starts at the new one's start.
+    StreamRecreated {
+        /// The old stream's creation time (its epoch).
+        old: u64,
+        /// The new one's.
+        new: u64,
+    },
     /// busd was restarted while we were away; the gap, if any, follows.
     Restarted {
         /// The run we were reading.
@@ -162,6 +180,9 @@ impl std::fmt::Display for Notice {
                     None => write!(f, " without a Goodbye"),
                 }
             }
+            Notice::StreamRecreated { old, new } => {
+                write!(f, "the stream was created again (epoch {old} -> {new})")
+            }
             Notice::Quiet { since } => {
                 write!(f, "quiet (last heartbeat {}s ago)", since.as_secs())
             }
@@ -181,6 +202,10 @@ pub enum SubscribeError {
     /// busd refused in a way retrying cannot fix (a wrong token or version, say).
     #[error(transparent)]
     Refused(SessionError),
+    /// JetStream refused in a way retrying cannot fix (a server too old to filter, or
+    /// without JetStream).
+    #[error(transparent)]
+    Jetstream(JetstreamError),
     /// The bus stayed unreachable past [`Options::max_outage`].
     #[error(transparent)]
     Outage(#[from] Outage),
@@ -200,6 +225,7 @@ enum State {
     Sleep(Instant),
     Lost(String),
     Reading { conn: Box<Conn>, liveness: Liveness },
+    Pulling(Box<Pull>),
 }
 
 /// When busd last spoke, and whether we have pinged it since.
@@ -276,6 +302,16 @@ impl Subscriber {
                     Some(end) => end,
                 }
             }
+            State::Pulling(pull) => {
+                let after = self.cursor.position.map_or(0, |p| p.seq);
+                match pull.next(after).await {
+                    Ok(items) => {
+                        self.cursor.on_items(items, &mut self.pending);
+                        return Ok(());
+                    }
+                    Err(reason) => End::Lost(reason),
+                }
+            }
         };
         match end {
             End::Lost(reason) => self.state = State::Lost(reason),
@@ -288,6 +324,9 @@ impl Subscriber {
     }
 
     async fn connect(&mut self) -> Result<(), SubscribeError> {
+        if let Ok(Address::Jetstream(servers)) = Address::parse(&self.options.bus) {
+            return self.connect_jetstream(&servers).await;
+        }
         let opened = session::open(
             &self.options.bus,
             Role::Subscriber,
@@ -303,6 +342,56 @@ impl Subscriber {
             }
             Err(err) => self.state = State::Lost(err.to_string()),
         }
+        Ok(())
+    }
+
+    /// Opens a consumer that resumes where the cursor stands.
+    async fn connect_jetstream(&mut self, servers: &[String]) -> Result<(), SubscribeError> {
+        let options = &self.options;
+        let opened = jetstream::subscriber::open(
+            servers,
+            &options.name,
+            options.token.as_deref(),
+            &options.layout,
+            &options.filter,
+        )
+        .await;
+        let (_conn, stream, info) = match opened {
+            Ok(opened) => opened,
+            Err(err) if err.is_refusal() => {
+                self.state = State::Lost(err.to_string());
+                return Err(SubscribeError::Jetstream(err));
+            }
+            Err(err) => {
+                self.state = State::Lost(err.to_string());
+                return Ok(());
+            }
+        };
+        let first = self.cursor.position.is_none();
+        let epoch = jetstream::stream::epoch(&info);
+        let start = self
+            .cursor
+            .resume_stream(epoch, &info.state, &mut self.pending);
+        let pull =
+            jetstream::subscriber::consume(stream, &options.layout, &options.filter, start).await;
+        let pull = match pull {
+            Ok(pull) => pull,
+            Err(err) => {
+                self.state = State::Lost(err.to_string());
+                return Ok(());
+            }
+        };
+        self.reconnect.connected();
+        self.reconnect.progressed();
+        let notice = match self.cursor.position {
+            Some(at) if !first => Notice::Resumed(Resume(at)),
+            _ => Notice::Live {
+                epoch,
+                head_seq: info.state.last_sequence,
+            },
+        };
+        self.pending.push_back(Delivery::Notice(notice));
+        self.state = State::Pulling(Box::new(pull));
         Ok(())
     }
 
@@ -429,6 +518,89 @@ impl Cursor {
         Position {
             epoch: welcome.epoch,
             seq: 0,
+        }
+    }
+
+    /// Where to start reading a JetStream stream of `epoch` in `state`, reporting any
+    /// loss to `out`; the cursor stands just before it from now on.
+    fn resume_stream(
+        &mut self,
+        epoch: u64,
+        state: &async_nats::jetstream::stream::State,
+        out: &mut VecDeque<Delivery>,
+    ) -> u64 {
+        let position = match self.position {
+            None => Position {
+                epoch,
+                seq: state.last_sequence,
+            },
+            // A stream that holds less than we read is another stream, even if made in
+            // the same second.
+            Some(at) if at.epoch != epoch || state.last_sequence < at.seq => {
+                out.push_back(Delivery::Notice(Notice::StreamRecreated {
+                    old: at.epoch,
+                    new: epoch,
+                }));
+                out.push_back(Delivery::Gap(GapReport {
+                    from_seq: at.seq.saturating_add(1),
+                    to_seq: None,
+                    missed: None,
+                    epoch: at.epoch,
+                }));
+                Position { epoch, seq: 0 }
+            }
+            Some(at) if state.first_sequence > at.seq.saturating_add(1) => {
+                let to_seq = state.first_sequence - 1;
+                out.push_back(Delivery::Gap(GapReport {
+                    from_seq: at.seq + 1,
+                    to_seq: Some(to_seq),
+                    missed: Some(to_seq - at.seq),
+                    epoch,
+                }));
+                Position { epoch, seq: to_seq }
+            }
+            Some(at) => at,
+        };
+        self.position = Some(position);
+        position.seq.saturating_add(1)
+    }
+
+    /// Hands out what a JetStream consumer read. The stream drops copies by message id,
+    /// and a resent event may be stored after a later one of its origin (a leader change
+    /// between them), so ids are not compared here: that would drop the late one.
+    fn on_items(&mut self, items: Vec<Item>, out: &mut VecDeque<Delivery>) {
+        let Some(position) = self.position.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        for item in items {
+            match item {
+                Item::Event(seq, event) => {
+                    position.seq = seq;
+                    events.push((seq, event));
+                }
+                Item::Evicted { from, to } => {
+                    if !events.is_empty() {
+                        out.push_back(Delivery::Events {
+                            epoch: position.epoch,
+                            events: std::mem::take(&mut events),
+                        });
+                    }
+                    position.seq = to;
+                    out.push_back(Delivery::Gap(GapReport {
+                        from_seq: from,
+                        to_seq: Some(to),
+                        missed: Some(to - from + 1),
+                        epoch: position.epoch,
+                    }));
+                }
+            }
+        }
+        if !events.is_empty() {
+            out.push_back(Delivery::Events {
+                epoch: position.epoch,
+                events,
+            });
         }
     }
 

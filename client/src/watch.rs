@@ -52,6 +52,7 @@ fn options(args: &WatchArgs) -> Options {
     };
     Options {
         bus: args.bus.bus.clone(),
+        layout: args.bus.layout(),
         token: args.bus.token.clone(),
         name: format!("busctl-watch-{}", std::process::id()),
         filter,
@@ -89,7 +90,7 @@ impl Watch {
                 Err(SubscribeError::Outage(outage)) => {
                     let max = self.args.max_outage.unwrap_or(outage.down);
                     status!(
-                        "giving up: busd unreachable for {}s (--max-outage {})",
+                        "giving up: the bus was unreachable for {}s (--max-outage {})",
                         outage.down.as_secs(),
                         humantime::format_duration(max)
                     );

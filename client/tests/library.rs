@@ -34,6 +34,7 @@ fn publisher(bus: &str) -> Publisher {
     };
     let settings = Settings {
         bus: bus.into(),
+        layout: Default::default(),
         token: None,
         name: "library-test".into(),
         linger: Duration::ZERO,

@@ -39,9 +39,27 @@ pub struct ServeArgs {
     /// SQLite accounts database; created and seeded when missing (or without an accounts table).
     #[arg(long, env = "TRACKER_DB", default_value = "accounts.db")]
     pub db: PathBuf,
-    /// busd to forward to; without it busd runs inside this process.
-    #[arg(long, env = "TRACKER_BUS")]
+    /// The bus to forward to: busd's host:port (or busd://host:port), or NATS JetStream as
+    /// nats://h1:4222,nats://h2:4222,... Without it busd runs inside this process.
+    #[arg(long, env = "TRACKER_BUS", value_parser = client::bus::parse_arg)]
     pub bus: Option<String>,
+    /// JetStream only: the stream to publish to, created when absent.
+    #[arg(long, env = "TRACKER_STREAM", default_value = client::jetstream::DEFAULT_STREAM)]
+    pub stream: String,
+    /// JetStream only: events of account N go to subject <PREFIX>.N.
+    #[arg(long, env = "TRACKER_SUBJECT_PREFIX", default_value = client::jetstream::DEFAULT_PREFIX)]
+    pub subject_prefix: String,
+    /// JetStream only: copies of the stream on separate servers, when ingest creates it.
+    #[arg(long, env = "TRACKER_INGEST_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+    /// JetStream only: bytes the stream keeps before dropping its oldest events (the
+    /// counterpart of busd's replay ring), when ingest creates it.
+    #[arg(long, env = "TRACKER_INGEST_RETAIN_BYTES", default_value = "1GiB")]
+    pub retain_bytes: ByteSize,
+    /// JetStream only: how long the stream remembers a message id to drop an event sent
+    /// again after a reconnect, when ingest creates it.
+    #[arg(long, env = "TRACKER_INGEST_DUPLICATE_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub duplicate_window: Duration,
     /// Where the embedded busd listens when --bus is not given.
     #[arg(
         long,

@@ -116,7 +116,7 @@ impl Default for Metrics {
         let bus_up = Gauge::default();
         registry.register(
             "bus_up",
-            "1 while connected to busd and busd answers in time, else 0",
+            "1 while connected to the bus and it answers in time, else 0",
             bus_up.clone(),
         );
         let accounts = Gauge::default();

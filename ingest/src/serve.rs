@@ -120,6 +120,14 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
 fn publisher_settings(args: &ServeArgs, bus: String, origin: &str) -> Settings {
     Settings {
         bus,
+        layout: client::jetstream::Layout {
+            stream: args.stream.clone(),
+            prefix: args.subject_prefix.clone(),
+            replicas: usize::from(args.replicas),
+            retain_bytes: args.retain_bytes.as_u64(),
+            duplicate_window: args.duplicate_window,
+            ..client::jetstream::Layout::default()
+        },
         token: args.bus_token.clone(),
         name: origin.to_owned(),
         linger: args.linger,
@@ -133,14 +141,15 @@ fn publisher_settings(args: &ServeArgs, bus: String, origin: &str) -> Settings {
 /// The publisher's story in ingest's log.
 fn log_report(report: Report) {
     match report {
-        Report::Connected => info!("connected to busd"),
+        Report::Connected => info!("connected to the bus"),
         Report::Lost {
             reason,
             unacknowledged,
-        } => warn!(%reason, unacknowledged, "lost busd; reconnecting"),
+        } => warn!(%reason, unacknowledged, "lost the bus; reconnecting"),
         Report::Refused(err) => {
-            error!(%err, "new events get 503 until busd accepts this ingest");
+            error!(%err, "new events get 503 until the bus accepts this ingest");
         }
+        Report::Warning(warning) => warn!("{warning}; using the stream as it is"),
         Report::Retrying(retry) => debug!(%retry),
     }
 }
@@ -149,7 +158,7 @@ fn log_report(report: Report) {
 async fn start_bus(args: &ServeArgs) -> anyhow::Result<(String, Option<Background>)> {
     if let Some(bus) = &args.bus {
         // Said out loud: a TRACKER_BUS exported for busctl also lands here.
-        info!("publishing to the busd at {bus} (--bus or TRACKER_BUS); no embedded busd");
+        info!("publishing to the bus at {bus} (--bus or TRACKER_BUS); no embedded busd");
         return Ok((bus.clone(), None));
     }
     let listener = TcpListener::bind(&args.embedded_bus_listen)
@@ -246,9 +255,9 @@ fn outbox_limits(args: &ServeArgs, origin: &str) -> anyhow::Result<outbox::Limit
 async fn preflight(settings: &Settings, batch_bytes: usize) -> anyhow::Result<()> {
     match publisher::connect(settings, batch_bytes).await {
         Ok(_) => Ok(()),
-        Err(err) if err.is_refusal() => Err(err).context("cannot publish to busd"),
+        Err(err) if err.is_refusal() => Err(err).context("cannot publish to the bus"),
         Err(err) => {
-            warn!(%err, "busd is not reachable yet; buffering events until it is");
+            warn!(%err, "the bus is not reachable yet; buffering events until it is");
             Ok(())
         }
     }

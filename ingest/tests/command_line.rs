@@ -108,7 +108,7 @@ fn a_bus_from_the_environment_is_said_out_loud() {
             .args(["--listen", "127.0.0.1:0"])
             .env("TRACKER_BUS", "127.0.0.1:9"),
     );
-    proc.wait_stderr("publishing to the busd at 127.0.0.1:9", WAIT);
+    proc.wait_stderr("publishing to the bus at 127.0.0.1:9", WAIT);
 }
 
 #[test]

@@ -50,6 +50,22 @@ pub fn encode_frame(dst: &mut BytesMut, batch_id: u64, count: u64, events: &[u8]
     dst.extend_from_slice(events);
 }
 
+/// The events [`encode_event`] wrote back to back, as values: what a publisher to a bus
+/// other than busd (JetStream, one message per event) needs from a batch.
+pub fn decode_events(mut events: &[u8]) -> Result<Vec<crate::Event>, MalformedPublish> {
+    let total = events.len();
+    let mut out = Vec::new();
+    while !events.is_empty() {
+        let (event, rest) =
+            postcard::take_from_bytes::<crate::Event>(events).map_err(|_| MalformedPublish {
+                offset: total - events.len(),
+            })?;
+        out.push(event);
+        events = rest;
+    }
+    Ok(out)
+}
+
 /// One event of a batch: its account, and its postcard encoding (as in [`crate::Event`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent {
@@ -152,6 +168,20 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn decode_events_reads_what_encode_event_writes(
+            events in proptest::collection::vec(event(), 0..20),
+        ) {
+            let mut buf = BytesMut::new();
+            for e in &events {
+                encode_event(&mut buf, e.account_id, e.timestamp_us, &e.data, &e.origin, e.id);
+            }
+            prop_assert_eq!(decode_events(&buf).unwrap(), events.clone());
+            if !buf.is_empty() {
+                prop_assert!(decode_events(&buf[..buf.len() - 1]).is_err());
+            }
+        }
+
         #[test]
         fn agrees_with_postcard_on_valid_batches(
             batch_id: u64,

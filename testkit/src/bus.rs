@@ -296,6 +296,7 @@ pub async fn publish_events(addr: SocketAddr, name: &str, events: &[(u64, String
     }
     let settings = Settings {
         bus: addr.to_string(),
+        layout: Default::default(),
         token: None,
         name: name.into(),
         linger: Duration::ZERO,
@@ -324,6 +325,7 @@ fn next_id() -> u64 {
 pub fn subscribe(addr: &str, filter: Filter) -> client::subscriber::Subscriber {
     client::subscriber::Subscriber::new(client::subscriber::Options {
         bus: addr.into(),
+        layout: Default::default(),
         token: None,
         name: "test-subscriber".into(),
         filter,

@@ -1,0 +1,142 @@
+//! The stream itself: created by the publisher when absent, found by readers, and compared
+//! with the layout asked for, since a stream that exists is used as it is.
+
+use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::stream::{Config, Info, StorageType, Stream};
+use async_nats::jetstream::{Context, ErrorCode};
+
+use super::{JetstreamError, Layout};
+
+/// The stream config `layout` asks for: file storage, the oldest messages dropped past the
+/// byte budget, copies dropped within the duplicate window.
+pub fn config(layout: &Layout) -> Config {
+    Config {
+        name: layout.stream.clone(),
+        subjects: vec![layout.all_subjects()],
+        num_replicas: layout.replicas,
+        storage: StorageType::File,
+        max_bytes: i64::try_from(layout.retain_bytes).unwrap_or(i64::MAX),
+        duplicate_window: layout.duplicate_window,
+        ..Config::default()
+    }
+}
+
+/// Finds the stream, creating it from `layout` when absent. Returns it with the
+/// differences between what exists and what `layout` asks, for a warning.
+pub async fn ensure(
+    js: &Context,
+    layout: &Layout,
+) -> Result<(Stream, Vec<String>), JetstreamError> {
+    let stream = js
+        .get_or_create_stream(config(layout))
+        .await
+        .map_err(|err| match err.kind() {
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                JetstreamError::Unavailable(format!(
+                    "stream {} could not be read or created: {err} (no JetStream quorum yet?)",
+                    layout.stream
+                ))
+            }
+            CreateStreamErrorKind::JetStream(api) if is_transient(api.error_code()) => {
+                JetstreamError::Unavailable(format!("stream {}: {api}", layout.stream))
+            }
+            _ => JetstreamError::Refused(format!(
+                "cannot create stream {} ({} replicas, subjects {}): {err}",
+                layout.stream,
+                layout.replicas,
+                layout.all_subjects()
+            )),
+        })?;
+    let differences = differences(&stream.cached_info().config, layout);
+    Ok((stream, differences))
+}
+
+/// Finds the stream without creating it: readers wait for ingest to create it.
+pub async fn find(js: &Context, layout: &Layout) -> Result<Stream, JetstreamError> {
+    js.get_stream(&layout.stream)
+        .await
+        .map_err(|err| match err.kind() {
+            GetStreamErrorKind::JetStream(api)
+                if api.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                JetstreamError::Unavailable(format!(
+                    "stream {} does not exist yet (ingest creates it when it starts)",
+                    layout.stream
+                ))
+            }
+            GetStreamErrorKind::JetStream(api) if !is_transient(api.error_code()) => {
+                JetstreamError::Refused(format!("stream {}: {api}", layout.stream))
+            }
+            _ => JetstreamError::Unavailable(format!("stream {}: {err}", layout.stream)),
+        })
+}
+
+/// Errors a leader election or a lost quorum gives for a while.
+fn is_transient(code: ErrorCode) -> bool {
+    code == ErrorCode::CLUSTER_NOT_AVAILABLE
+}
+
+/// How an existing stream differs from `layout`, in words; empty when it does not.
+pub fn differences(have: &Config, layout: &Layout) -> Vec<String> {
+    let want = config(layout);
+    let mut out = Vec::new();
+    if !have.subjects.contains(&layout.all_subjects()) {
+        out.push(format!(
+            "subjects {:?} (asked [{}])",
+            have.subjects,
+            layout.all_subjects()
+        ));
+    }
+    if have.num_replicas.max(1) != want.num_replicas.max(1) {
+        out.push(format!(
+            "{} replicas (asked {})",
+            have.num_replicas, want.num_replicas
+        ));
+    }
+    if have.storage != want.storage {
+        out.push(format!("{:?} storage (asked file)", have.storage));
+    }
+    if have.max_bytes != want.max_bytes {
+        out.push(format!(
+            "max_bytes {} (asked {})",
+            have.max_bytes, want.max_bytes
+        ));
+    }
+    if have.duplicate_window != want.duplicate_window {
+        out.push(format!(
+            "duplicate window {:?} (asked {:?})",
+            have.duplicate_window, want.duplicate_window
+        ));
+    }
+    out
+}
+
+/// What busd calls an epoch: the stream's creation time in Unix seconds, so a stream
+/// deleted and created again is a new run whose sequences mean something else.
+pub fn epoch(info: &Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_as_asked_has_no_differences() {
+        let layout = Layout::default();
+        assert!(differences(&config(&layout), &layout).is_empty());
+    }
+
+    #[test]
+    fn differences_name_each_setting() {
+        let layout = Layout::default();
+        let mut have = config(&layout);
+        have.num_replicas = 3;
+        have.max_bytes = -1;
+        have.storage = StorageType::Memory;
+        let found = differences(&have, &layout).join("; ");
+        assert!(found.contains("3 replicas (asked 1)"), "{found}");
+        assert!(found.contains("max_bytes -1"), "{found}");
+        assert!(found.contains("Memory storage"), "{found}");
+    }
+}

@@ -1,0 +1,271 @@
+//! The JetStream half of [`crate::subscriber`]: an ordered consumer kept by hand.
+//!
+//! An ephemeral pull consumer without acknowledgements, filtered on the watched accounts'
+//! subjects, starts right after the last stream sequence handed out. It is dropped and made
+//! again from there whenever anything looks wrong: a consumer sequence that skips, a missed
+//! heartbeat (two seconds of silence, so a dead server is noticed in seconds rather than the
+//! minute async-nats' own ordered consumer waits), a deleted consumer, a lost connection.
+//!
+//! A stream sequence that jumps is normal when filtering; it is a loss only when the stream
+//! no longer holds what was skipped. So on a jump the stream's first sequence is read once
+//! for the whole batch, and any skipped range below it is reported as a gap: it may hold
+//! events of other accounts only, but never silently any of ours.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::{Config, Stream as Messages};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::{Info, Stream};
+use futures::{FutureExt, StreamExt};
+use protocol::{Event, Filter};
+
+use super::{Connection, JetstreamError, Layout, body, filters_many_subjects};
+
+/// Most messages asked for in one pull request, and handed out in one batch.
+const BATCH: usize = 1000;
+/// The server sends a heartbeat this often while it has nothing; two missed and the
+/// consumer is taken for dead.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a pull request waits on the server before the client renews it.
+const EXPIRES: Duration = Duration::from_secs(10);
+/// How long the server keeps a consumer nobody pulls from (one left by a crashed watcher).
+const INACTIVE: Duration = Duration::from_secs(10);
+
+/// A consumer being read: the stream, for first-sequence checks, and its messages.
+pub(crate) struct Pull {
+    stream: Stream,
+    messages: Messages,
+    layout: Layout,
+    /// Applied here when the filter has more accounts than the server is asked to filter.
+    filter: Option<Filter>,
+    consumer_seq: u64,
+    /// Messages taken from the consumer and not yet handed out: kept here across the
+    /// first-sequence check, so a caller that gives up waiting loses none of them.
+    held: Vec<(u64, async_nats::Message)>,
+}
+
+/// What one read hands out, in stream order.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Item {
+    /// An event at its stream sequence.
+    Event(u64, Event),
+    /// Sequences the stream no longer holds, skipped by the consumer.
+    Evicted {
+        /// First sequence lost.
+        from: u64,
+        /// Last sequence lost.
+        to: u64,
+    },
+}
+
+/// Connects, finds the stream and checks the server can filter the way `filter` needs.
+pub(crate) async fn open(
+    servers: &[String],
+    name: &str,
+    token: Option<&str>,
+    layout: &Layout,
+    filter: &Filter,
+) -> Result<(Connection, Stream, Info), JetstreamError> {
+    let conn = super::connect(servers, name, token, Duration::from_secs(5)).await?;
+    let version = conn.client.server_info().version;
+    if subjects(layout, filter).len() > 1 && !filters_many_subjects(&version) {
+        return Err(JetstreamError::Refused(format!(
+            "nats-server {version} cannot filter a consumer on several subjects (it needs \
+             2.10 or newer and would silently send every account): upgrade the servers, or \
+             watch one account at a time"
+        )));
+    }
+    let stream = super::stream::find(&conn.js, layout).await?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|err| JetstreamError::Unavailable(format!("stream {}: {err}", layout.stream)))?;
+    Ok((conn, stream, info))
+}
+
+/// The filter subjects for `filter`: one per account up to the layout's limit, else every
+/// account's (and the filter is applied here).
+fn subjects(layout: &Layout, filter: &Filter) -> Vec<String> {
+    match filter {
+        Filter::Accounts(ids) if ids.len() <= layout.max_filter_subjects => {
+            ids.iter().map(|id| layout.subject(*id)).collect()
+        }
+        _ => vec![layout.all_subjects()],
+    }
+}
+
+/// Starts a consumer at stream sequence `start`.
+pub(crate) async fn consume(
+    stream: Stream,
+    layout: &Layout,
+    filter: &Filter,
+    start: u64,
+) -> Result<Pull, JetstreamError> {
+    let mut filter_subjects = subjects(layout, filter);
+    let (filter_subject, filter_subjects) = if filter_subjects.len() == 1 {
+        (filter_subjects.remove(0), Vec::new())
+    } else {
+        (String::new(), filter_subjects)
+    };
+    let config = Config {
+        filter_subject,
+        filter_subjects,
+        deliver_policy: DeliverPolicy::ByStartSequence {
+            start_sequence: start.max(1),
+        },
+        ack_policy: AckPolicy::None,
+        inactive_threshold: INACTIVE,
+        memory_storage: true,
+        num_replicas: 1,
+        ..Config::default()
+    };
+    let unavailable = |err: String| JetstreamError::Unavailable(err);
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|err| unavailable(format!("cannot create a consumer: {err}")))?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .heartbeat(HEARTBEAT)
+        .expires(EXPIRES)
+        .messages()
+        .await
+        .map_err(|err| unavailable(format!("cannot pull from the consumer: {err}")))?;
+    let local = match filter {
+        Filter::Accounts(ids) if ids.len() > layout.max_filter_subjects => Some(filter.clone()),
+        _ => None,
+    };
+    Ok(Pull {
+        stream,
+        messages,
+        layout: layout.clone(),
+        filter: local,
+        consumer_seq: 0,
+        held: Vec::new(),
+    })
+}
+
+impl Pull {
+    /// Waits for the next messages after stream sequence `after` and hands out what they
+    /// hold. Cancel-safe: messages taken are held until handed out. `Err` means the
+    /// consumer must be made again.
+    pub(crate) async fn next(&mut self, after: u64) -> Result<Vec<Item>, String> {
+        if self.held.is_empty() {
+            self.read().await?;
+        }
+        let first_held = if jumps(after, self.held.iter().map(|(seq, _)| *seq)) {
+            Some(self.first_sequence().await?)
+        } else {
+            None
+        };
+        let read = std::mem::take(&mut self.held);
+        let mut out = Vec::with_capacity(read.len());
+        let mut prev = after;
+        for (seq, message) in read {
+            if seq <= prev {
+                continue;
+            }
+            if let Some(first) = first_held.filter(|first| *first > prev + 1) {
+                out.push(Item::Evicted {
+                    from: prev + 1,
+                    to: (first - 1).min(seq - 1),
+                });
+            }
+            prev = seq;
+            if let Some(event) = self.event(&message) {
+                out.push(Item::Event(seq, event));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for a message, then takes every one already there, into `held`.
+    async fn read(&mut self) -> Result<(), String> {
+        let mut batch = vec![self.messages.next().await];
+        while batch.len() < BATCH {
+            match self.messages.next().now_or_never() {
+                Some(item) => batch.push(item),
+                None => break,
+            }
+        }
+        for item in batch {
+            let message = match item {
+                None => return Err("the consumer ended".into()),
+                Some(Err(err)) => return Err(format!("consumer: {err}")),
+                Some(Ok(message)) => message,
+            };
+            let info = message.info().map_err(|err| format!("consumer: {err}"))?;
+            if info.consumer_sequence != self.consumer_seq + 1 {
+                return Err(format!(
+                    "the consumer skipped from {} to {}",
+                    self.consumer_seq, info.consumer_sequence
+                ));
+            }
+            self.consumer_seq = info.consumer_sequence;
+            let seq = info.stream_sequence;
+            self.held.push((seq, message.split().0));
+        }
+        Ok(())
+    }
+
+    /// The event in a message, if it is one of ours and wanted; anything else on the
+    /// stream's subjects (another program's message) is passed over.
+    fn event(&self, message: &async_nats::Message) -> Option<Event> {
+        let event = body::decode(&message.payload).ok()?;
+        if self.layout.account_of(message.subject.as_str()) != Some(event.account_id) {
+            return None;
+        }
+        match &self.filter {
+            Some(filter) if !filter.matches(event.account_id) => None,
+            _ => Some(event),
+        }
+    }
+
+    async fn first_sequence(&self) -> Result<u64, String> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| format!("stream {}: {err}", self.layout.stream))?;
+        Ok(info.state.first_sequence)
+    }
+}
+
+/// Whether `seqs`, read after `after`, skip any sequence.
+fn jumps(after: u64, seqs: impl Iterator<Item = u64>) -> bool {
+    let mut prev = after;
+    for seq in seqs {
+        if seq > prev + 1 {
+            return true;
+        }
+        prev = prev.max(seq);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_sequences_do_not_jump() {
+        assert!(!jumps(4, [5, 6, 7].into_iter()));
+        assert!(!jumps(4, std::iter::empty()));
+        assert!(jumps(4, [6].into_iter()));
+        assert!(jumps(4, [5, 7].into_iter()));
+    }
+
+    #[test]
+    fn few_accounts_are_filtered_by_the_server() {
+        let layout = Layout::default();
+        let filter = Filter::Accounts([1, 5].into());
+        assert_eq!(
+            subjects(&layout, &filter),
+            ["tracker.events.1", "tracker.events.5"]
+        );
+        let many = Filter::Accounts((0..=layout.max_filter_subjects as u64).collect());
+        assert_eq!(subjects(&layout, &many), ["tracker.events.*"]);
+        assert_eq!(subjects(&layout, &Filter::All), ["tracker.events.*"]);
+    }
+}
