@@ -76,7 +76,7 @@ mod tests {
         let text = String::from_utf8(encode(&event)).expect("JSON is UTF-8");
         assert_eq!(
             text,
-            r#"{"account_id":5,"timestamp":"2026-11-22T06:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1","id":7}"#
+            r#"{"account_id":5,"timestamp":"2026-11-22T10:00:00.123456Z","timestamp_us":1795341600123456,"data":"a \"quoted\" é","origin":"ingest-1","id":7}"#
         );
     }
 
