@@ -4,13 +4,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use protocol::{ClientFrame, Filter, Position, Role, ServerFrame};
+use protocol::Filter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cli::{DoctorArgs, exit};
-use crate::session::{self, Conn};
+use crate::subscriber::{Delivery, Notice, Options, Subscriber};
 
 /// Runs `busctl doctor`; returns the exit code.
 pub async fn run(args: DoctorArgs) -> i32 {
@@ -26,7 +25,7 @@ fn report(hop: &str, ok: bool, detail: &str) {
 
 async fn check(args: &DoctorArgs) -> Result<(), ()> {
     let bus = &args.bus.bus;
-    let mut conn = subscribe(args)
+    let mut subscriber = subscribe(args)
         .await
         .map_err(|err| report("bus", false, &format!("{bus}: {err}")))?;
     report(
@@ -54,7 +53,7 @@ async fn check(args: &DoctorArgs) -> Result<(), ()> {
         }
     }
 
-    match wait_for(&mut conn, &canary, args.timeout).await {
+    match wait_for(&mut subscriber, &canary, args.timeout).await {
         Some(seq) => {
             let ms = sent.elapsed().as_secs_f64() * 1000.0;
             report(
@@ -66,7 +65,7 @@ async fn check(args: &DoctorArgs) -> Result<(), ()> {
         }
         None => {
             let detail = format!(
-                "ingest accepted the canary but it did not arrive on {bus} within {}; is ingest forwarding to this busd, and is it ready (/readyz)?",
+                "ingest accepted the canary but it did not arrive on {bus} within {}; is ingest forwarding to this bus, and is it ready (/readyz)?",
                 humantime::format_duration(args.timeout)
             );
             report("delivery", false, &detail);
@@ -75,53 +74,45 @@ async fn check(args: &DoctorArgs) -> Result<(), ()> {
     }
 }
 
-/// Subscribes to the account and waits for the subscription to be in place.
-async fn subscribe(args: &DoctorArgs) -> Result<Conn, String> {
-    let name = format!("busctl-doctor-{}", std::process::id());
-    let (mut conn, welcome) = session::open(
-        &args.bus.bus,
-        Role::Subscriber,
-        &name,
-        args.bus.token.as_deref(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let filter = Filter::Accounts(BTreeSet::from([args.account]));
-    let resume_after = Some(Position {
-        epoch: welcome.epoch,
-        seq: welcome.head_seq,
+/// Subscribes to the account with the same subscriber `watch` uses (either bus), and
+/// waits until it is live: from then on, everything published reaches it.
+async fn subscribe(args: &DoctorArgs) -> Result<Subscriber, String> {
+    let mut subscriber = Subscriber::new(Options {
+        bus: args.bus.bus.clone(),
+        layout: args.bus.layout(),
+        token: args.bus.token.clone(),
+        name: format!("busctl-doctor-{}", std::process::id()),
+        filter: Filter::Accounts(BTreeSet::from([args.account])),
+        max_outage: Some(Duration::from_secs(5)),
+        resume: None,
     });
-    conn.send(ClientFrame::Subscribe {
-        filter,
-        resume_after,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    conn.send(ClientFrame::Ping)
-        .await
-        .map_err(|e| e.to_string())?;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), conn.next()).await {
-            Ok(Some(Ok(ServerFrame::Pong))) => return Ok(conn),
-            Ok(Some(Ok(ServerFrame::Error { message, .. }))) => return Err(message),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(None) => return Err("busd closed the connection".into()),
-            Err(_) => return Err("no answer from busd".into()),
+    let live = async {
+        loop {
+            match subscriber.next().await {
+                Ok(Delivery::Notice(Notice::Live { .. })) => return Ok(()),
+                Ok(Delivery::Notice(Notice::Reconnecting(retry))) => return Err(retry.to_string()),
+                Ok(_) => {}
+                Err(err) => return Err(err.to_string()),
+            }
         }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), live).await {
+        Ok(Ok(())) => Ok(subscriber),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err("not subscribed within 10s".into()),
     }
 }
 
-async fn wait_for(conn: &mut Conn, canary: &str, timeout: Duration) -> Option<u64> {
+async fn wait_for(subscriber: &mut Subscriber, canary: &str, timeout: Duration) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match tokio::time::timeout_at(deadline, conn.next()).await {
-            Ok(Some(Ok(ServerFrame::Events(events)))) => {
+        match tokio::time::timeout_at(deadline, subscriber.next()).await {
+            Ok(Ok(Delivery::Events { events, .. })) => {
                 if let Some((seq, _)) = events.iter().find(|(_, e)| e.data == canary) {
                     return Some(*seq);
                 }
             }
-            Ok(Some(Ok(_))) => {}
+            Ok(Ok(_)) => {}
             _ => return None,
         }
     }

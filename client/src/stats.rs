@@ -1,4 +1,5 @@
-//! `busctl stats`: busd's counters as a table or JSON, with rates from two samples.
+//! `busctl stats`: busd's counters as a table or JSON, with rates from two samples; on a
+//! JetStream bus, the stream's state, its leader and how far each replica is behind.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -7,7 +8,9 @@ use futures::{SinkExt, StreamExt};
 use protocol::{ClientFrame, Role, ServerFrame, Stats};
 use serde::Serialize;
 
+use crate::bus::Address;
 use crate::cli::{Format, StatsArgs, exit};
+use crate::jetstream::{self, stream::Summary};
 use crate::session::{self, Conn, SessionError};
 use crate::status;
 
@@ -21,6 +24,9 @@ struct Report {
 
 /// Runs `busctl stats`; returns the exit code.
 pub async fn run(args: StatsArgs) -> i32 {
+    if let Ok(Address::Jetstream(servers)) = Address::parse(&args.bus.bus) {
+        return run_jetstream(&args, &servers).await;
+    }
     match report(&args).await {
         Ok(report) => {
             match args.format {
@@ -81,6 +87,66 @@ async fn request(conn: &mut Conn) -> Result<Stats, SessionError> {
             Err(_) => return Err(SessionError::Lost("no Stats from busd in time".into())),
         }
     }
+}
+
+async fn run_jetstream(args: &StatsArgs, servers: &[String]) -> i32 {
+    let name = format!("busctl-stats-{}", std::process::id());
+    let summary = async {
+        let conn = jetstream::connect(
+            servers,
+            &name,
+            args.bus.token.as_deref(),
+            Duration::from_secs(5),
+        )
+        .await?;
+        jetstream::stream::summary(&conn.js, &args.bus.layout()).await
+    };
+    match summary.await {
+        Ok(summary) => {
+            match args.format {
+                Format::Json => println!("{}", serde_json::to_string(&summary).unwrap_or_default()),
+                Format::Text => print!("{}", stream_table(&summary)),
+            }
+            exit::OK
+        }
+        Err(err) => {
+            status!("{err}");
+            exit::ERROR
+        }
+    }
+}
+
+fn stream_table(s: &Summary) -> String {
+    let mut out = format!(
+        "stream {}  epoch {}  replicas {}  leader {}
+messages {}  bytes {}  first seq {}  last seq {}  consumers {}
+",
+        s.stream,
+        s.epoch,
+        s.replicas,
+        s.leader.as_deref().unwrap_or("none"),
+        s.messages,
+        bytesize::ByteSize::b(s.bytes),
+        s.first_seq,
+        s.last_seq,
+        s.consumers,
+    );
+    if !s.followers.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<24}  {:>8}  {:>8}  {:>10}  {:>10}",
+            "REPLICA", "CURRENT", "OFFLINE", "LAG", "ACTIVE"
+        );
+    }
+    for f in &s.followers {
+        let lag = f.lag.map_or("?".to_owned(), |l| l.to_string());
+        let _ = writeln!(
+            out,
+            "{:<24}  {:>8}  {:>8}  {:>10}  {:>8}ms",
+            f.name, f.current, f.offline, lag, f.active_ms
+        );
+    }
+    out
 }
 
 fn table(report: &Report) -> String {

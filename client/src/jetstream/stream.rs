@@ -111,6 +111,78 @@ pub fn differences(have: &Config, layout: &Layout) -> Vec<String> {
     out
 }
 
+/// The stream as `busctl stats` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// The stream's name.
+    pub stream: String,
+    /// Its creation time in Unix seconds: the epoch of its sequences.
+    pub epoch: u64,
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// The oldest sequence held: a watcher behind it has a gap.
+    pub first_seq: u64,
+    /// The newest sequence.
+    pub last_seq: u64,
+    /// Consumers (watchers) reading it.
+    pub consumers: usize,
+    /// Copies kept.
+    pub replicas: usize,
+    /// The server leading it, if one does.
+    pub leader: Option<String>,
+    /// The other copies: how far behind each is.
+    pub followers: Vec<Follower>,
+}
+
+/// One replica that is not the leader.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Follower {
+    /// Its server.
+    pub name: String,
+    /// Whether it has everything the leader has.
+    pub current: bool,
+    /// Whether the leader has lost sight of it.
+    pub offline: bool,
+    /// Operations behind the leader, when known.
+    pub lag: Option<u64>,
+    /// Milliseconds since the leader last heard from it.
+    pub active_ms: u64,
+}
+
+/// Reads the stream's state for `busctl stats`.
+pub async fn summary(js: &Context, layout: &Layout) -> Result<Summary, JetstreamError> {
+    let stream = find(js, layout).await?;
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|err| JetstreamError::Unavailable(format!("stream {}: {err}", layout.stream)))?;
+    let cluster = info.cluster.clone().unwrap_or_default();
+    Ok(Summary {
+        stream: info.config.name.clone(),
+        epoch: epoch(&info),
+        messages: info.state.messages,
+        bytes: info.state.bytes,
+        first_seq: info.state.first_sequence,
+        last_seq: info.state.last_sequence,
+        consumers: info.state.consumer_count,
+        replicas: info.config.num_replicas.max(1),
+        leader: cluster.leader,
+        followers: cluster
+            .replicas
+            .into_iter()
+            .map(|peer| Follower {
+                name: peer.name,
+                current: peer.current,
+                offline: peer.offline,
+                lag: peer.lag,
+                active_ms: u64::try_from(peer.active.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect(),
+    })
+}
+
 /// What busd calls an epoch: the stream's creation time in Unix seconds, so a stream
 /// deleted and created again is a new run whose sequences mean something else.
 pub fn epoch(info: &Info) -> u64 {
