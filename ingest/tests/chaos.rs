@@ -13,17 +13,27 @@
 //!   `ingest-term`, `watcher-kill`, `watcher-term` (default: all).
 //! - `CHAOS_RATE`: requests per second over all clients (default: as fast as possible).
 //! - `CHAOS_CLIENTS`: concurrent HTTP clients (default 12).
+//!
+//! The same run over NATS JetStream (three nodes, an R3 stream) is its own test, with the
+//! faults that bus has: the stream leader killed, every node stopped for 5 s, and ingest's
+//! and the watcher's. `CHAOS_JETSTREAM_SEED` and `CHAOS_JETSTREAM_SECONDS` (default 30) set
+//! its seed and length; `CHAOS_FAULTS` applies to it too. It is skipped, saying so, where
+//! the pinned nats-server is not installed.
 
 #[path = "chaos/mod.rs"]
 mod chaos;
 
 use std::time::{Duration, Instant};
 
+use chaos::cluster::Bus;
 use chaos::run::{self, Config};
 use chaos::schedule::Kind;
 
 /// Seeds every default run covers, so CI exercises known schedules as well as a new one.
 const FIXED_SEEDS: [u64; 2] = [1, 2];
+/// The JetStream run's default seed: its schedule kills the stream leader and stops every
+/// node within 30 s.
+const JETSTREAM_SEED: u64 = 8;
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;
@@ -36,6 +46,7 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 fn config() -> Config {
     Config {
+        bus: Bus::Busd,
         load: Duration::from_secs_f64(env("CHAOS_SECONDS").unwrap_or(25.0)),
         faults: std::env::var("CHAOS_FAULTS")
             .map(|list| Kind::parse_list(&list))
@@ -55,8 +66,30 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn accepted_events_survive_random_faults() {
-    let config = config();
-    let seeds = seeds();
+    check(config(), seeds());
+}
+
+#[test]
+fn accepted_events_survive_jetstream_leader_kills_and_outages() {
+    if testkit::nats::server().is_none() {
+        eprintln!("skipped: the pinned nats-server is not installed (.ci/nats-server installs it)");
+        return;
+    }
+    let config = Config {
+        bus: Bus::Jetstream,
+        load: Duration::from_secs_f64(env("CHAOS_JETSTREAM_SECONDS").unwrap_or(30.0)),
+        faults: std::env::var("CHAOS_FAULTS")
+            .map(|list| Kind::parse_list(&list))
+            .unwrap_or_else(|_| Kind::JETSTREAM.to_vec()),
+        ..config()
+    };
+    check(
+        config,
+        vec![env("CHAOS_JETSTREAM_SEED").unwrap_or(JETSTREAM_SEED)],
+    );
+}
+
+fn check(config: Config, seeds: Vec<u64>) {
     chaos::cluster::build_binaries();
     eprintln!(
         "chaos: seeds {seeds:?} (replay one with CHAOS_SEED=<n>), {:?} of load each, faults {:?}",

@@ -1,5 +1,6 @@
-//! The real busd and ingest, on fixed ports so restarts land where clients look for them,
-//! with busd's state file and ingest's directory reused across restarts.
+//! The real bus (busd, or a 3-node NATS JetStream cluster) and ingest, on fixed ports so
+//! restarts land where clients look for them, with busd's state file, the JetStream stores
+//! and ingest's directory reused across restarts.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,22 +49,36 @@ pub fn build_binaries() {
     assert!(status.success(), "building busd and busctl failed");
 }
 
-/// busd and ingest as they run now, and what went wrong with them.
+/// Which bus a run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bus {
+    Busd,
+    /// Three JetStream nodes and an R3 stream.
+    Jetstream,
+}
+
+/// The bus and ingest as they run now, and what went wrong with them.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub bus: String,
     pub http: SocketAddr,
     busd: Option<Busd>,
+    nats: Option<testkit::nats::Cluster>,
     ingest: Option<Proc>,
     /// Findings about the processes themselves (exit codes, undrained events).
     pub failures: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts busd, then ingest (which seeds accounts.db in a new directory).
-    pub fn start() -> Cluster {
+    /// Starts the bus, then ingest (which seeds accounts.db in a new directory and, on
+    /// JetStream, creates the R3 stream).
+    pub fn start(kind: Bus) -> Cluster {
         let dir = tempfile::tempdir().expect("a temp dir for the run");
-        let bus = format!("127.0.0.1:{}", free_port());
+        let nats = (kind == Bus::Jetstream).then(|| testkit::nats::Cluster::start(3));
+        let bus = match &nats {
+            Some(nats) => nats.urls(),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
         let http = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("a socket address");
@@ -72,10 +87,13 @@ impl Cluster {
             bus,
             http,
             busd: None,
+            nats,
             ingest: None,
             failures: Vec::new(),
         };
-        cluster.busd = Some(cluster.spawn_busd());
+        if kind == Bus::Busd {
+            cluster.busd = Some(cluster.spawn_busd());
+        }
         cluster.ingest = Some(cluster.spawn_ingest());
         cluster
     }
@@ -101,6 +119,9 @@ impl Cluster {
             .args(["--origin", "chaos-ingest", "--drain-timeout", "60s"])
             .args(["--max-data", &MAX_DATA.to_string()])
             .env("RUST_LOG", "info");
+        if self.nats.is_some() {
+            command.args(["--replicas", "3"]);
+        }
         let proc = Proc::spawn("ingest", &mut command);
         proc.wait_stderr("listening on ", START);
         proc
@@ -128,6 +149,28 @@ impl Cluster {
         let busd = self.busd.take().expect("busd runs between faults");
         busd.kill();
         self.busd = Some(self.spawn_busd());
+    }
+
+    fn nats(&mut self) -> &mut testkit::nats::Cluster {
+        self.nats.as_mut().expect("a JetStream run")
+    }
+
+    /// SIGKILL of the node leading the stream, and its restart a second later: the stream
+    /// elects another leader meanwhile.
+    pub fn stream_leader_kill_restart(&mut self) {
+        let nats = self.nats();
+        let leader = nats.wait_stream_leader("TRACKER", START);
+        nats.kill(leader);
+        std::thread::sleep(Duration::from_secs(1));
+        nats.restart(leader);
+    }
+
+    /// Every node stopped for five seconds, then all started again from their stores.
+    pub fn nats_outage(&mut self) {
+        let nats = self.nats();
+        nats.stop_all();
+        std::thread::sleep(Duration::from_secs(5));
+        nats.restart_all();
     }
 
     /// SIGSTOP for `pause`, then SIGCONT.

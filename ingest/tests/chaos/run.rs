@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::checker::{Accounts, At, Expect, Incarnation, Ledger, Outcome, Verdict};
-use super::cluster::Cluster;
+use super::cluster::{Bus, Cluster};
 use super::load::{self, Outcomes, Plan};
 use super::report::Report;
 use super::schedule::{Done, Kind, LIVE_WITHIN, Restarted, Schedule};
@@ -28,6 +28,7 @@ const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 /// How the run is shaped (from the environment, see the test's doc).
 #[derive(Clone)]
 pub struct Config {
+    pub bus: Bus,
     pub load: Duration,
     pub faults: Vec<Kind>,
     pub rate: Option<f64>,
@@ -84,7 +85,7 @@ pub fn run(seed: u64, config: &Config) -> Summary {
         .build()
         .expect("a runtime for the load");
     let sets = sets(seed);
-    let mut running = start(&sets, &runtime);
+    let mut running = start(&sets, config.bus, &runtime);
     let loaded = load_under_faults(&mut running, &sets, seed, config, &runtime);
     settle(&loaded.outcomes, &sets, [&running.w_all, &running.w_some]);
     let (mut records, mut finished, mut failures) = stop_all(running);
@@ -128,10 +129,10 @@ fn stop_all(running: Running) -> (Vec<Record>, Vec<Record>, Vec<String>) {
 }
 
 /// busd, ingest (ready: accounts loaded, busd connected) and the three watchers (live).
-fn start(sets: &Sets, runtime: &tokio::runtime::Runtime) -> Running {
+fn start(sets: &Sets, bus: Bus, runtime: &tokio::runtime::Runtime) -> Running {
     let start = Instant::now();
     let mut failures = Vec::new();
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(bus);
     runtime.block_on(wait_ready(cluster.http));
     let bus = cluster.bus.clone();
     let w_all = start_watcher("W_all", &bus, Accounts::All, start, &mut failures);

@@ -26,6 +26,10 @@ pub enum Kind {
     WatcherKill,
     /// The restarted watcher, SIGTERM and start again.
     WatcherTerm,
+    /// JetStream: SIGKILL of the stream's leader node, restarted a second later.
+    LeaderKill,
+    /// JetStream: every node stopped for 5 s, then started again.
+    NatsOutage,
 }
 
 impl Kind {
@@ -33,6 +37,15 @@ impl Kind {
         Kind::BusdTerm,
         Kind::BusdKill,
         Kind::BusdFreeze,
+        Kind::IngestTerm,
+        Kind::WatcherKill,
+        Kind::WatcherTerm,
+    ];
+
+    /// The faults of a JetStream run: busd's have no counterpart there.
+    pub const JETSTREAM: [Kind; 5] = [
+        Kind::LeaderKill,
+        Kind::NatsOutage,
         Kind::IngestTerm,
         Kind::WatcherKill,
         Kind::WatcherTerm,
@@ -46,6 +59,8 @@ impl Kind {
             Kind::IngestTerm => "ingest-term",
             Kind::WatcherKill => "watcher-kill",
             Kind::WatcherTerm => "watcher-term",
+            Kind::LeaderKill => "leader-kill",
+            Kind::NatsOutage => "nats-outage",
         }
     }
 
@@ -58,6 +73,7 @@ impl Kind {
             .map(|name| {
                 Kind::ALL
                     .into_iter()
+                    .chain(Kind::JETSTREAM)
                     .find(|k| k.name() == name.trim())
                     .unwrap_or_else(|| panic!("CHAOS_FAULTS: unknown fault {name:?}"))
             })
@@ -206,5 +222,7 @@ fn inject(
         Kind::IngestTerm => cluster.ingest_terminate_restart(),
         Kind::WatcherKill => restarted.restart("KILL", start),
         Kind::WatcherTerm => restarted.restart("TERM", start),
+        Kind::LeaderKill => cluster.stream_leader_kill_restart(),
+        Kind::NatsOutage => cluster.nats_outage(),
     }
 }
