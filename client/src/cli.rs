@@ -15,7 +15,7 @@ pub mod exit {
     // 2: bad arguments, clap's own code when it refuses the command line.
     /// A gap was reported and `--exit-on-gap` was given.
     pub const GAP: i32 = 3;
-    /// busd stayed unreachable past `--max-outage`.
+    /// The bus stayed unreachable past `--max-outage`.
     pub const OUTAGE: i32 = 4;
 }
 
@@ -30,7 +30,7 @@ Exit codes:
 Every flag also reads TRACKER_BUSCTL_<FLAG>, e.g. TRACKER_BUSCTL_ACCOUNTS; --bus and
 --token read TRACKER_BUS and TRACKER_BUS_TOKEN, which every program shares.";
 
-/// busctl: watch Tracker's events live, publish test events, read busd's counters.
+/// busctl: watch Tracker's events live, publish test events, read the bus's counters.
 #[derive(Parser, Debug)]
 #[command(name = "busctl", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -47,7 +47,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Publish events by hand.
     Publish(PublishArgs),
-    /// Show busd's counters: subscribers, queue depths, drops, rates.
+    /// Show the bus's state: busd's counters (subscribers, queues, drops, rates) or the
+    /// JetStream stream's (messages, sequences, leader, replica lag).
     Stats(StatsArgs),
     /// Send a canary event through ingest and confirm it arrives over the bus.
     Doctor(DoctorArgs),
@@ -129,7 +130,7 @@ pub struct WatchArgs {
     /// Exit 3 when events are reported missing.
     #[arg(long, env = "TRACKER_BUSCTL_EXIT_ON_GAP")]
     pub exit_on_gap: bool,
-    /// Exit 4 when busd stays unreachable this long (default: retry forever).
+    /// Exit 4 when the bus stays unreachable this long (default: retry forever).
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", value_parser = parse_positive_duration)]
     pub max_outage: Option<Duration>,
 }
@@ -149,7 +150,7 @@ pub struct PublishArgs {
     /// Publish the event this many times (held a window of batches at a time).
     #[arg(long, env = "TRACKER_BUSCTL_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
-    /// Give up (exit 4) when busd stays unreachable this long.
+    /// Give up (exit 4) when the bus stays unreachable this long.
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]
     pub max_outage: Duration,
 }

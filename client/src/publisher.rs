@@ -272,7 +272,7 @@ async fn run(
                         forward(stream, read, &settings, &outbox, &stop).await
                     }
                     Open::Jetstream(conn) => {
-                        jetstream::publisher::forward(conn, &settings, &outbox, &stop).await
+                        jetstream::publisher::forward(*conn, &settings, &outbox, &stop).await
                     }
                 };
                 link.set(DOWN);
@@ -325,8 +325,8 @@ enum Open {
     /// busd after the handshake: the socket, and whatever busd sent after its `Welcome`
     /// that the handshake already read.
     Busd { stream: TcpStream, read: BytesMut },
-    /// A JetStream client whose stream exists.
-    Jetstream(jetstream::Connection),
+    /// A JetStream client whose stream exists (boxed: it is ten times busd's socket).
+    Jetstream(Box<jetstream::Connection>),
 }
 
 /// Connects to the bus `settings` names: for busd, says Hello with the one handshake
@@ -344,7 +344,7 @@ pub async fn connect(settings: &Settings, batch_bytes: usize) -> Result<Connecte
         .await?;
         let (_, warnings) = jetstream::stream::ensure(&conn.js, &settings.layout).await?;
         return Ok(Connected {
-            open: Open::Jetstream(conn),
+            open: Open::Jetstream(Box::new(conn)),
             warnings,
         });
     }

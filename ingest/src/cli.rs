@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "ingest",
     version,
-    about = "Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards the event to busd.\nWith no --bus it runs busd inside this process.",
+    about = "Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards the event to the bus (busd or NATS JetStream).\nWith no --bus it runs busd inside this process.",
     args_conflicts_with_subcommands = true,
     after_help = "Every flag also reads TRACKER_INGEST_<FLAG>, e.g. TRACKER_INGEST_LISTEN; --bus, --bus-token and --db read TRACKER_BUS, TRACKER_BUS_TOKEN and TRACKER_DB, which every program shares.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
 )]
@@ -76,7 +76,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     pub bus_token: Option<String>,
     /// Name carried in every event and used as the publisher name (default: host:port).
-    /// Must be unique among the ingest instances sharing a busd.
+    /// Must be unique among the ingest instances sharing a bus.
     #[arg(long, env = "TRACKER_INGEST_ORIGIN")]
     pub origin: Option<String>,
     /// Largest `data` after percent-decoding, in bytes.
@@ -98,36 +98,36 @@ pub struct ServeArgs {
     /// closed to admit a new one; only when none is idle do newcomers get 503.
     #[arg(long, env = "TRACKER_INGEST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Accepted events held until busd acknowledges them; when full, requests get 503.
+    /// Accepted events held until the bus acknowledges them; when full, requests get 503.
     #[arg(
         long,
         env = "TRACKER_INGEST_BUFFER_EVENTS",
         default_value_t = 1_000_000
     )]
     pub buffer_events: usize,
-    /// Encoded bytes of accepted events held until busd acknowledges them; when full,
+    /// Encoded bytes of accepted events held until the bus acknowledges them; when full,
     /// requests get 503.
     #[arg(long, env = "TRACKER_INGEST_BUFFER_BYTES", default_value = "256MiB")]
     pub buffer_bytes: ByteSize,
-    /// Most events in one batch to busd.
+    /// Most events in one batch to the bus.
     #[arg(long, env = "TRACKER_INGEST_BATCH_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_events: u32,
-    /// Most encoded bytes in one batch to busd; must fit busd's frame limit (1MiB by
+    /// Most encoded bytes in one batch to the bus; must fit busd's frame limit (1MiB by
     /// default) and hold one event of --max-data.
     #[arg(long, env = "TRACKER_INGEST_BATCH_BYTES", default_value = "512KiB")]
     pub batch_bytes: ByteSize,
-    /// How long busd may leave a batch or a ping unanswered before ingest takes it for
+    /// How long the bus may leave a batch or a ping unanswered before ingest takes it for
     /// dead: /readyz turns 503 and ingest reconnects and resends.
     #[arg(long, env = "TRACKER_INGEST_BUS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub bus_timeout: Duration,
     /// How long a batch waits for more events before it is sent (0: send what is there).
     #[arg(long, env = "TRACKER_INGEST_LINGER", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub linger: Duration,
-    /// Batches sent to busd and not yet acknowledged before more wait; events accumulate
-    /// meanwhile, so this batches by the round trip to busd.
+    /// Batches sent to the bus and not yet acknowledged before more wait; events accumulate
+    /// meanwhile, so this batches by the round trip to the bus.
     #[arg(long, env = "TRACKER_INGEST_MAX_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_in_flight: u16,
-    /// How long shutdown waits for busd to acknowledge buffered events.
+    /// How long shutdown waits for the bus to acknowledge buffered events.
     #[arg(long, env = "TRACKER_INGEST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// Origins whose web pages may send events (CORS), comma-separated, or * for any;

@@ -1,5 +1,5 @@
-//! `ingest serve`: load accounts, start (or reach) busd, serve HTTP, and on SIGTERM stop
-//! accepting, drain the outbox to busd and exit.
+//! `ingest serve`: load accounts, start busd (or reach the bus), serve HTTP, and on SIGTERM
+//! stop accepting, drain the outbox to the bus and exit.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -306,15 +306,17 @@ fn report_created(path: &Path, existed: bool) {
 async fn drain(publisher: &Publisher, timeout: std::time::Duration) -> anyhow::Result<()> {
     match publisher.outbox().drain(timeout).await {
         Ok(()) => {
-            info!("every accepted event was acknowledged by busd");
+            info!("every accepted event was acknowledged by the bus");
             Ok(())
         }
         Err(left) => {
             error!(
                 left,
-                "busd did not acknowledge these accepted events before the drain timeout"
+                "the bus did not acknowledge these accepted events before the drain timeout"
             );
-            anyhow::bail!("{left} accepted events were lost: busd did not acknowledge them in time")
+            anyhow::bail!(
+                "{left} accepted events were lost: the bus did not acknowledge them in time"
+            )
         }
     }
 }

@@ -115,7 +115,7 @@ async fn sigterm_drains_every_accepted_event_first() {
     assert!(ingest.proc.wait_exit(WAIT).success());
     ingest
         .proc
-        .wait_stderr("every accepted event was acknowledged by busd", WAIT);
+        .wait_stderr("every accepted event was acknowledged by the bus", WAIT);
 }
 
 #[tokio::test]

@@ -116,7 +116,7 @@ pub fn differences(have: &Config, layout: &Layout) -> Vec<String> {
 pub struct Summary {
     /// The stream's name.
     pub stream: String,
-    /// Its creation time in Unix seconds: the epoch of its sequences.
+    /// Its creation time in Unix nanoseconds: the epoch of its sequences.
     pub epoch: u64,
     /// Messages held.
     pub messages: u64,
@@ -183,10 +183,11 @@ pub async fn summary(js: &Context, layout: &Layout) -> Result<Summary, Jetstream
     })
 }
 
-/// What busd calls an epoch: the stream's creation time in Unix seconds, so a stream
-/// deleted and created again is a new run whose sequences mean something else.
+/// What busd calls an epoch: the stream's creation time in Unix nanoseconds, so a stream
+/// deleted and created again (even within the same second) is a new run whose sequences
+/// mean something else.
 pub fn epoch(info: &Info) -> u64 {
-    u64::try_from(info.created.unix_timestamp()).unwrap_or(0)
+    u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0)
 }
 
 #[cfg(test)]

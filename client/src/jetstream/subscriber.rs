@@ -71,8 +71,8 @@ pub(crate) async fn open(
     if subjects(layout, filter).len() > 1 && !filters_many_subjects(&version) {
         return Err(JetstreamError::Refused(format!(
             "nats-server {version} cannot filter a consumer on several subjects (it needs \
-             2.10 or newer and would silently send every account): upgrade the servers, or \
-             watch one account at a time"
+             2.10 or newer and would silently send every account): upgrade the servers, \
+             watch one account at a time, or filter in busctl with --max-filter-subjects 1"
         )));
     }
     let stream = super::stream::find(&conn.js, layout).await?;
@@ -166,7 +166,7 @@ impl Pull {
             if seq <= prev {
                 continue;
             }
-            if let Some(first) = first_held.filter(|first| *first > prev + 1) {
+            if let Some(first) = first_held.filter(|first| seq > prev + 1 && *first > prev + 1) {
                 out.push(Item::Evicted {
                     from: prev + 1,
                     to: (first - 1).min(seq - 1),
