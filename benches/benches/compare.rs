@@ -2,11 +2,14 @@
 //! Writes `benches/RESULTS.md` and `benches/results.json`. `BENCH_SECONDS` sets each run's
 //! length (default 10); `BENCH_SMOKE=1` runs every part for 2 s and writes nothing but
 //! stdout, which is what CI does so the harness cannot rot. `BENCH_PARTS=bus,footprint`
-//! runs only the parts named (of `http`, `bus`, `latency`, `footprint`) and writes nothing
-//! but stdout either: a partial run is for working on one part, not for the record. Every
-//! server it starts listens on loopback, and every run is bounded in time.
+//! runs only the parts named (of `http`, `bus`, `latency`, `jetstream`, `footprint`) and
+//! writes nothing but stdout either: a partial run is for working on one part, not for the
+//! record. Every server it starts listens on loopback, and every run is bounded in time.
+//! `jetstream` runs ingest over real nats-server JetStream nodes (one, then three) beside a
+//! raw async-nats publisher on the same servers; it needs the pinned nats-server
+//! (`.ci/nats-server`) and says it was skipped without it.
 
-use benches::compare::{Budget, bus, footprint, http, latency, report};
+use benches::compare::{Budget, bus, footprint, http, jetstream, latency, report};
 
 fn main() -> std::io::Result<()> {
     let smoke = std::env::var_os("BENCH_SMOKE").is_some();
@@ -43,12 +46,17 @@ fn main() -> std::io::Result<()> {
         eprintln!("compare: end to end");
         latency = latency::run(budget, work.path());
     }
+    let mut jetstream = Vec::new();
+    if wanted("jetstream") {
+        eprintln!("compare: ingest over JetStream");
+        jetstream = jetstream::run(budget, work.path());
+    }
     let mut footprint = Vec::new();
     if wanted("footprint") {
         eprintln!("compare: memory and start");
         footprint = footprint::run(budget, work.path());
     }
-    let goals = report::goals(&http, &bus, &latency);
+    let goals = report::goals(&http, &bus, &latency, &jetstream);
     let results = report::Results {
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         machine,
@@ -57,6 +65,7 @@ fn main() -> std::io::Result<()> {
         http,
         bus,
         latency,
+        jetstream,
         footprint,
         goals,
     };

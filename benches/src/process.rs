@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// The release build of a workspace binary, built first if missing.
 pub fn release_binary(package: &str, name: &str) -> std::io::Result<PathBuf> {
@@ -47,14 +48,44 @@ pub fn start_ingest(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> std::io::Result<(Running, SocketAddr, SocketAddr)> {
-    let mut child = Command::new(release_binary("ingest", "ingest")?)
-        .current_dir(dir)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--embedded-bus-listen",
-            "127.0.0.1:0",
-        ])
+    let ingest = spawn_ingest(dir, None, extra)?;
+    match ingest.embedded_bus {
+        Some(bus) => Ok((ingest.process, ingest.http, bus)),
+        None => Err(std::io::Error::other(
+            "no embedded busd address in ingest's log",
+        )),
+    }
+}
+
+/// A started ingest: the process, where it serves HTTP, where its embedded busd listens
+/// (`None` with `--bus`), and the warnings and errors it logged since, so a row can say
+/// why a figure looks wrong (a lost bus, a stream used as it was).
+pub struct Ingest {
+    pub process: Running,
+    pub http: SocketAddr,
+    pub embedded_bus: Option<SocketAddr>,
+    pub warnings: Arc<Mutex<Vec<String>>>,
+}
+
+/// The most warning lines [`Ingest::warnings`] keeps: the first ones say what went wrong.
+const KEPT_WARNINGS: usize = 20;
+
+/// Starts ingest in `dir` on a free HTTP port, publishing to `bus` (`--bus`, e.g. the
+/// `nats://` URLs of a JetStream cluster) or, without one, to an embedded busd on a free
+/// port. Returns once ingest has logged every address it listens on; if it exits first,
+/// the error carries the last lines it logged.
+pub fn spawn_ingest(
+    dir: &std::path::Path,
+    bus: Option<&str>,
+    extra: &[&str],
+) -> std::io::Result<Ingest> {
+    let mut command = Command::new(release_binary("ingest", "ingest")?);
+    command.current_dir(dir).args(["--listen", "127.0.0.1:0"]);
+    match bus {
+        Some(bus) => command.args(["--bus", bus]),
+        None => command.args(["--embedded-bus-listen", "127.0.0.1:0"]),
+    };
+    let mut child = command
         .args(extra)
         .env("RUST_LOG", "warn,ingest=info")
         .stdout(Stdio::null())
@@ -67,11 +98,14 @@ pub fn start_ingest(
         .ok_or_else(|| std::io::Error::other("no stderr"))?;
     let running = Running(child);
     let mut lines = BufReader::new(stderr).lines();
-    let (mut http, mut bus) = (None, None);
-    while http.is_none() || bus.is_none() {
-        let line = lines
-            .next()
-            .ok_or_else(|| std::io::Error::other("ingest exited"))??;
+    let (mut http, mut embedded_bus) = (None, None);
+    let mut said = Vec::new();
+    while http.is_none() || (bus.is_none() && embedded_bus.is_none()) {
+        let Some(line) = lines.next() else {
+            let last = said[said.len().saturating_sub(5)..].join(" | ");
+            return Err(std::io::Error::other(format!("ingest exited: {last}")));
+        };
+        let line = line?;
         let addr = || {
             line.split("listening on ")
                 .nth(1)
@@ -79,15 +113,32 @@ pub fn start_ingest(
                 .and_then(|a| a.parse().ok())
         };
         if line.contains("embedded busd listening on") {
-            bus = addr();
-        } else if line.contains("origin=") {
+            embedded_bus = addr();
+        } else if line.contains("origin=") && line.contains("listening on ") {
             http = addr();
         }
+        said.push(line);
     }
-    std::thread::spawn(move || lines.for_each(drop));
-    match (http, bus) {
-        (Some(http), Some(bus)) => Ok((running, http, bus)),
-        _ => Err(std::io::Error::other("no addresses in ingest's log")),
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let kept = warnings.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() < KEPT_WARNINGS {
+                    kept.push(line);
+                }
+            }
+        }
+    });
+    match http {
+        Some(http) => Ok(Ingest {
+            process: running,
+            http,
+            embedded_bus,
+            warnings,
+        }),
+        None => Err(std::io::Error::other("no HTTP address in ingest's log")),
     }
 }
 

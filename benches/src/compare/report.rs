@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{bus, footprint, http, latency};
+use super::{bus, footprint, http, jetstream, latency};
 
 #[derive(Debug, Serialize)]
 pub struct Results {
@@ -16,6 +16,7 @@ pub struct Results {
     pub http: Vec<http::Row>,
     pub bus: Vec<bus::Row>,
     pub latency: Vec<latency::Row>,
+    pub jetstream: Vec<jetstream::Row>,
     pub footprint: Vec<footprint::Row>,
     pub goals: Vec<Goal>,
 }
@@ -43,6 +44,53 @@ fn delivered(rows: &[bus::Row], system: &str, shape: &str) -> Option<f64> {
         .reduce(f64::max)
 }
 
+/// `per_sec` of the JetStream row of `client` and `load` on a stream of `replicas` copies.
+fn js_per_sec(rows: &[jetstream::Row], replicas: usize, client: &str, load: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.replicas == replicas && r.client == client && r.load == load)
+        .and_then(|r| r.per_sec)
+}
+
+/// Whether ingest's JetStream rows received every event they accepted, each once: `None`
+/// when no such row was measured.
+fn every_accepted_delivered(rows: &[jetstream::Row]) -> Goal {
+    let goal = "ingest -> JetStream: every accepted event delivered (R1 and R3)";
+    let measured: Vec<(&jetstream::Row, u64, u64)> = rows
+        .iter()
+        .filter(|r| r.client == jetstream::INGEST)
+        .filter_map(|r| Some((r, r.accepted?, r.delivered?)))
+        .collect();
+    if measured.is_empty() {
+        return Goal {
+            goal: goal.into(),
+            measured: "not measured".into(),
+            met: None,
+        };
+    }
+    let text = measured
+        .iter()
+        .map(|(r, accepted, delivered)| {
+            format!("R{} {}: {delivered} / {accepted}", r.replicas, r.load)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let complete = measured.len() == 4;
+    Goal {
+        goal: goal.into(),
+        measured: if complete {
+            text
+        } else {
+            format!("{text} (not every row measured)")
+        },
+        met: Some(
+            complete
+                && measured
+                    .iter()
+                    .all(|(r, a, d)| a == d && r.duplicates == Some(0)),
+        ),
+    }
+}
+
 fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64) -> Goal {
     match (ours, theirs) {
         (Some(a), Some(b)) if b > 0.0 => Goal {
@@ -58,7 +106,12 @@ fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64)
     }
 }
 
-pub fn goals(http: &[http::Row], bus: &[bus::Row], latency: &[latency::Row]) -> Vec<Goal> {
+pub fn goals(
+    http: &[http::Row],
+    bus: &[bus::Row],
+    latency: &[latency::Row],
+    jetstream: &[jetstream::Row],
+) -> Vec<Goal> {
     let filtered = "1000 accounts, 10 x 100 filtered";
     let fan = "1 -> 10 (all)";
     let better = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -69,7 +122,20 @@ pub fn goals(http: &[http::Row], bus: &[bus::Row], latency: &[latency::Row]) -> 
         .iter()
         .find(|r| r.load.starts_with("20k"))
         .and_then(|r| r.p99_us);
-    vec![
+    let js = |replicas: usize| {
+        ratio_goal(
+            &format!("ingest -> JetStream R{replicas} 2xx/s >= 0.8x raw async-nats publisher"),
+            js_per_sec(
+                jetstream,
+                replicas,
+                jetstream::INGEST,
+                jetstream::CLOSED_LOOP,
+            ),
+            js_per_sec(jetstream, replicas, jetstream::RAW, jetstream::RAW_LOAD),
+            0.8,
+        )
+    };
+    let mut goals = vec![
         ratio_goal(
             "ingest >= 0.8x nginx-204 at c=64",
             rps(http, "ingest", "c=64"),
@@ -118,7 +184,9 @@ pub fn goals(http: &[http::Row], bus: &[bus::Row], latency: &[latency::Row]) -> 
                 met: None,
             },
         },
-    ]
+    ];
+    goals.extend([js(1), js(3), every_accepted_delivered(jetstream)]);
+    goals
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -216,6 +284,28 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
+        "\n## ingest -> NATS JetStream -> one watcher\n\nThe pinned nats-server on loopback, a fresh cluster per stream size: R1 is one node, R3 three nodes with the stream on all of them. The raw row is async-nats publishing {}-byte payloads with `Nats-Msg-Id` and asynchronous acknowledgements to a stream configured like ingest's: the most a client gets from these servers, and `acked or 2xx/s` is its acknowledged messages per second. ingest's rows are the real binary publishing to stream `TRACKER` (events of accounts 1-9 with {}-byte `data`, each a JSON message of about 250 bytes) while one watcher (the client library's subscriber, as `busctl watch --all` runs it) receives every event: `acked or 2xx/s` is 2xx answers per second, `accepted` the 2xx answers, `delivered` the distinct events the watcher received (waited for up to 30 s after the load), p50/p99 from ingest accepting an event to the watcher receiving it. The load generators, the raw publisher and the watcher run on one thread of the harness; each note gives the CPU that ingest, the nats-servers and the harness used, in cores, since they all share the machine's.\n\n| stream | client | load | acked or 2xx/s | p50 | p99 | accepted | delivered | note |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        jetstream::PAYLOAD_BYTES,
+        jetstream::PAYLOAD_BYTES
+    );
+    for j in &r.jetstream {
+        let us = |v: Option<u64>| v.map_or("-".into(), |v| format!("{:.2} ms", v as f64 / 1000.0));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            j.stream,
+            j.client,
+            j.load,
+            j.per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            us(j.p50_us),
+            us(j.p99_us),
+            opt(&j.accepted),
+            opt(&j.delivered),
+            opt(&j.note)
+        );
+    }
+    let _ = writeln!(
+        s,
         "\n## Memory and start\n\n| what | value |\n| --- | --- |"
     );
     for f in &r.footprint {
@@ -253,7 +343,7 @@ mod tests {
             row("nats-server 2.9.10 (Debian)", fan, Some(3e6)),
             row("nats-server 2.15.1", fan, None),
         ];
-        let goals = goals(&[], &rows, &[]);
+        let goals = goals(&[], &rows, &[], &[]);
         let goal = |name: &str| goals.iter().find(|g| g.goal == name).expect(name);
         assert_eq!(goal("busd filtered >= 5x Redis").met, Some(true));
         let nats = goal("busd filtered >= 5x NATS");
@@ -262,5 +352,61 @@ mod tests {
         let fan = goal("busd 1 -> 10 >= 5x the better of Redis and NATS");
         assert!(fan.measured.starts_with("6.67x"), "{}", fan.measured);
         assert_eq!(fan.met, Some(true));
+    }
+
+    fn js_row(
+        replicas: usize,
+        client: &str,
+        load: &str,
+        per_sec: f64,
+        delivered: u64,
+    ) -> jetstream::Row {
+        jetstream::Row {
+            replicas,
+            stream: format!("R{replicas}"),
+            client: client.into(),
+            load: load.into(),
+            per_sec: Some(per_sec),
+            p50_us: None,
+            p99_us: None,
+            accepted: Some(100),
+            delivered: (client == jetstream::INGEST).then_some(delivered),
+            duplicates: (client == jetstream::INGEST).then_some(0),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn jetstream_goals_compare_ingest_with_the_raw_publisher_of_the_same_size() {
+        use jetstream::{CLOSED_LOOP, INGEST, OFFERED, RAW, RAW_LOAD};
+        let rows = [
+            js_row(1, RAW, RAW_LOAD, 100_000.0, 0),
+            js_row(1, INGEST, CLOSED_LOOP, 90_000.0, 100),
+            js_row(1, INGEST, OFFERED, 5_000.0, 100),
+            js_row(3, RAW, RAW_LOAD, 50_000.0, 0),
+            js_row(3, INGEST, CLOSED_LOOP, 30_000.0, 99),
+            js_row(3, INGEST, OFFERED, 5_000.0, 100),
+        ];
+        let goals = goals(&[], &[], &[], &rows);
+        let goal = |name: &str| goals.iter().find(|g| g.goal == name).expect(name);
+        let r1 = goal("ingest -> JetStream R1 2xx/s >= 0.8x raw async-nats publisher");
+        assert!(r1.measured.starts_with("0.90x"), "{}", r1.measured);
+        assert_eq!(r1.met, Some(true));
+        let r3 = goal("ingest -> JetStream R3 2xx/s >= 0.8x raw async-nats publisher");
+        assert!(r3.measured.starts_with("0.60x"), "{}", r3.measured);
+        assert_eq!(r3.met, Some(false));
+        let delivered = goal("ingest -> JetStream: every accepted event delivered (R1 and R3)");
+        assert_eq!(delivered.met, Some(false), "{}", delivered.measured);
+        assert!(
+            delivered.measured.contains("99 / 100"),
+            "{}",
+            delivered.measured
+        );
+        let none = super::goals(&[], &[], &[], &[]);
+        assert!(
+            none.iter()
+                .filter(|g| g.goal.contains("JetStream"))
+                .all(|g| g.met.is_none())
+        );
     }
 }
