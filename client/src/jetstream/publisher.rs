@@ -22,6 +22,11 @@ use crate::publisher::{Ended, PING_AFTER, Settings};
 /// A batch's acknowledgements: its id once JetStream has stored every event, or why not.
 type BatchAck = BoxFuture<'static, Result<u64, String>>;
 
+/// Batches in flight at least, whatever `--max-in-flight` says: busd acknowledges a batch
+/// in one round trip, JetStream message by message after replicating each, so one batch at
+/// a time would leave the stream idle while the acknowledgements travel.
+const MIN_IN_FLIGHT: usize = 16;
+
 /// Publishes until the connection fails or `stop`.
 pub(crate) async fn forward(
     conn: Connection,
@@ -40,7 +45,7 @@ pub(crate) async fn forward(
         }
     }
     let reason = 'connection: loop {
-        while acks.len() < settings.max_in_flight {
+        while acks.len() < settings.max_in_flight.max(MIN_IN_FLIGHT) {
             let Some(batch) = outbox.take_batch() else {
                 break;
             };
@@ -103,8 +108,9 @@ async fn send(js: &Context, settings: &Settings, batch: &Batch) -> Result<BatchA
     let batch_id = batch.id;
     Ok(Box::pin(async move {
         for ack in pending {
-            ack.await
-                .map_err(|err| format!("JetStream did not acknowledge batch {batch_id}: {err}"))?;
+            ack.await.map_err(|err| {
+                format!("no acknowledgement from JetStream for batch {batch_id}: {err}")
+            })?;
         }
         Ok(batch_id)
     }))
