@@ -28,7 +28,8 @@ Exit codes:
   4  bus unreachable for longer than --max-outage
 
 Every flag also reads TRACKER_BUSCTL_<FLAG>, e.g. TRACKER_BUSCTL_ACCOUNTS; --bus and
---token read TRACKER_BUS and TRACKER_BUS_TOKEN, which every program shares.";
+--token read TRACKER_BUS and TRACKER_BUS_TOKEN, --stream and --subject-prefix read
+TRACKER_STREAM and TRACKER_SUBJECT_PREFIX, which every program shares.";
 
 /// busctl: watch Tracker's events live, publish test events, read the bus's counters.
 #[derive(Parser, Debug)]
@@ -65,10 +66,10 @@ pub struct BusArgs {
     #[arg(long, env = "TRACKER_BUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// JetStream only: the stream holding the events.
-    #[arg(long, env = "TRACKER_STREAM", default_value = crate::jetstream::DEFAULT_STREAM)]
+    #[arg(long, env = plumbing::env::STREAM, default_value = crate::jetstream::DEFAULT_STREAM)]
     pub stream: String,
     /// JetStream only: events of account N are on subject <PREFIX>.N.
-    #[arg(long, env = "TRACKER_SUBJECT_PREFIX", default_value = crate::jetstream::DEFAULT_PREFIX)]
+    #[arg(long, env = plumbing::env::SUBJECT_PREFIX, default_value = crate::jetstream::DEFAULT_PREFIX)]
     pub subject_prefix: String,
     /// JetStream only: a watch of more accounts than this reads every account's subject
     /// and filters in busctl instead of on the server.

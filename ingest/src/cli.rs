@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards the event to the bus (busd or NATS JetStream).\nWith no --bus it runs busd inside this process.",
     args_conflicts_with_subcommands = true,
-    after_help = "Every flag also reads TRACKER_INGEST_<FLAG>, e.g. TRACKER_INGEST_LISTEN; --bus, --bus-token and --db read TRACKER_BUS, TRACKER_BUS_TOKEN and TRACKER_DB, which every program shares.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
+    after_help = "Every flag also reads TRACKER_INGEST_<FLAG>, e.g. TRACKER_INGEST_LISTEN; --bus, --bus-token, --db, --stream and --subject-prefix read TRACKER_BUS, TRACKER_BUS_TOKEN, TRACKER_DB, TRACKER_STREAM and TRACKER_SUBJECT_PREFIX, which every program shares.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -44,10 +44,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TRACKER_BUS", value_parser = client::bus::parse_arg)]
     pub bus: Option<String>,
     /// JetStream only: the stream to publish to, created when absent.
-    #[arg(long, env = "TRACKER_STREAM", default_value = client::jetstream::DEFAULT_STREAM)]
+    #[arg(long, env = plumbing::env::STREAM, default_value = client::jetstream::DEFAULT_STREAM)]
     pub stream: String,
     /// JetStream only: events of account N go to subject <PREFIX>.N.
-    #[arg(long, env = "TRACKER_SUBJECT_PREFIX", default_value = client::jetstream::DEFAULT_PREFIX)]
+    #[arg(long, env = plumbing::env::SUBJECT_PREFIX, default_value = client::jetstream::DEFAULT_PREFIX)]
     pub subject_prefix: String,
     /// JetStream only: copies of the stream on separate servers, when ingest creates it.
     #[arg(long, env = "TRACKER_INGEST_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]

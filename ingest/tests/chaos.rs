@@ -33,7 +33,7 @@ use chaos::schedule::Kind;
 const FIXED_SEEDS: [u64; 2] = [1, 2];
 /// The JetStream run's default seed: its schedule kills the stream leader and stops every
 /// node within 30 s.
-const JETSTREAM_SEED: u64 = 8;
+const JETSTREAM_SEED: u64 = 29;
 
 fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
     let value = std::env::var(name).ok()?;

@@ -2,7 +2,8 @@
 //!
 //! Each flag reads `TRACKER_<PROGRAM>_<FLAG>` (`TRACKER_INGEST_LISTEN`,
 //! `TRACKER_BUSD_LISTEN`, `TRACKER_BUSCTL_FORMAT`), except the few that mean the same thing
-//! to every program that has them: [`BUS`], [`BUS_TOKEN`] and [`DB`]. Earlier versions read
+//! to every program that has them: [`BUS`], [`BUS_TOKEN`], [`DB`], and on JetStream
+//! [`STREAM`] and [`SUBJECT_PREFIX`]. Earlier versions read
 //! `TRACKER_<FLAG>` for every program, so `TRACKER_LISTEN` was busd's address and ingest's at
 //! once. Those old names keep working where they meant one thing (with a warning to move on),
 //! and are ignored, with a warning, where they meant several ([`AMBIGUOUS`]).
@@ -15,6 +16,10 @@ pub const BUS: &str = "TRACKER_BUS";
 pub const BUS_TOKEN: &str = "TRACKER_BUS_TOKEN";
 /// The accounts database.
 pub const DB: &str = "TRACKER_DB";
+/// The JetStream stream ingest publishes to and busctl reads.
+pub const STREAM: &str = "TRACKER_STREAM";
+/// The JetStream subject prefix: events of account N are on `<prefix>.N`.
+pub const SUBJECT_PREFIX: &str = "TRACKER_SUBJECT_PREFIX";
 
 /// Old names that meant different things to different programs: never read again.
 pub const AMBIGUOUS: &[&str] = &[
