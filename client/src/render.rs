@@ -25,6 +25,14 @@ struct EventJson<'a> {
     seq: u64,
     /// seq restarts with every busd process; (epoch, seq) is the position.
     epoch: u64,
+    #[serde(flatten)]
+    event: EventFields<'a>,
+}
+
+/// An event's own fields in JSON: what `watch --format json` prints after `seq` and
+/// `epoch`, and the whole body of a JetStream message, so both read alike.
+#[derive(Serialize)]
+pub struct EventFields<'a> {
     account_id: u64,
     timestamp: Option<String>,
     timestamp_us: u64,
@@ -32,6 +40,20 @@ struct EventJson<'a> {
     origin: &'a str,
     /// With `origin`, names the event: a consumer can drop a copy by it.
     id: u64,
+}
+
+impl<'a> EventFields<'a> {
+    /// The fields of `event`.
+    pub fn of(event: &'a Event) -> Self {
+        EventFields {
+            account_id: event.account_id,
+            timestamp: timestamp(event.timestamp_us),
+            timestamp_us: event.timestamp_us,
+            data: &event.data,
+            origin: &event.origin,
+            id: event.id,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -53,12 +75,7 @@ pub fn event_line(format: Format, epoch: u64, seq: u64, event: &Event) -> String
         Format::Json => json(&EventJson {
             seq,
             epoch,
-            account_id: event.account_id,
-            timestamp: timestamp(event.timestamp_us),
-            timestamp_us: event.timestamp_us,
-            data: &event.data,
-            origin: &event.origin,
-            id: event.id,
+            event: EventFields::of(event),
         }),
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::bus::Address;
 use crate::cli::{Format, StatsArgs, exit};
-use crate::jetstream::{self, stream::Summary};
+use crate::jetstream::{self, JetstreamError, stream::Summary};
 use crate::session::{self, Conn, SessionError};
 use crate::status;
 
@@ -24,14 +24,25 @@ struct Report {
 
 /// Runs `busctl stats`; returns the exit code.
 pub async fn run(args: StatsArgs) -> i32 {
-    if let Ok(Address::Jetstream(servers)) = Address::parse(&args.bus.bus) {
-        return run_jetstream(&args, &servers).await;
+    match Address::parse(&args.bus.bus) {
+        Ok(Address::Jetstream(servers)) => {
+            print(summary(&args, &servers).await, args.format, stream_table)
+        }
+        _ => print(report(&args).await, args.format, table),
     }
-    match report(&args).await {
-        Ok(report) => {
-            match args.format {
-                Format::Json => println!("{}", serde_json::to_string(&report).unwrap_or_default()),
-                Format::Text => print!("{}", table(&report)),
+}
+
+/// Prints what was read in `format`; the exit code.
+fn print<T: Serialize, E: std::fmt::Display>(
+    read: Result<T, E>,
+    format: Format,
+    table: fn(&T) -> String,
+) -> i32 {
+    match read {
+        Ok(read) => {
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&read).unwrap_or_default()),
+                Format::Text => print!("{}", table(&read)),
             }
             exit::OK
         }
@@ -89,31 +100,11 @@ async fn request(conn: &mut Conn) -> Result<Stats, SessionError> {
     }
 }
 
-async fn run_jetstream(args: &StatsArgs, servers: &[String]) -> i32 {
+async fn summary(args: &StatsArgs, servers: &[String]) -> Result<Summary, JetstreamError> {
     let name = format!("busctl-stats-{}", std::process::id());
-    let summary = async {
-        let conn = jetstream::connect(
-            servers,
-            &name,
-            args.bus.token.as_deref(),
-            Duration::from_secs(5),
-        )
-        .await?;
-        jetstream::stream::summary(&conn.js, &args.bus.layout()).await
-    };
-    match summary.await {
-        Ok(summary) => {
-            match args.format {
-                Format::Json => println!("{}", serde_json::to_string(&summary).unwrap_or_default()),
-                Format::Text => print!("{}", stream_table(&summary)),
-            }
-            exit::OK
-        }
-        Err(err) => {
-            status!("{err}");
-            exit::ERROR
-        }
-    }
+    let token = args.bus.token.as_deref();
+    let conn = jetstream::connect(servers, &name, token, Duration::from_secs(5)).await?;
+    jetstream::stream::summary(&conn.js, &args.bus.layout()).await
 }
 
 fn stream_table(s: &Summary) -> String {

@@ -3,19 +3,9 @@
 //! `nats sub tracker.events.5` and services in any language read it without Tracker's code.
 
 use protocol::Event;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::render::timestamp;
-
-#[derive(Serialize)]
-struct Outgoing<'a> {
-    account_id: u64,
-    timestamp: Option<String>,
-    timestamp_us: u64,
-    data: &'a str,
-    origin: &'a str,
-    id: u64,
-}
+use crate::render::EventFields;
 
 #[derive(Deserialize)]
 struct Incoming {
@@ -28,16 +18,8 @@ struct Incoming {
 
 /// The body of `event`'s message.
 pub fn encode(event: &Event) -> Vec<u8> {
-    let body = Outgoing {
-        account_id: event.account_id,
-        timestamp: timestamp(event.timestamp_us),
-        timestamp_us: event.timestamp_us,
-        data: &event.data,
-        origin: &event.origin,
-        id: event.id,
-    };
     // Serializing a plain struct of strings and numbers to a Vec cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    serde_json::to_vec(&EventFields::of(event)).unwrap_or_default()
 }
 
 /// The event in a message body; an error names what is wrong with a body some other
