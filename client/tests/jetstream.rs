@@ -18,7 +18,8 @@ use tempfile::TempDir;
 use testkit::nats::Cluster;
 use testkit::{Proc, binary, free_port};
 
-const WAIT: Duration = Duration::from_secs(20);
+mod support;
+use support::{WAIT, busctl, busctl_command, json, watch};
 
 /// Where Debian's nats-server package puts the program (2.9.10 on bookworm).
 const DEBIAN_NATS: &str = "/usr/sbin/nats-server";
@@ -37,32 +38,6 @@ macro_rules! nats_or_skip {
             }
         }
     };
-}
-
-fn busctl(args: &[&str]) -> Proc {
-    Proc::spawn("busctl", &mut busctl_command(args))
-}
-
-fn busctl_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_busctl"));
-    command.args(args);
-    for variable in ["TRACKER_BUS", "TRACKER_STREAM", "TRACKER_SUBJECT_PREFIX"] {
-        command.env_remove(variable);
-    }
-    command
-}
-
-/// `busctl watch --format json` on `bus`, once it says it is live.
-fn watch(bus: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["watch", "--bus", bus, "--format", "json"];
-    args.extend_from_slice(extra);
-    let proc = busctl(&args);
-    proc.wait_stderr("live (epoch", WAIT);
-    proc
-}
-
-fn json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
 }
 
 /// Every stdout line `proc` prints until it closes stdout (it exited).

@@ -8,14 +8,8 @@ use serde_json::Value;
 use testkit::bus::{Busd, event, publish_events, publish_until_acked};
 use testkit::{Proc, free_port};
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn busctl(args: &[&str]) -> Proc {
-    Proc::spawn(
-        "busctl",
-        Command::new(env!("CARGO_BIN_EXE_busctl")).args(args),
-    )
-}
+mod support;
+use support::{WAIT, busctl, json, watch};
 
 /// `busctl publish` of `repeat` copies of `data` for `account`.
 fn publish(addr: &str, account: &str, data: &str, repeat: &str) -> Proc {
@@ -39,19 +33,6 @@ fn aggregate(addr: &str, args: &[&str]) -> Proc {
     let proc = busctl(&argv);
     proc.wait_stderr("live (epoch", WAIT);
     proc
-}
-
-/// `busctl watch --format json` on `addr`, once it says it is live.
-fn watch(addr: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["watch", "--bus", addr, "--format", "json"];
-    args.extend_from_slice(extra);
-    let proc = busctl(&args);
-    proc.wait_stderr("live (epoch", WAIT);
-    proc
-}
-
-fn json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
 }
 
 /// Publishes through the client library's publisher, as ingest does.

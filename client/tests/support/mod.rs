@@ -1,0 +1,41 @@
+//! What the busctl integration tests share: the binary with the bus variables cleared, a
+//! live watcher, and JSON lines.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::Proc;
+
+/// How long a test waits for a process to say something.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// busctl with `args`, started.
+pub fn busctl(args: &[&str]) -> Proc {
+    Proc::spawn("busctl", &mut busctl_command(args))
+}
+
+/// busctl with `args`, not started; the shared bus variables a developer may have exported
+/// are cleared, so only the test's flags count.
+pub fn busctl_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_busctl"));
+    command.args(args);
+    for variable in ["TRACKER_BUS", "TRACKER_STREAM", "TRACKER_SUBJECT_PREFIX"] {
+        command.env_remove(variable);
+    }
+    command
+}
+
+/// `busctl watch --format json` on `bus`, once it says it is live.
+pub fn watch(bus: &str, extra: &[&str]) -> Proc {
+    let mut args = vec!["watch", "--bus", bus, "--format", "json"];
+    args.extend_from_slice(extra);
+    let proc = busctl(&args);
+    proc.wait_stderr("live (epoch", WAIT);
+    proc
+}
+
+/// A line of JSON, or a panic that shows it.
+pub fn json(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+}
