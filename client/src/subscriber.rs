@@ -369,9 +369,8 @@ impl Subscriber {
         };
         let first = self.cursor.position.is_none();
         let epoch = jetstream::stream::epoch(&info);
-        let start = self
-            .cursor
-            .resume_stream(epoch, &info.state, &mut self.pending);
+        let held = (info.state.first_sequence, info.state.last_sequence);
+        let start = self.cursor.resume_stream(epoch, held, &mut self.pending);
         let pull =
             jetstream::subscriber::consume(stream, &options.layout, &options.filter, start).await;
         let pull = match pull {
@@ -521,22 +520,20 @@ impl Cursor {
         }
     }
 
-    /// Where to start reading a JetStream stream of `epoch` in `state`, reporting any
-    /// loss to `out`; the cursor stands just before it from now on.
+    /// Where to start reading a JetStream stream of `epoch` that holds the sequences
+    /// `first..=last`, reporting any loss to `out`; the cursor stands just before it from
+    /// now on.
     fn resume_stream(
         &mut self,
         epoch: u64,
-        state: &async_nats::jetstream::stream::State,
+        (first, last): (u64, u64),
         out: &mut VecDeque<Delivery>,
     ) -> u64 {
         let position = match self.position {
-            None => Position {
-                epoch,
-                seq: state.last_sequence,
-            },
+            None => Position { epoch, seq: last },
             // A stream that holds less than we read is another stream, even if made in
             // the same second.
-            Some(at) if at.epoch != epoch || state.last_sequence < at.seq => {
+            Some(at) if at.epoch != epoch || last < at.seq => {
                 out.push_back(Delivery::Notice(Notice::StreamRecreated {
                     old: at.epoch,
                     new: epoch,
@@ -549,8 +546,8 @@ impl Cursor {
                 }));
                 Position { epoch, seq: 0 }
             }
-            Some(at) if state.first_sequence > at.seq.saturating_add(1) => {
-                let to_seq = state.first_sequence - 1;
+            Some(at) if first > at.seq.saturating_add(1) => {
+                let to_seq = first - 1;
                 out.push_back(Delivery::Gap(GapReport {
                     from_seq: at.seq + 1,
                     to_seq: Some(to_seq),
@@ -777,6 +774,77 @@ mod tests {
         assert!(!is_new(&mut seen, &event("a", 5)));
         assert!(!is_new(&mut seen, &event("a", 4)));
         assert!(is_new(&mut seen, &event("a", 6)));
+    }
+
+    fn stream_cursor(epoch: u64, seq: u64) -> Cursor {
+        Cursor {
+            position: Some(Position { epoch, seq }),
+            ..Cursor::default()
+        }
+    }
+
+    #[test]
+    fn a_stream_resume_reports_what_retention_dropped() {
+        let mut out = VecDeque::new();
+        let mut fresh = Cursor::default();
+        assert_eq!(fresh.resume_stream(7, (1, 40), &mut out), 41);
+        let mut held = stream_cursor(7, 40);
+        assert_eq!(held.resume_stream(7, (3, 90), &mut out), 41);
+        assert!(out.is_empty(), "{out:?}");
+        let mut behind = stream_cursor(7, 40);
+        assert_eq!(behind.resume_stream(7, (61, 90), &mut out), 61);
+        let gap = GapReport {
+            from_seq: 41,
+            to_seq: Some(60),
+            missed: Some(20),
+            epoch: 7,
+        };
+        assert_eq!(out.pop_front(), Some(Delivery::Gap(gap)));
+    }
+
+    #[test]
+    fn a_recreated_stream_is_a_gap_of_unknown_size() {
+        for (epoch, held) in [(8, (1, 90)), (7, (1, 12))] {
+            let mut out = VecDeque::new();
+            let mut cursor = stream_cursor(7, 40);
+            assert_eq!(cursor.resume_stream(epoch, held, &mut out), 1);
+            let gap = GapReport {
+                from_seq: 41,
+                to_seq: None,
+                missed: None,
+                epoch: 7,
+            };
+            assert!(matches!(
+                out.pop_front(),
+                Some(Delivery::Notice(Notice::StreamRecreated { old: 7, .. }))
+            ));
+            assert_eq!(out.pop_front(), Some(Delivery::Gap(gap)));
+        }
+    }
+
+    #[test]
+    fn stream_items_keep_their_order_around_an_eviction() {
+        let mut out = VecDeque::new();
+        let mut cursor = stream_cursor(7, 10);
+        let items = vec![
+            Item::Event(11, event("a", 1)),
+            Item::Evicted { from: 12, to: 19 },
+            Item::Event(20, event("a", 1)),
+        ];
+        cursor.on_items(items, &mut out);
+        let shapes: Vec<String> = out
+            .iter()
+            .map(|d| match d {
+                Delivery::Events { events, .. } => format!("events {}", events.len()),
+                Delivery::Gap(gap) => {
+                    format!("gap {}..{:?} {:?}", gap.from_seq, gap.to_seq, gap.missed)
+                }
+                Delivery::Notice(n) => n.to_string(),
+            })
+            .collect();
+        // The same id twice is handed out twice: the stream, not the cursor, drops copies.
+        assert_eq!(shapes, ["events 1", "gap 12..Some(19) Some(8)", "events 1"]);
+        assert_eq!(cursor.position, Some(Position { epoch: 7, seq: 20 }));
     }
 
     fn handed_out(deliveries: &[Delivery]) -> Vec<(u64, u64, String)> {
