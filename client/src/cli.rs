@@ -68,7 +68,7 @@ pub struct BusArgs {
     /// JetStream only: the stream holding the events.
     #[arg(long, env = plumbing::env::STREAM, default_value = crate::jetstream::DEFAULT_STREAM)]
     pub stream: String,
-    /// JetStream only: events of account N are on subject <PREFIX>.N.
+    /// JetStream only: events of account N are on subject PREFIX.N.
     #[arg(long, env = plumbing::env::SUBJECT_PREFIX, default_value = crate::jetstream::DEFAULT_PREFIX)]
     pub subject_prefix: String,
     /// JetStream only: a watch of more accounts than this reads every account's subject

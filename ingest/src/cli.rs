@@ -46,7 +46,7 @@ pub struct ServeArgs {
     /// JetStream only: the stream to publish to, created when absent.
     #[arg(long, env = plumbing::env::STREAM, default_value = client::jetstream::DEFAULT_STREAM)]
     pub stream: String,
-    /// JetStream only: events of account N go to subject <PREFIX>.N.
+    /// JetStream only: events of account N go to subject PREFIX.N.
     #[arg(long, env = plumbing::env::SUBJECT_PREFIX, default_value = client::jetstream::DEFAULT_PREFIX)]
     pub subject_prefix: String,
     /// JetStream only: copies of the stream on separate servers, when ingest creates it.

@@ -7,7 +7,7 @@
 //! (`<origin>:<batch>:<index>`) lets the stream drop a batch sent again after a reconnect.
 //! Message bodies are JSON ([`body`]), readable by `nats sub` and any language.
 //!
-//! [`publisher`] and [`subscriber`] are the JetStream halves of
+//! `publisher` and `subscriber` are the JetStream halves of
 //! [`crate::publisher::Publisher`] and [`crate::subscriber::Subscriber`]; callers pick the
 //! bus with the address alone ([`crate::bus::Address`]).
 
