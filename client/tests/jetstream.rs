@@ -904,3 +904,49 @@ async fn a_stream_recreated_within_the_same_second_is_still_a_gap() {
     }
     eprintln!("skipped: could not make the stream twice within one second");
 }
+
+#[tokio::test]
+async fn a_cluster_without_quorum_is_waited_out_losing_nothing() {
+    nats_or_skip!();
+    let mut cluster = Cluster::start(3);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &["--replicas", "3", "--bus-timeout", "2s"]).await;
+    let watcher = watch(&bus, &[]);
+    let before = numbered("q", |i| 1 + (i % 9) as u64, 50);
+    ingest.send(&before).await;
+    assert_eq!(watcher.stdout_lines(before.len(), WAIT).len(), before.len());
+
+    // Two of three down: the stream cannot store anything, so nothing is acknowledged.
+    // ingest keeps accepting into its buffer and says it is not ready.
+    let leader = cluster.wait_stream_leader("TRACKER", WAIT);
+    let down: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &node in &down {
+        cluster.stop(node);
+    }
+    let during = numbered("w", |i| 1 + (i % 9) as u64, 50);
+    ingest.send(&during).await;
+    let deadline = Instant::now() + WAIT;
+    while ingest.readyz().await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed 200 without quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_log(&ingest.proc, "lost the bus");
+
+    for &node in &down {
+        cluster.restart(node);
+    }
+    ingest.wait_ready().await;
+    let lines = watcher.stdout_lines(during.len(), Duration::from_secs(60));
+    let data: Vec<String> = lines
+        .iter()
+        .map(|l| json(l)["data"].as_str().expect("data").to_owned())
+        .collect();
+    let expected: Vec<String> = during.iter().map(|(_, d)| d.clone()).collect();
+    assert_eq!(
+        data, expected,
+        "every event accepted without quorum, once, in order"
+    );
+}
