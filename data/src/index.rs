@@ -111,6 +111,32 @@ impl Accounts {
         Ok(present.len())
     }
 
+    /// Sets one account (`Some(active)`) or forgets it (`None`): for stores other than SQLite,
+    /// which read their changes themselves and hand them over one at a time.
+    pub(crate) fn set(&self, account_id: u64, active: Option<bool>) {
+        match active {
+            Some(active) => {
+                self.active.insert(account_id, active);
+            }
+            None => {
+                self.active.remove(&account_id);
+            }
+        }
+    }
+
+    /// Forgets every account `keep` rejects: after a full reload, the ones the store no
+    /// longer has.
+    pub(crate) fn retain(&self, keep: impl Fn(u64) -> bool) {
+        self.active.retain(|id, _| keep(*id));
+    }
+
+    /// Records that everything up to `version` has been applied, and that the index is
+    /// loaded.
+    pub(crate) fn applied_up_to(&self, version: u64) {
+        self.version.store(version, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+    }
+
     /// Applies every row changed (or deleted) since the last pass; returns how many.
     pub fn apply_changes(&self, conn: &Connection) -> Result<usize> {
         let since = self.version() as i64;

@@ -1,4 +1,4 @@
-//! The accounts store: SQLite is the source of truth, [`Accounts`] the in-memory index that
+//! The accounts store: SQLite (or PostgreSQL, see [`postgres`]) is the source of truth, [`Accounts`] the in-memory index that
 //! ingest checks on every request, and [`sync`] the loop that keeps the two in step.
 //!
 //! `version` grows on every change (triggers maintain it, so a write from any tool counts),
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 pub mod admin;
 pub mod index;
+pub mod postgres;
 pub mod schema;
 pub mod sync;
 
@@ -45,6 +46,24 @@ pub enum DataError {
     IdOutOfRange(u64),
     #[error("cannot start the sync thread: {0}")]
     Thread(std::io::Error),
+    /// Anything PostgreSQL or the connection to it reports; its message includes the
+    /// server's own.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A `--db` that starts like a PostgreSQL URL but does not parse as one.
+    #[error(
+        "{0:?} is not a usable PostgreSQL URL ({1}); expected postgres://user@host:port/dbname"
+    )]
+    PostgresUrl(String, String),
+    /// The accounts table exists in PostgreSQL with a shape ingest cannot use; it is left
+    /// alone rather than altered, since another program may rely on it as it is.
+    #[error(
+        "the accounts table in {db} is not the one ingest uses: {differences}; expected accounts(account_id BIGINT PRIMARY KEY, account_name TEXT NOT NULL, is_active BOOLEAN NOT NULL, version BIGINT NOT NULL)"
+    )]
+    Shape { db: String, differences: String },
+    /// A statement PostgreSQL did not answer in time: the server or the network is stuck.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;

@@ -36,9 +36,10 @@ pub struct ServeArgs {
     /// HTTP address to listen on.
     #[arg(long, env = "TRACKER_INGEST_LISTEN", default_value = "127.0.0.1:8080", value_parser = plumbing::args::socket_addr)]
     pub listen: String,
-    /// SQLite accounts database; created and seeded when missing (or without an accounts table).
-    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db")]
-    pub db: PathBuf,
+    /// Accounts database: an SQLite file, or PostgreSQL as postgres://user@host:port/dbname.
+    /// Created and seeded when missing (for PostgreSQL: the accounts table and its triggers).
+    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", value_parser = parse_db)]
+    pub db: Db,
     /// The bus to forward to: busd's host:port (or busd://host:port), or NATS JetStream as
     /// nats://h1:4222,nats://h2:4222,... Without it busd runs inside this process.
     #[arg(long, env = "TRACKER_BUS", value_parser = client::bus::parse_arg)]
@@ -134,16 +135,65 @@ pub struct ServeArgs {
     /// preflight OPTIONS requests are answered for them. Default: none.
     #[arg(long, env = "TRACKER_INGEST_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
-    /// How often the accounts table is checked for changes.
+    /// How often the SQLite accounts table is checked for changes (PostgreSQL notifies
+    /// ingest of each change instead).
     #[arg(long, env = "TRACKER_INGEST_SYNC_INTERVAL", default_value = "100ms", value_parser = plumbing::args::interval)]
     pub sync_interval: Duration,
 }
 
+/// Where the accounts live: `--db` names an SQLite file or a PostgreSQL URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Db {
+    /// An SQLite file, created and seeded when missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`), checked when parsed so a typo
+    /// fails at once with exit code 2; kept as given, password included, to connect with.
+    Postgres(String),
+}
+
+impl Db {
+    /// The SQLite file, if that is what `--db` names.
+    pub fn sqlite(&self) -> Option<&std::path::Path> {
+        match self {
+            Db::Sqlite(path) => Some(path),
+            Db::Postgres(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Db {
+    /// For messages: the path, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Db::Sqlite(path) => write!(f, "{}", path.display()),
+            Db::Postgres(url) => f.write_str(&data::postgres::redact(url)),
+        }
+    }
+}
+
+/// As [`Display`](std::fmt::Display): a password never reaches a log through `{:?}`.
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// A PostgreSQL URL by its scheme, anything else a path.
+fn parse_db(value: &str) -> Result<Db, String> {
+    if data::postgres::is_url(value) {
+        data::postgres::config(value).map_err(|err| err.to_string())?;
+        Ok(Db::Postgres(value.to_owned()))
+    } else {
+        Ok(Db::Sqlite(PathBuf::from(value)))
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct AccountsArgs {
-    /// SQLite accounts database; must exist, except for `seed`, which creates it.
-    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true)]
-    pub db: PathBuf,
+    /// SQLite accounts database; must exist, except for `seed`, which creates it. These
+    /// commands do not manage PostgreSQL yet: use psql there.
+    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true, value_parser = parse_db)]
+    pub db: Db,
     #[command(subcommand)]
     pub command: AccountsCommand,
 }
@@ -207,5 +257,20 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn db_is_a_path_or_a_postgres_url() {
+        let db = |value: &str| Cli::try_parse_from(["ingest", "--db", value]).map(|c| c.serve.db);
+        assert_eq!(db("a.db").unwrap(), Db::Sqlite("a.db".into()));
+        for url in [
+            "postgres://ingest@db:5432/tracker",
+            "postgresql://ingest@db/tracker",
+        ] {
+            assert_eq!(db(url).unwrap(), Db::Postgres(url.into()));
+        }
+        assert!(db("postgres://ingest@db:notaport/tracker").is_err());
+        let secret = Db::Postgres("postgres://ingest:secret@db/tracker".into());
+        assert_eq!(secret.to_string(), "postgres://ingest:***@db/tracker");
     }
 }

@@ -41,7 +41,12 @@ fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
 }
 
 fn accounts(args: AccountsArgs) -> anyhow::Result<()> {
-    let db = args.db.as_path();
+    let Some(db) = args.db.sqlite() else {
+        anyhow::bail!(
+            "`ingest accounts` manages SQLite files only for now; for {} use psql (ingest follows every change made there)",
+            args.db
+        );
+    };
     match args.command {
         AccountsCommand::Seed { count } => seed(db, count),
         AccountsCommand::Add { id, name, inactive } => {

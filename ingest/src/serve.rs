@@ -1,7 +1,7 @@
 //! `ingest serve`: load accounts, start busd (or reach the bus), serve HTTP, and on SIGTERM
 //! stop accepting, drain the outbox to the bus and exit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cli::ServeArgs;
+use crate::cli::{Db, ServeArgs};
 use crate::connection::Timeouts;
 use client::outbox::{self, Outbox};
 use client::publisher::{self, OnReport, Publisher, Report, Settings};
@@ -55,7 +55,22 @@ struct Running {
 struct Parts {
     publisher: Publisher,
     embedded_bus: Option<Background>,
-    sync: data::sync::SyncThread,
+    sync: AccountsSync,
+}
+
+/// What keeps the index in step with the accounts database, by kind of database.
+enum AccountsSync {
+    Sqlite(data::sync::SyncThread),
+    Postgres(data::postgres::PgSync),
+}
+
+impl AccountsSync {
+    async fn stop(self) {
+        match self {
+            AccountsSync::Sqlite(sync) => sync.stop(),
+            AccountsSync::Postgres(sync) => sync.stop().await,
+        }
+    }
 }
 
 /// A task and the token that stops it.
@@ -74,9 +89,19 @@ impl Background {
 /// Loads the accounts, reaches (or starts) busd and binds HTTP; refuses to start when
 /// busd refuses this ingest or a flag cannot work.
 async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
-    let accounts = load_accounts(&args.db)?;
-    let sync = data::sync::SyncThread::start(args.db.clone(), accounts.clone(), args.sync_interval)
-        .context("cannot start the accounts sync")?;
+    let (accounts, sync) = match &args.db {
+        Db::Sqlite(path) => {
+            let accounts = load_accounts(path)?;
+            let sync =
+                data::sync::SyncThread::start(path.clone(), accounts.clone(), args.sync_interval)
+                    .context("cannot start the accounts sync")?;
+            (accounts, AccountsSync::Sqlite(sync))
+        }
+        Db::Postgres(url) => {
+            let (accounts, sync) = load_postgres(url).await?;
+            (accounts, AccountsSync::Postgres(sync))
+        }
+    };
     let (bus, embedded_bus) = start_bus(args).await?;
     let listener = TcpListener::bind(&args.listen)
         .await
@@ -174,7 +199,10 @@ async fn start_bus(args: &ServeArgs) -> anyhow::Result<(String, Option<Backgroun
     let state_file = args
         .embedded_bus_state
         .clone()
-        .unwrap_or_else(|| args.db.with_file_name("busd.state"));
+        .unwrap_or_else(|| match args.db.sqlite() {
+            Some(path) => path.with_file_name("busd.state"),
+            None => PathBuf::from("busd.state"),
+        });
     let config = busd::Config {
         token: args.bus_token.clone(),
         state_file: Some(state_file),
@@ -214,7 +242,7 @@ impl Parts {
         if let Some(bus) = self.embedded_bus {
             bus.stop().await;
         }
-        self.sync.stop();
+        self.sync.stop().await;
         drained?;
         info!("stopped");
         Ok(())
@@ -284,6 +312,38 @@ fn load_accounts(path: &Path) -> anyhow::Result<Arc<Accounts>> {
         );
     }
     Ok(accounts)
+}
+
+/// The PostgreSQL counterpart of [`load_accounts`]: creates what is missing (saying so),
+/// loads every account, then starts the sync that follows the table's notifications.
+async fn load_postgres(url: &str) -> anyhow::Result<(Arc<Accounts>, data::postgres::PgSync)> {
+    use data::postgres;
+    let config = postgres::config(url)?;
+    let db = postgres::describe(&config);
+    let (mut client, opened) = postgres::open(&config)
+        .await
+        .with_context(|| format!("cannot open the accounts database {db}"))?;
+    if let Some(seeded) = opened.created {
+        info!("created the accounts table in {db} and seeded it with {seeded} accounts");
+    }
+    if opened.version_added {
+        warn!(
+            "the accounts table in {db} had no version column: added it, with the triggers that keep it"
+        );
+    }
+    let accounts = Arc::new(Accounts::default());
+    let started = Instant::now();
+    let loaded = postgres::load(&mut client, &accounts)
+        .await
+        .context("cannot load accounts")?;
+    info!(accounts = loaded, elapsed = ?started.elapsed(), "accounts loaded from {db}");
+    if accounts.is_empty() {
+        warn!(
+            "the accounts table in {db} is empty: every event request will get 404 until accounts are added"
+        );
+    }
+    let sync = postgres::PgSync::start(config, accounts.clone());
+    Ok((accounts, sync))
 }
 
 fn report_created(path: &Path, existed: bool) {

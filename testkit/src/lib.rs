@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod http;
 pub mod nats;
+pub mod postgres;
 pub mod process;
 
 pub use process::{Proc, binary, free_port};

@@ -1,0 +1,626 @@
+//! The accounts in PostgreSQL, for ingest on many machines: every ingest keeps the same
+//! in-memory [`Accounts`] index as with SQLite, loaded from and kept in step with one shared
+//! database.
+//!
+//! The table mirrors the SQLite one (`accounts(account_id, account_name, is_active, version)`
+//! and `account_deletions(account_id, version)`), and so does the idea: every change gets a
+//! higher `version`, stamped by triggers so a change from any tool (psql included) counts, and
+//! a sync reads only what is newer than the last version it applied. What differs:
+//!
+//! * Versions come from a sequence, and every statement that writes the table first takes a
+//!   transaction-level advisory lock ([`WRITE_LOCK`]). Without it two transactions could
+//!   commit their versions out of order (5 after 6), and a sync that had already applied 6
+//!   would never read 5. Account changes are rare, so serialising them costs nothing.
+//! * Instead of polling, each write sends `NOTIFY tracker_accounts` (payload: the newest
+//!   version handed out, a hint only) and each ingest `LISTEN`s, so a change is applied as
+//!   soon as it commits. On every (re)connection the sync first `LISTEN`s and then reads
+//!   every change newer than the last it applied, so a change made while it was away (or
+//!   between the two) is never missed; a poll every [`POLL_EVERY`] covers the rest.
+//! * When PostgreSQL is down the index stays as it is and keeps answering; the sync says so
+//!   in the log, reconnects with [`plumbing::backoff::Backoff`] and catches up.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use plumbing::backoff::Backoff;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
+use tokio_util::sync::CancellationToken;
+
+pub use tokio_postgres::{Client, Config};
+
+use crate::schema::SEED_ACCOUNTS;
+use crate::{Accounts, DataError, Result};
+
+/// The channel each write to the accounts table notifies and each sync listens on.
+pub const CHANNEL: &str = "tracker_accounts";
+
+/// The advisory lock (a transaction-level one) that serialises writes to the accounts table
+/// and schema creation, so versions commit in the order they are handed out. Any constant
+/// works; this one spells "trackacc" in ASCII, unlikely to collide with another program's.
+pub const WRITE_LOCK: i64 = 0x7472_6163_6b61_6363;
+
+/// How often the sync reads changes even without a notification: a safety net, and a probe
+/// that finds a dead connection the operating system has not reported.
+pub const POLL_EVERY: Duration = Duration::from_secs(5);
+
+/// How long one statement (a catch-up, the schema check) may take before the connection is
+/// taken for dead. Generous: a full reload of a million accounts takes a few seconds.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a connection attempt may take, unless the URL sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a `--db` value names a PostgreSQL database (`postgres://` or `postgresql://`)
+/// rather than an SQLite file.
+pub fn is_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// Parses a PostgreSQL URL, with [`CONNECT_TIMEOUT`] unless it sets its own.
+pub fn config(url: &str) -> Result<Config> {
+    let mut config = Config::from_str(url)
+        .map_err(|err| DataError::PostgresUrl(redact(url), err.to_string()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(config)
+}
+
+/// The URL without its password, for logs and messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `user@host:port/dbname` of a configuration, for logs: which database, never a password.
+pub fn describe(config: &Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(host, port)| match host {
+            tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+            tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+        })
+        .collect();
+    format!(
+        "postgres://{}@{}/{}",
+        config.get_user().unwrap_or_default(),
+        hosts.join(","),
+        config.get_dbname().unwrap_or_default()
+    )
+}
+
+/// Connects, driving the connection on its own task; the receiver gets the notifications
+/// and closes when the connection ends, which is how the sync learns it lost the server.
+pub async fn connect(
+    config: &Config,
+) -> Result<(
+    Client,
+    mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+)> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(note)) => {
+                    let _ = sender.send(note);
+                }
+                Ok(AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(notice = %notice.message(), "PostgreSQL notice")
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%err, "the connection to PostgreSQL ended");
+                    break;
+                }
+            }
+        }
+    });
+    Ok((client, receiver))
+}
+
+/// What [`open`] found and did, so ingest can say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Opened {
+    /// The accounts table did not exist: it was created, with this many accounts.
+    pub created: Option<u64>,
+    /// The table existed without a `version` column, which was added.
+    pub version_added: bool,
+}
+
+/// The columns ingest needs: name, type as `information_schema` spells it.
+const COLUMNS: [(&str, &str); 4] = [
+    ("account_id", "bigint"),
+    ("account_name", "text"),
+    ("is_active", "boolean"),
+    ("version", "bigint"),
+];
+
+/// Everything but the accounts table itself, all idempotent. `$$` bodies are plain SQL
+/// strings here, not format arguments: the lock key is spliced in by [`schema_sql`].
+const SCHEMA: &str = r#"
+CREATE INDEX IF NOT EXISTS accounts_by_version ON accounts(version);
+-- Deletions leave a row here, so a sync that reads by version sees them too.
+CREATE TABLE IF NOT EXISTS account_deletions(
+    account_id BIGINT NOT NULL,
+    version BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS account_deletions_by_version ON account_deletions(version);
+CREATE SEQUENCE IF NOT EXISTS account_versions;
+-- One writer at a time, until it commits: versions then commit in the order handed out.
+CREATE OR REPLACE FUNCTION tracker_accounts_serialise() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(@LOCK@);
+    RETURN NULL;
+END $$;
+-- Every change takes the next version, whoever writes it.
+CREATE OR REPLACE FUNCTION tracker_accounts_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := nextval('account_versions');
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE FUNCTION tracker_accounts_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO account_deletions VALUES (OLD.account_id, nextval('account_versions'));
+    RETURN NULL;
+END $$;
+-- TRUNCATE fires no row triggers: record every account it is about to remove.
+CREATE OR REPLACE FUNCTION tracker_accounts_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO account_deletions SELECT account_id, nextval('account_versions') FROM accounts;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION tracker_accounts_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('tracker_accounts', (SELECT last_value FROM account_versions)::text);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER accounts_serialise BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON accounts FOR EACH STATEMENT EXECUTE FUNCTION tracker_accounts_serialise();
+CREATE OR REPLACE TRIGGER accounts_stamp BEFORE INSERT OR UPDATE
+    ON accounts FOR EACH ROW EXECUTE FUNCTION tracker_accounts_stamp();
+CREATE OR REPLACE TRIGGER accounts_deleted AFTER DELETE
+    ON accounts FOR EACH ROW EXECUTE FUNCTION tracker_accounts_deleted();
+CREATE OR REPLACE TRIGGER accounts_truncated BEFORE TRUNCATE
+    ON accounts FOR EACH STATEMENT EXECUTE FUNCTION tracker_accounts_truncated();
+CREATE OR REPLACE TRIGGER accounts_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON accounts FOR EACH STATEMENT EXECUTE FUNCTION tracker_accounts_notify();
+"#;
+
+fn schema_sql() -> String {
+    SCHEMA.replace("@LOCK@", &WRITE_LOCK.to_string())
+}
+
+/// Opens the database for ingest: creates the accounts table, its version column, the
+/// deletions table, the sequence and the triggers when absent, seeding a table it creates
+/// with [`SEED_ACCOUNTS`] accounts (every tenth inactive) like the SQLite default. Refuses
+/// (with [`DataError::Shape`], naming the differences) a table it cannot use.
+pub async fn open(config: &Config) -> Result<(Client, Opened)> {
+    open_seeded(config, SEED_ACCOUNTS).await
+}
+
+/// Like [`open`], but a table it creates gets accounts `1..=count`: for tests and for
+/// measuring large loads.
+///
+/// All of it is one transaction under [`WRITE_LOCK`], so ingests starting together on many
+/// machines agree on which of them creates the table, and none loads a half-seeded one.
+/// An existing empty table is not seeded: it may have been emptied on purpose.
+pub async fn open_seeded(config: &Config, count: u64) -> Result<(Client, Opened)> {
+    let (mut client, _notes) = connect(config).await?;
+    let opened = within(initialise(&mut client, config, count)).await?;
+    Ok((client, opened))
+}
+
+async fn initialise(client: &mut Client, config: &Config, count: u64) -> Result<Opened> {
+    let count = i64::try_from(count).map_err(|_| DataError::IdOutOfRange(count))?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await?;
+    let exists = tx
+        .query_one("SELECT to_regclass('accounts') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    let sequence_existed = tx
+        .query_one("SELECT to_regclass('account_versions') IS NOT NULL", &[])
+        .await?
+        .get::<_, bool>(0);
+    let mut opened = Opened::default();
+    if exists {
+        opened.version_added = check_shape(&tx, config).await?;
+        if opened.version_added {
+            tx.batch_execute("ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0")
+                .await?;
+        }
+    } else {
+        tx.batch_execute(
+            "CREATE TABLE accounts(
+                account_id BIGINT PRIMARY KEY,
+                account_name TEXT NOT NULL,
+                is_active BOOLEAN NOT NULL,
+                version BIGINT NOT NULL DEFAULT 0
+            )",
+        )
+        .await?;
+    }
+    tx.batch_execute(&schema_sql()).await?;
+    if !sequence_existed {
+        // A table that outlived its sequence keeps its versions: hand out higher ones.
+        tx.execute(
+            "SELECT setval('account_versions', GREATEST(1,
+                (SELECT COALESCE(max(version), 0) FROM accounts),
+                (SELECT COALESCE(max(version), 0) FROM account_deletions)))",
+            &[],
+        )
+        .await?;
+    }
+    if !exists {
+        let seeded = tx
+            .execute(
+                "INSERT INTO accounts(account_id, account_name, is_active)
+                 SELECT g, 'account-' || g, g % 10 <> 0 FROM generate_series(1::bigint, $1) g",
+                &[&count],
+            )
+            .await?;
+        opened.created = Some(seeded);
+    }
+    tx.commit().await?;
+    Ok(opened)
+}
+
+/// Compares an existing accounts table with [`COLUMNS`]; returns whether only the `version`
+/// column is missing (which [`open`] adds), or the differences as an error.
+async fn check_shape(tx: &tokio_postgres::Transaction<'_>, config: &Config) -> Result<bool> {
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull
+             FROM pg_attribute a
+             WHERE a.attrelid = 'accounts'::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            &[],
+        )
+        .await?;
+    let primary: Vec<String> = tx
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = 'accounts'::regclass AND i.indisprimary",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut differences = Vec::new();
+    let mut version_missing = false;
+    for (name, wanted) in COLUMNS {
+        match rows.iter().find(|row| row.get::<_, String>(0) == name) {
+            None if name == "version" => version_missing = true,
+            None => differences.push(format!("it has no column {name}")),
+            Some(row) => {
+                let actual: String = row.get(1);
+                if actual != wanted {
+                    differences.push(format!("column {name} is {actual}, not {wanted}"));
+                }
+                if !row.get::<_, bool>(2) && name != "account_id" {
+                    differences.push(format!("column {name} allows NULL"));
+                }
+            }
+        }
+    }
+    if primary != ["account_id"] {
+        differences.push(if primary.is_empty() {
+            "it has no primary key (account_id must be)".to_owned()
+        } else {
+            format!(
+                "its primary key is ({}), not (account_id)",
+                primary.join(", ")
+            )
+        });
+    }
+    if differences.is_empty() {
+        Ok(version_missing)
+    } else {
+        Err(DataError::Shape {
+            db: describe(config),
+            differences: differences.join("; "),
+        })
+    }
+}
+
+/// Loads every account into `accounts` (which should be empty) and marks it loaded;
+/// returns how many there are.
+pub async fn load(client: &mut Client, accounts: &Accounts) -> Result<usize> {
+    within(reload(client, accounts)).await
+}
+
+/// Applies every change newer than the last applied version, or reloads everything when
+/// the index was never loaded or the database's versions are behind the index's (a database
+/// restored from a backup or recreated: its versions say nothing about what the index has).
+/// Returns how many changes were applied.
+pub async fn catch_up(client: &mut Client, accounts: &Accounts) -> Result<usize> {
+    within(catch_up_inner(client, accounts)).await
+}
+
+async fn catch_up_inner(client: &mut Client, accounts: &Accounts) -> Result<usize> {
+    let since = i64::try_from(accounts.version()).unwrap_or(i64::MAX);
+    let tx = read_snapshot(client).await?;
+    let high = highest_version(&tx).await?;
+    if !accounts.is_loaded() || high < since {
+        drop(tx);
+        return reload(client, accounts).await;
+    }
+    if high == since {
+        return Ok(0);
+    }
+    // Deletions and changes in version order, so a deleted and re-added account ends up
+    // present, and a re-added and deleted one absent.
+    let rows = tx
+        .query(
+            "SELECT account_id, is_active, version FROM accounts WHERE version > $1
+             UNION ALL
+             SELECT account_id, NULL, version FROM account_deletions WHERE version > $1
+             ORDER BY version",
+            &[&since],
+        )
+        .await?;
+    tx.commit().await?;
+    for row in &rows {
+        let id: i64 = row.get(0);
+        accounts.set(id as u64, row.get::<_, Option<bool>>(1));
+    }
+    accounts.applied_up_to(high as u64);
+    Ok(rows.len())
+}
+
+/// A read-only transaction on one snapshot: rows and versions read in it agree.
+async fn read_snapshot(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
+async fn highest_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64> {
+    Ok(tx
+        .query_one(
+            "SELECT GREATEST(
+                (SELECT COALESCE(max(version), 0) FROM accounts),
+                (SELECT COALESCE(max(version), 0) FROM account_deletions))::bigint",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Makes the index exactly what the database holds, streaming the rows rather than holding
+/// them all; returns how many accounts there are.
+async fn reload(client: &mut Client, accounts: &Accounts) -> Result<usize> {
+    let tx = read_snapshot(client).await?;
+    let high = highest_version(&tx).await?;
+    let had_any = !accounts.is_empty();
+    let mut present = HashSet::new();
+    let params: [i64; 0] = [];
+    let rows = tx
+        .query_raw("SELECT account_id, is_active FROM accounts", params)
+        .await?;
+    futures::pin_mut!(rows);
+    let mut count = 0;
+    while let Some(row) = rows.try_next().await? {
+        let id = row.get::<_, i64>(0) as u64;
+        accounts.set(id, Some(row.get(1)));
+        if had_any {
+            present.insert(id);
+        }
+        count += 1;
+    }
+    tx.commit().await?;
+    if had_any {
+        accounts.retain(|id| present.contains(&id));
+    }
+    accounts.applied_up_to(high as u64);
+    Ok(count)
+}
+
+/// Runs one database step with [`STATEMENT_TIMEOUT`].
+async fn within<T>(step: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(STATEMENT_TIMEOUT, step)
+        .await
+        .map_err(|_| DataError::Timeout(STATEMENT_TIMEOUT))?
+}
+
+/// The running sync task: applies every change to the accounts table to the index, as it
+/// is notified and on every (re)connection. Stopped by [`PgSync::stop`] or when dropped.
+pub struct PgSync {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    accounts: Arc<Accounts>,
+}
+
+impl PgSync {
+    /// Starts the sync on the current tokio runtime. It connects on its own, so it starts
+    /// even while PostgreSQL is down, and catches up as soon as it is reachable. `accounts`
+    /// should have been [`load`]ed; if not, the first connection loads it.
+    ///
+    /// While it is not connected, [`Accounts::file_ok`] is false: for PostgreSQL that flag
+    /// says "the index follows the database".
+    pub fn start(config: Config, accounts: Arc<Accounts>) -> PgSync {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(follow(config, accounts.clone(), stop.clone()));
+        PgSync {
+            stop,
+            task: Some(task),
+            accounts,
+        }
+    }
+
+    /// Whether the sync is connected and following changes.
+    pub fn connected(&self) -> bool {
+        self.accounts.file_ok()
+    }
+
+    /// Stops the task and waits for it, so no change is applied after shutdown.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for PgSync {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The sync task: connect, listen, catch up, apply changes as they are notified; on losing
+/// the server say so, keep the index, and reconnect with backoff.
+async fn follow(config: Config, accounts: Arc<Accounts>, stop: CancellationToken) {
+    let db = describe(&config);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    // When the connection was lost (or first failed), for the "back after" message.
+    let mut down_since: Option<Instant> = None;
+    accounts.set_file_ok(false);
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return,
+            attempt = session(&config, &accounts) => attempt,
+        };
+        match attempt {
+            Ok((mut client, mut notes, caught_up)) => {
+                backoff.reset();
+                accounts.set_file_ok(true);
+                match down_since.take() {
+                    Some(since) => tracing::info!(
+                        changes = caught_up,
+                        "PostgreSQL {db} is back after {:.1?}: caught up and following account changes again",
+                        since.elapsed()
+                    ),
+                    None => tracing::info!(
+                        changes = caught_up,
+                        "following account changes in PostgreSQL {db}"
+                    ),
+                }
+                let Some(reason) = listen(&mut client, &mut notes, &accounts, &stop).await else {
+                    return;
+                };
+                accounts.set_file_ok(false);
+                down_since = Some(Instant::now());
+                tracing::error!(
+                    "lost PostgreSQL {db} ({reason}): ingest keeps serving the {} accounts it has in memory and reconnects",
+                    accounts.len()
+                );
+            }
+            Err(err) => {
+                if down_since.is_none() {
+                    down_since = Some(Instant::now());
+                    tracing::error!(
+                        %err,
+                        "cannot reach PostgreSQL {db}: ingest keeps serving the {} accounts it has in memory and retries",
+                        accounts.len()
+                    );
+                } else {
+                    tracing::debug!(%err, attempt = backoff.attempt(), "PostgreSQL still unreachable");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+type Session = (
+    Client,
+    mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    usize,
+);
+
+/// One connection: `LISTEN` first, then catch up, so a change committed in between is both
+/// read and notified rather than neither.
+async fn session(config: &Config, accounts: &Accounts) -> Result<Session> {
+    let (mut client, notes) = connect(config).await?;
+    within(async { Ok(client.batch_execute(&format!("LISTEN {CHANNEL}")).await?) }).await?;
+    let caught_up = catch_up(&mut client, accounts).await?;
+    Ok((client, notes, caught_up))
+}
+
+/// Applies changes on each notification and every [`POLL_EVERY`] until the connection fails
+/// (returning why) or the sync is stopped (`None`).
+async fn listen(
+    client: &mut Client,
+    notes: &mut mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    accounts: &Accounts,
+    stop: &CancellationToken,
+) -> Option<String> {
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            note = notes.recv() => {
+                if note.is_none() {
+                    return Some("the connection closed".to_owned());
+                }
+                // One catch-up covers every notification already queued.
+                while notes.try_recv().is_ok() {}
+            }
+            _ = poll.tick() => {}
+        }
+        match catch_up(client, accounts).await {
+            Ok(0) => {}
+            Ok(changes) => {
+                tracing::info!(changes, version = accounts.version(), "accounts synced")
+            }
+            Err(err) => return Some(err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        assert!(is_url("postgres://u@h:5432/db"));
+        assert!(is_url("postgresql://u@h/db"));
+        assert!(!is_url("accounts.db"));
+        assert!(!is_url("/var/lib/postgres/accounts.db"));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://ingest:secret@db:5432/tracker"),
+            "postgres://ingest:***@db:5432/tracker"
+        );
+        assert_eq!(
+            redact("postgres://ingest@db/tracker"),
+            "postgres://ingest@db/tracker"
+        );
+        let config = config("postgres://ingest:secret@db:6000/tracker").unwrap();
+        assert_eq!(describe(&config), "postgres://ingest@db:6000/tracker");
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let err = super::config("postgres://ingest:secret@db:notaport/tracker").unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,302 @@
+//! The accounts store in a real PostgreSQL (a throwaway cluster from testkit): the schema is
+//! created and seeded on first use, changes from psql reach the index through LISTEN/NOTIFY,
+//! deletions too, a change made while the sync was away is caught up after a server restart,
+//! and a table of another shape is refused. Skipped when PostgreSQL is not installed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use data::postgres::{self, Opened, PgSync};
+use data::{Accounts, DataError, Status};
+use testkit::postgres::{Postgres, available};
+
+fn skip() -> bool {
+    if available() {
+        return false;
+    }
+    eprintln!("skipped: PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed");
+    true
+}
+
+async fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "{what} (waited {within:?})");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// Opens (creating and seeding) the database at `url`, loads it and starts the sync.
+async fn following(url: &str) -> (Arc<Accounts>, PgSync) {
+    let config = postgres::config(url).unwrap();
+    let (mut client, _) = postgres::open(&config).await.unwrap();
+    let accounts = Arc::new(Accounts::default());
+    postgres::load(&mut client, &accounts).await.unwrap();
+    let sync = PgSync::start(config, accounts.clone());
+    wait_until("the sync never connected", Duration::from_secs(10), || {
+        sync.connected()
+    })
+    .await;
+    (accounts, sync)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_and_seeded_on_first_use_only() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    let config = postgres::config(&pg.url()).unwrap();
+    let (mut client, opened) = postgres::open(&config).await.unwrap();
+    assert_eq!(
+        opened,
+        Opened {
+            created: Some(1000),
+            version_added: false
+        }
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*), count(*) FILTER (WHERE is_active) FROM accounts"),
+        "1000|900"
+    );
+    assert_eq!(
+        pg.psql("SELECT account_name FROM accounts WHERE account_id = 7"),
+        "account-7"
+    );
+    let accounts = Accounts::default();
+    assert_eq!(postgres::load(&mut client, &accounts).await.unwrap(), 1000);
+    assert!(accounts.is_loaded());
+    assert_eq!(accounts.status(1), Status::Active);
+    assert_eq!(accounts.status(10), Status::Inactive);
+    assert_eq!(accounts.status(1001), Status::Unknown);
+    assert!(accounts.version() >= 1000);
+
+    let (_, again) = postgres::open(&config).await.unwrap();
+    assert_eq!(again, Opened::default(), "nothing created the second time");
+    pg.psql("DELETE FROM accounts");
+    let (_, emptied) = postgres::open(&config).await.unwrap();
+    assert_eq!(
+        emptied.created, None,
+        "an emptied table is not seeded again"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM accounts"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_by_psql_is_applied_within_a_second() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    let (accounts, sync) = following(&pg.url()).await;
+    assert_eq!(accounts.status(7), Status::Active);
+    pg.psql("UPDATE accounts SET is_active = false WHERE account_id = 7");
+    let took = wait_until(
+        "the deactivation was never applied",
+        Duration::from_secs(1),
+        || accounts.status(7) == Status::Inactive,
+    )
+    .await;
+    eprintln!("update applied {took:?} after psql returned");
+    pg.psql("INSERT INTO accounts(account_id, account_name, is_active) VALUES (5000, 'new', true)");
+    wait_until(
+        "the new account was never applied",
+        Duration::from_secs(1),
+        || accounts.status(5000) == Status::Active,
+    )
+    .await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_applied_and_a_readded_account_stays() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    let (accounts, sync) = following(&pg.url()).await;
+    pg.psql("DELETE FROM accounts WHERE account_id = 2");
+    wait_until(
+        "the deletion was never applied",
+        Duration::from_secs(1),
+        || accounts.status(2) == Status::Unknown,
+    )
+    .await;
+    assert_eq!(accounts.len(), 999);
+    // Deleted and re-added in one transaction: the sync reads both and must keep it.
+    pg.psql(
+        "BEGIN; DELETE FROM accounts WHERE account_id = 3;
+         INSERT INTO accounts(account_id, account_name, is_active) VALUES (3, 'back', false);
+         COMMIT",
+    );
+    wait_until(
+        "the re-add was never applied",
+        Duration::from_secs(1),
+        || accounts.status(3) == Status::Inactive,
+    )
+    .await;
+    pg.psql("TRUNCATE accounts");
+    wait_until(
+        "the truncation was never applied",
+        Duration::from_secs(1),
+        || accounts.is_empty(),
+    )
+    .await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_disconnected_is_caught_up_after_a_restart() {
+    if skip() {
+        return;
+    }
+    let mut pg = Postgres::start();
+    // The sync logs in as its own role, so the test can keep it out while it writes.
+    pg.psql("CREATE ROLE ingest LOGIN SUPERUSER");
+    let url = pg.url().replace("postgres@", "ingest@");
+    let (accounts, sync) = following(&url).await;
+
+    pg.psql("ALTER ROLE ingest NOLOGIN");
+    pg.restart();
+    wait_until(
+        "the sync never noticed the restart",
+        Duration::from_secs(5),
+        || !sync.connected(),
+    )
+    .await;
+    pg.psql("UPDATE accounts SET is_active = false WHERE account_id = 11");
+    pg.psql("DELETE FROM accounts WHERE account_id = 12");
+    // Long enough for a few failed reconnections.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!sync.connected(), "the sync cannot log in yet");
+    assert_eq!(
+        accounts.status(11),
+        Status::Active,
+        "kept from memory meanwhile"
+    );
+    assert_eq!(accounts.len(), 1000);
+
+    pg.psql("ALTER ROLE ingest LOGIN");
+    wait_until("the sync never came back", Duration::from_secs(15), || {
+        sync.connected()
+    })
+    .await;
+    assert_eq!(accounts.status(11), Status::Inactive);
+    assert_eq!(accounts.status(12), Status::Unknown);
+    pg.psql("UPDATE accounts SET is_active = false WHERE account_id = 13");
+    wait_until(
+        "changes after the reconnection are applied",
+        Duration::from_secs(1),
+        || accounts.status(13) == Status::Inactive,
+    )
+    .await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sync_waits_out_a_server_that_is_down() {
+    if skip() {
+        return;
+    }
+    let mut pg = Postgres::start();
+    let (accounts, sync) = following(&pg.url()).await;
+    pg.stop();
+    wait_until("the sync never noticed", Duration::from_secs(5), || {
+        !sync.connected()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(accounts.len(), 1000, "the index is kept");
+    pg.restart();
+    wait_until("the sync never came back", Duration::from_secs(15), || {
+        sync.connected()
+    })
+    .await;
+    pg.psql("UPDATE accounts SET is_active = false WHERE account_id = 21");
+    wait_until("changes are followed again", Duration::from_secs(1), || {
+        accounts.status(21) == Status::Inactive
+    })
+    .await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_another_shape_is_refused() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql("CREATE TABLE accounts(account_id INTEGER PRIMARY KEY, name TEXT, is_active BOOLEAN)");
+    let config = postgres::config(&pg.url()).unwrap();
+    let err = postgres::open(&config)
+        .await
+        .map(|_| ())
+        .expect_err("refused");
+    let message = err.to_string();
+    assert!(matches!(err, DataError::Shape { .. }), "{message}");
+    for difference in [
+        "column account_id is integer, not bigint",
+        "it has no column account_name",
+        "column is_active allows NULL",
+    ] {
+        assert!(message.contains(difference), "{difference:?} in {message}");
+    }
+    assert!(message.contains(&format!("127.0.0.1:{}/tracker", pg.port())));
+    assert_eq!(
+        pg.psql("SELECT to_regclass('account_deletions') IS NULL"),
+        "t",
+        "nothing was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_the_version_column_gets_one() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql(
+        "CREATE TABLE accounts(account_id BIGINT PRIMARY KEY, account_name TEXT NOT NULL, is_active BOOLEAN NOT NULL);
+         INSERT INTO accounts VALUES (1, 'one', true), (2, 'two', false)",
+    );
+    let config = postgres::config(&pg.url()).unwrap();
+    let (mut client, opened) = postgres::open(&config).await.unwrap();
+    assert_eq!(
+        opened,
+        Opened {
+            created: None,
+            version_added: true
+        }
+    );
+    let accounts = Accounts::default();
+    assert_eq!(postgres::load(&mut client, &accounts).await.unwrap(), 2);
+    assert_eq!(accounts.status(2), Status::Inactive);
+    pg.psql("UPDATE accounts SET is_active = true WHERE account_id = 2");
+    assert_eq!(postgres::catch_up(&mut client, &accounts).await.unwrap(), 1);
+    assert_eq!(accounts.status(2), Status::Active);
+}
+
+/// A measurement more than a test: `cargo test -p data --release --test postgres --
+/// --ignored --nocapture a_million`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: seeds and loads a million accounts"]
+async fn a_million_accounts_load() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    let config = postgres::config(&pg.url()).unwrap();
+    let started = Instant::now();
+    let (mut client, opened) = postgres::open_seeded(&config, 1_000_000).await.unwrap();
+    assert_eq!(opened.created, Some(1_000_000));
+    eprintln!("seeded 1,000,000 accounts in {:?}", started.elapsed());
+    let accounts = Accounts::default();
+    let started = Instant::now();
+    assert_eq!(
+        postgres::load(&mut client, &accounts).await.unwrap(),
+        1_000_000
+    );
+    eprintln!("loaded 1,000,000 accounts in {:?}", started.elapsed());
+    assert_eq!(accounts.status(999_990), Status::Inactive);
+}
