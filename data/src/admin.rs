@@ -6,11 +6,13 @@ use std::io::Write;
 
 use rusqlite::{Connection, params};
 
+use crate::key::KeyHash;
 use crate::{DataError, Result};
 
 pub use crate::schema::seed;
 
-fn id(account_id: u64) -> Result<i64> {
+/// An id as both stores hold it (a signed 64-bit integer).
+pub(crate) fn id(account_id: u64) -> Result<i64> {
     i64::try_from(account_id).map_err(|_| DataError::IdOutOfRange(account_id))
 }
 
@@ -39,21 +41,43 @@ pub fn set_active(conn: &Connection, account_id: u64, active: bool) -> Result<()
     Ok(())
 }
 
-/// Writes every account as `id<TAB>name<TAB>active|inactive`, one a line.
+/// Gives an account a new write key (`Some`: its hash) or removes its key (`None`). A new
+/// key replaces the old one at once: requests with the old key get 401 from then on.
+pub fn set_key(conn: &Connection, account_id: u64, key: Option<&KeyHash>) -> Result<()> {
+    let updated = conn.execute(
+        "UPDATE accounts SET key_hash = ?2 WHERE account_id = ?1",
+        params![id(account_id)?, key.map(KeyHash::as_bytes)],
+    )?;
+    if updated == 0 {
+        return Err(DataError::NotFound(account_id));
+    }
+    Ok(())
+}
+
+/// Writes every account as a [`line`], one a line, in id order.
 pub fn list(conn: &Connection, out: &mut impl Write) -> Result<u64> {
-    let mut stmt = conn
-        .prepare("SELECT account_id, account_name, is_active FROM accounts ORDER BY account_id")?;
+    let mut stmt = conn.prepare(
+        "SELECT account_id, account_name, is_active, key_hash IS NOT NULL FROM accounts ORDER BY account_id",
+    )?;
     let mut rows = stmt.query([])?;
     let mut count = 0;
     while let Some(row) = rows.next()? {
-        let (id, name, active): (i64, String, bool) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        let state = if active { "active" } else { "inactive" };
-        if writeln!(out, "{id}\t{name}\t{state}").is_err() {
+        let (id, name, active, keyed): (i64, String, bool, bool) =
+            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+        if writeln!(out, "{}", line(id, &name, active, keyed)).is_err() {
             break;
         }
         count += 1;
     }
     Ok(count)
+}
+
+/// One account as `list` prints it, for every store alike:
+/// `id<TAB>name<TAB>active|inactive<TAB>key|no-key`.
+pub fn line(id: i64, name: &str, active: bool, keyed: bool) -> String {
+    let state = if active { "active" } else { "inactive" };
+    let key = if keyed { "key" } else { "no-key" };
+    format!("{id}\t{name}\t{state}\t{key}")
 }
 
 #[cfg(test)]
@@ -84,7 +108,54 @@ mod tests {
         assert!(
             String::from_utf8(out)
                 .unwrap()
-                .ends_with("2000\tacme\tactive\n")
+                .ends_with("2000\tacme\tactive\tno-key\n")
+        );
+    }
+
+    #[test]
+    fn a_key_is_set_replaced_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = open(&dir.path().join("a.db")).unwrap();
+        let accounts = crate::Accounts::default();
+        accounts.load(&conn).unwrap();
+        let (key, hash) = crate::key::generate().unwrap();
+        set_key(&conn, 7, Some(&hash)).unwrap();
+        accounts.apply_changes(&conn).unwrap();
+        assert_eq!(accounts.status(7), crate::Status::KeyMissing);
+        assert_eq!(
+            accounts.check(7, Some(b"trk_guess")),
+            crate::Status::KeyWrong
+        );
+        assert_eq!(
+            accounts.check(7, Some(key.as_bytes())),
+            crate::Status::Active
+        );
+
+        let (newer, hash) = crate::key::generate().unwrap();
+        set_key(&conn, 7, Some(&hash)).unwrap();
+        accounts.apply_changes(&conn).unwrap();
+        assert_eq!(
+            accounts.check(7, Some(key.as_bytes())),
+            crate::Status::KeyWrong
+        );
+        assert_eq!(
+            accounts.check(7, Some(newer.as_bytes())),
+            crate::Status::Active
+        );
+
+        set_key(&conn, 7, None).unwrap();
+        accounts.apply_changes(&conn).unwrap();
+        assert_eq!(accounts.status(7), crate::Status::Active);
+        assert!(matches!(
+            set_key(&conn, 99_999, None),
+            Err(DataError::NotFound(99_999))
+        ));
+        let mut out = Vec::new();
+        list(&conn, &mut out).unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("\n7\taccount-7\tactive\tno-key\n")
         );
     }
 }

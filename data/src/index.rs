@@ -1,8 +1,8 @@
-//! The in-memory index ingest consults on every request: account id to active or not.
+//! The in-memory index ingest consults on every request: account id to active or not, and
+//! the hash of its write key if it has one.
 //!
-//! Only what a request needs is kept (one bool per account, no names), so a million
-//! accounts fit in a few tens of megabytes; `DashMap` shards the locks so request threads and
-//! the sync loop rarely meet.
+//! Only what a request needs is kept (no names), so a million accounts fit in a few tens of
+//! megabytes; `DashMap` shards the locks so request threads and the sync loop rarely meet.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -11,6 +11,7 @@ use rusqlite::Connection;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::Result;
+use crate::key::KeyHash;
 
 /// What a request for an account gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +19,41 @@ pub enum Status {
     Active,
     Inactive,
     Unknown,
+    /// The account has a write key and the request presented none.
+    KeyMissing,
+    /// The account has a write key and the request presented another.
+    KeyWrong,
 }
 
-/// Account id to active or not, shared by every request thread and the sync thread.
+/// What the index holds for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub active: bool,
+    /// Boxed: most accounts have no key, and an entry stays 16 bytes.
+    pub key: Option<Box<KeyHash>>,
+}
+
+impl Account {
+    /// An account without a write key.
+    pub fn open(active: bool) -> Account {
+        Account { active, key: None }
+    }
+
+    /// An account as stored: `key_hash` is the stored hash column, if not NULL.
+    pub fn stored(active: bool, key_hash: Option<&[u8]>) -> Account {
+        Account {
+            active,
+            key: key_hash.map(|hash| Box::new(KeyHash::from_stored(hash))),
+        }
+    }
+}
+
+/// Account id to [`Account`], shared by every request thread and the sync thread.
 #[derive(Default)]
 pub struct Accounts {
     /// FxHash: the keys are integer ids from our own table, so SipHash's flood resistance
     /// buys nothing, and hashing is a visible part of a request's cost.
-    active: DashMap<u64, bool, FxBuildHasher>,
+    accounts: DashMap<u64, Account, FxBuildHasher>,
     /// Highest `version` applied so far.
     version: AtomicU64,
     loaded: AtomicBool,
@@ -35,20 +63,31 @@ pub struct Accounts {
 }
 
 impl Accounts {
+    /// What a request without a key gets.
     pub fn status(&self, account_id: u64) -> Status {
-        match self.active.get(&account_id).map(|r| *r) {
-            Some(true) => Status::Active,
-            Some(false) => Status::Inactive,
-            None => Status::Unknown,
+        self.check(account_id, None)
+    }
+
+    /// What a request presenting `key` (the bearer token, if any) gets. The key is checked
+    /// before the account's state, so a caller without the key learns nothing about it.
+    pub fn check(&self, account_id: u64, key: Option<&[u8]>) -> Status {
+        let Some(account) = self.accounts.get(&account_id) else {
+            return Status::Unknown;
+        };
+        match (&account.key, key) {
+            (Some(_), None) => Status::KeyMissing,
+            (Some(hash), Some(key)) if !hash.matches(key) => Status::KeyWrong,
+            _ if account.active => Status::Active,
+            _ => Status::Inactive,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.active.len()
+        self.accounts.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
+        self.accounts.is_empty()
     }
 
     /// Whether the first full load has finished (readiness).
@@ -88,12 +127,12 @@ impl Accounts {
         let mut present = FxHashSet::default();
         let mut highest = 0;
         {
-            let mut all = tx.prepare("SELECT account_id, is_active, version FROM accounts")?;
+            let mut all =
+                tx.prepare("SELECT account_id, is_active, key_hash, version FROM accounts")?;
             let mut rows = all.query([])?;
             while let Some(row) = rows.next()? {
-                let (id, active, version): (i64, bool, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
-                self.active.insert(id as u64, active);
+                let (id, version): (i64, i64) = (row.get(0)?, row.get(3)?);
+                self.accounts.insert(id as u64, stored(row)?);
                 present.insert(id as u64);
                 highest = highest.max(version);
             }
@@ -104,22 +143,22 @@ impl Accounts {
             |r| r.get(0),
         )?;
         tx.finish()?;
-        self.active.retain(|id, _| present.contains(id));
+        self.accounts.retain(|id, _| present.contains(id));
         self.version
             .store(highest.max(deleted) as u64, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
         Ok(present.len())
     }
 
-    /// Sets one account (`Some(active)`) or forgets it (`None`): for stores other than SQLite,
-    /// which read their changes themselves and hand them over one at a time.
-    pub(crate) fn set(&self, account_id: u64, active: Option<bool>) {
-        match active {
-            Some(active) => {
-                self.active.insert(account_id, active);
+    /// Sets one account (`Some`) or forgets it (`None`): for stores other than SQLite, which
+    /// read their changes themselves and hand them over one at a time.
+    pub(crate) fn set(&self, account_id: u64, account: Option<Account>) {
+        match account {
+            Some(account) => {
+                self.accounts.insert(account_id, account);
             }
             None => {
-                self.active.remove(&account_id);
+                self.accounts.remove(&account_id);
             }
         }
     }
@@ -127,7 +166,7 @@ impl Accounts {
     /// Forgets every account `keep` rejects: after a full reload, the ones the store no
     /// longer has.
     pub(crate) fn retain(&self, keep: impl Fn(u64) -> bool) {
-        self.active.retain(|id, _| keep(*id));
+        self.accounts.retain(|id, _| keep(*id));
     }
 
     /// Records that everything up to `version` has been applied, and that the index is
@@ -143,12 +182,12 @@ impl Accounts {
         let mut highest = since;
         let mut applied = 0;
         let mut changed = conn.prepare_cached(
-            "SELECT account_id, is_active, version FROM accounts WHERE version > ?1 ORDER BY version",
+            "SELECT account_id, is_active, key_hash, version FROM accounts WHERE version > ?1 ORDER BY version",
         )?;
         let mut rows = changed.query([since])?;
         while let Some(row) = rows.next()? {
-            let (id, active, version): (i64, bool, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-            self.active.insert(id as u64, active);
+            let (id, version): (i64, i64) = (row.get(0)?, row.get(3)?);
+            self.accounts.insert(id as u64, stored(row)?);
             highest = highest.max(version);
             applied += 1;
         }
@@ -162,7 +201,7 @@ impl Accounts {
             if self.active_version_after(conn, id, version)? {
                 continue;
             }
-            self.active.remove(&(id as u64));
+            self.accounts.remove(&(id as u64));
             highest = highest.max(version);
             applied += 1;
         }
@@ -175,6 +214,13 @@ impl Accounts {
             conn.prepare_cached("SELECT 1 FROM accounts WHERE account_id = ?1 AND version > ?2")?;
         Ok(stmt.exists([id, version])?)
     }
+}
+
+/// The account in a row whose second and third columns are `is_active` and `key_hash`.
+fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    let active: bool = row.get(1)?;
+    let key_hash = row.get_ref(2)?.as_blob_or_null()?;
+    Ok(Account::stored(active, key_hash))
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@ use std::path::PathBuf;
 
 pub mod admin;
 pub mod index;
+pub mod key;
 pub mod postgres;
 pub mod schema;
 pub mod sync;
 
-pub use index::{Accounts, Status};
+pub use index::{Account, Accounts, Status};
 /// Re-exported so callers can hold what [`open`] returns without depending on rusqlite.
 pub use rusqlite::Connection;
 pub use schema::{open, open_existing};
@@ -55,10 +56,16 @@ pub enum DataError {
         "{0:?} is not a usable PostgreSQL URL ({1}); expected postgres://user@host:port/dbname"
     )]
     PostgresUrl(String, String),
+    /// The PostgreSQL database has no accounts table, and the command asked must not create
+    /// one: the URL probably names the wrong database.
+    #[error(
+        "{0} has no accounts table (nothing was created); to create it, start ingest with --db on it or run `ingest accounts seed --count N`"
+    )]
+    NoTable(String),
     /// The accounts table exists in PostgreSQL with a shape ingest cannot use; it is left
     /// alone rather than altered, since another program may rely on it as it is.
     #[error(
-        "the accounts table in {db} is not the one ingest uses: {differences}; expected accounts(account_id BIGINT PRIMARY KEY, account_name TEXT NOT NULL, is_active BOOLEAN NOT NULL, version BIGINT NOT NULL)"
+        "the accounts table in {db} is not the one ingest uses: {differences}; expected accounts(account_id BIGINT PRIMARY KEY, account_name TEXT NOT NULL, is_active BOOLEAN NOT NULL, version BIGINT NOT NULL, key_hash BYTEA)"
     )]
     Shape { db: String, differences: String },
     /// A statement PostgreSQL did not answer in time: the server or the network is stuck.

@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS accounts(
     account_id INTEGER PRIMARY KEY,
     account_name TEXT NOT NULL,
     is_active INTEGER NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0
+    version INTEGER NOT NULL DEFAULT 0,
+    key_hash BLOB
 );
 CREATE INDEX IF NOT EXISTS accounts_by_version ON accounts(version);
 -- Deletions leave a row here, so a sync that reads by version sees them too.
@@ -35,7 +36,7 @@ CREATE TRIGGER IF NOT EXISTS accounts_insert_version AFTER INSERT ON accounts BE
     UPDATE change_counter SET version = version + 1;
     UPDATE accounts SET version = (SELECT version FROM change_counter) WHERE account_id = NEW.account_id;
 END;
-CREATE TRIGGER IF NOT EXISTS accounts_update_version AFTER UPDATE OF account_id, account_name, is_active ON accounts BEGIN
+CREATE TRIGGER IF NOT EXISTS accounts_update_version AFTER UPDATE OF account_id, account_name, is_active, key_hash ON accounts BEGIN
     UPDATE change_counter SET version = version + 1;
     UPDATE accounts SET version = (SELECT version FROM change_counter) WHERE account_id = NEW.account_id;
 END;
@@ -69,10 +70,10 @@ pub fn open_seeded(path: &Path, count: u64) -> Result<(Connection, bool)> {
 
 /// Opens an existing accounts database without ever creating one: for the commands that
 /// change or read accounts, where a missing or foreign file means a wrong `--db`, not a
-/// wish for a new database.
+/// wish for a new database. A database from an older version is brought up to date.
 pub fn open_existing(path: &Path) -> Result<Connection> {
     let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
-    let conn = Connection::open_with_flags(path, flags).map_err(|err| {
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|err| {
         if path.exists() {
             DataError::from(err)
         } else {
@@ -83,6 +84,8 @@ pub fn open_existing(path: &Path) -> Result<Connection> {
     if !has_accounts_table(&conn).map_err(|err| not_sqlite(err, path))? {
         return Err(DataError::NotAccounts(path.to_owned()));
     }
+    // An older database gains what this version needs (the key column); nothing is seeded.
+    initialise(&mut conn, 0)?;
     Ok(conn)
 }
 
@@ -93,12 +96,30 @@ fn initialise(conn: &mut Connection, count: u64) -> Result<bool> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let created = !has_accounts_table(&tx)?;
+    if !created {
+        add_key_hash(&tx)?;
+    }
     tx.execute_batch(SCHEMA)?;
     if created {
         insert_seed(&tx, count)?;
     }
     tx.commit()?;
     Ok(created)
+}
+
+/// Brings a database made before write keys up to date: adds the `key_hash` column, and
+/// drops the update trigger so [`SCHEMA`] recreates it watching that column too.
+fn add_key_hash(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('accounts') WHERE name = 'key_hash'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE accounts ADD COLUMN key_hash BLOB;
+             DROP TRIGGER IF EXISTS accounts_update_version;",
+        )?;
+    }
+    Ok(())
 }
 
 fn has_accounts_table(conn: &Connection) -> rusqlite::Result<bool> {
@@ -239,6 +260,47 @@ mod tests {
         assert!(!created, "an existing database is not seeded again");
         assert_eq!(count(&conn), 5);
         assert_eq!(seed(&conn, 7).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_database_from_before_write_keys_gains_the_column_and_its_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = SCHEMA
+            .replace("    key_hash BLOB\n", "")
+            .replace("DEFAULT 0,\n", "DEFAULT 0\n")
+            .replace(", key_hash ON accounts", " ON accounts");
+        assert!(!old.contains("key_hash"), "{old}");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&old).unwrap();
+        insert_seed(&conn, 3).unwrap();
+        drop(conn);
+
+        let conn = open_existing(&path).unwrap();
+        let before: i64 = conn
+            .query_row(
+                "SELECT version FROM accounts WHERE account_id = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "UPDATE accounts SET key_hash = x'00' WHERE account_id = 2",
+            [],
+        )
+        .unwrap();
+        let after: i64 = conn
+            .query_row(
+                "SELECT version FROM accounts WHERE account_id = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            after > before,
+            "a key change is a change: {before} -> {after}"
+        );
+        assert_eq!(count(&conn), 3, "nothing seeded");
     }
 
     #[test]
