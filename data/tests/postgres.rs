@@ -52,8 +52,9 @@ async fn created_and_seeded_on_first_use_only() {
     assert_eq!(
         opened,
         Opened {
-            created: Some(1000),
-            version_added: false
+            created: true,
+            seeded: Some(1000),
+            ..Opened::default()
         }
     );
     assert_eq!(
@@ -77,7 +78,8 @@ async fn created_and_seeded_on_first_use_only() {
     pg.psql("DELETE FROM accounts");
     let (_, emptied) = postgres::open(&config).await.unwrap();
     assert_eq!(
-        emptied.created, None,
+        emptied,
+        Opened::default(),
         "an emptied table is not seeded again"
     );
     assert_eq!(pg.psql("SELECT count(*) FROM accounts"), "0");
@@ -107,6 +109,112 @@ async fn a_change_by_psql_is_applied_within_a_second() {
     )
     .await;
     sync.stop().await;
+}
+
+/// Write keys made with the admin functions (and revoked) reach a following index like any
+/// other change; a hash written by hand with the wrong length locks the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_keys_are_followed() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    let (accounts, sync) = following(&pg.url()).await;
+    let admin = postgres::admin::open_existing(&postgres::config(&pg.url()).unwrap())
+        .await
+        .unwrap();
+    let (key, hash) = data::key::generate().unwrap();
+    postgres::admin::set_key(&admin, 7, Some(&hash))
+        .await
+        .unwrap();
+    wait_until("the key was never applied", Duration::from_secs(1), || {
+        accounts.status(7) == Status::KeyMissing
+    })
+    .await;
+    assert_eq!(accounts.check(7, Some(b"trk_0")), Status::KeyWrong);
+    assert_eq!(accounts.check(7, Some(key.as_bytes())), Status::Active);
+    let stored = pg.psql("SELECT encode(key_hash, 'hex') FROM accounts WHERE account_id = 7");
+    assert_eq!(stored.len(), 64, "only the hash is stored: {stored}");
+    assert!(!stored.contains(&key[4..]));
+
+    postgres::admin::set_key(&admin, 7, None).await.unwrap();
+    wait_until(
+        "the revocation was never applied",
+        Duration::from_secs(1),
+        || accounts.status(7) == Status::Active,
+    )
+    .await;
+    pg.psql("UPDATE accounts SET key_hash = 'short' WHERE account_id = 8");
+    wait_until(
+        "a malformed hash never locked",
+        Duration::from_secs(1),
+        || accounts.status(8) == Status::KeyMissing,
+    )
+    .await;
+    assert_eq!(accounts.check(8, Some(b"short")), Status::KeyWrong);
+    assert!(matches!(
+        postgres::admin::set_key(&admin, 99_999, None).await,
+        Err(DataError::NotFound(99_999))
+    ));
+    sync.stop().await;
+}
+
+/// The admin functions work on the table ingest made, and refuse a database without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_functions_need_the_table_and_keep_to_it() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    let config = postgres::config(&pg.url()).unwrap();
+    let err = postgres::admin::open_existing(&config).await.err().unwrap();
+    assert!(matches!(err, DataError::NoTable(_)), "{err}");
+    assert_eq!(
+        pg.psql("SELECT to_regclass('accounts') IS NULL"),
+        "t",
+        "nothing created"
+    );
+
+    postgres::open_seeded(&config, 3).await.unwrap();
+    let admin = postgres::admin::open_existing(&config).await.unwrap();
+    postgres::admin::add(&admin, 9, "nine", false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        postgres::admin::add(&admin, 9, "again", true).await,
+        Err(DataError::Exists(9))
+    ));
+    postgres::admin::set_active(&admin, 9, true).await.unwrap();
+    assert_eq!(postgres::admin::seed(&admin, 5).await.unwrap(), 2);
+    let mut out = Vec::new();
+    assert_eq!(postgres::admin::list(&admin, &mut out).await.unwrap(), 6);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.starts_with("1\taccount-1\tactive\tno-key\n"), "{out}");
+    assert!(
+        out.ends_with("5\taccount-5\tactive\tno-key\n9\tnine\tactive\tno-key\n"),
+        "{out}"
+    );
+}
+
+/// A table made by hand before ingest first ran, and left empty, is seeded like a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_empty_table_is_seeded() {
+    if skip() {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql(
+        "CREATE TABLE accounts(account_id BIGINT PRIMARY KEY, account_name TEXT NOT NULL,
+         is_active BOOLEAN NOT NULL, version BIGINT NOT NULL DEFAULT 0, key_hash BYTEA)",
+    );
+    let config = postgres::config(&pg.url()).unwrap();
+    let (_, opened) = postgres::open(&config).await.unwrap();
+    let expected = Opened {
+        seeded: Some(1000),
+        ..Opened::default()
+    };
+    assert_eq!(opened, expected);
+    assert_eq!(pg.psql("SELECT count(*) FROM accounts"), "1000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,8 +373,9 @@ async fn a_table_without_the_version_column_gets_one() {
     assert_eq!(
         opened,
         Opened {
-            created: None,
-            version_added: true
+            version_added: true,
+            key_hash_added: true,
+            ..Opened::default()
         }
     );
     let accounts = Accounts::default();
@@ -289,7 +398,7 @@ async fn a_million_accounts_load() {
     let config = postgres::config(&pg.url()).unwrap();
     let started = Instant::now();
     let (mut client, opened) = postgres::open_seeded(&config, 1_000_000).await.unwrap();
-    assert_eq!(opened.created, Some(1_000_000));
+    assert_eq!(opened.seeded, Some(1_000_000));
     eprintln!("seeded 1,000,000 accounts in {:?}", started.elapsed());
     let accounts = Accounts::default();
     let started = Instant::now();

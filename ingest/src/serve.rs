@@ -323,8 +323,17 @@ async fn load_postgres(url: &str) -> anyhow::Result<(Arc<Accounts>, data::postgr
     let (mut client, opened) = postgres::open(&config)
         .await
         .with_context(|| format!("cannot open the accounts database {db}"))?;
-    if let Some(seeded) = opened.created {
-        info!("created the accounts table in {db} and seeded it with {seeded} accounts");
+    match opened.seeded {
+        Some(seeded) if opened.created => {
+            info!("created the accounts table in {db} and seeded it with {seeded} accounts")
+        }
+        Some(seeded) => info!(
+            "the accounts table in {db} was empty and had never held an account: seeded it with {seeded} accounts"
+        ),
+        None => {}
+    }
+    if opened.key_hash_added {
+        info!("the accounts table in {db} had no key_hash column (write keys): added it");
     }
     if opened.version_added {
         warn!(

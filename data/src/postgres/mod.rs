@@ -33,8 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use tokio_postgres::{Client, Config};
 
+pub mod admin;
+
 use crate::schema::SEED_ACCOUNTS;
-use crate::{Accounts, DataError, Result};
+use crate::{Account, Accounts, DataError, Result};
 
 /// The channel each write to the accounts table notifies and each sync listens on.
 pub const CHANNEL: &str = "tracker_accounts";
@@ -138,18 +140,36 @@ pub async fn connect(
 /// What [`open`] found and did, so ingest can say so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Opened {
-    /// The accounts table did not exist: it was created, with this many accounts.
-    pub created: Option<u64>,
+    /// The accounts table did not exist, and was created.
+    pub created: bool,
+    /// The table was seeded with this many accounts: it was created, or it was empty and
+    /// had never held an account (made by hand before the first start). A table emptied
+    /// later is not seeded again: its deletions are recorded, and may be on purpose.
+    pub seeded: Option<u64>,
     /// The table existed without a `version` column, which was added.
     pub version_added: bool,
+    /// The table existed without a `key_hash` column (made before write keys), which was
+    /// added.
+    pub key_hash_added: bool,
 }
 
-/// The columns ingest needs: name, type as `information_schema` spells it.
-const COLUMNS: [(&str, &str); 4] = [
-    ("account_id", "bigint"),
-    ("account_name", "text"),
-    ("is_active", "boolean"),
-    ("version", "bigint"),
+/// The columns ingest needs: name, type as `format_type` spells it, and whether it may be
+/// NULL. Absent `version` and `key_hash` columns are added; any other difference refuses.
+const COLUMNS: [(&str, &str, bool); 5] = [
+    ("account_id", "bigint", false),
+    ("account_name", "text", false),
+    ("is_active", "boolean", false),
+    ("version", "bigint", false),
+    ("key_hash", "bytea", true),
+];
+
+/// The columns [`open`] adds to a table that lacks them, and how.
+const ADDABLE: [(&str, &str); 2] = [
+    (
+        "version",
+        "ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0",
+    ),
+    ("key_hash", "ALTER TABLE accounts ADD COLUMN key_hash BYTEA"),
 ];
 
 /// Everything but the accounts table itself, all idempotent. `$$` bodies are plain SQL
@@ -220,7 +240,7 @@ pub async fn open(config: &Config) -> Result<(Client, Opened)> {
 ///
 /// All of it is one transaction under [`WRITE_LOCK`], so ingests starting together on many
 /// machines agree on which of them creates the table, and none loads a half-seeded one.
-/// An existing empty table is not seeded: it may have been emptied on purpose.
+/// An empty table is seeded only if it never held an account (see [`Opened::seeded`]).
 pub async fn open_seeded(config: &Config, count: u64) -> Result<(Client, Opened)> {
     let (mut client, _notes) = connect(config).await?;
     let opened = within(initialise(&mut client, config, count)).await?;
@@ -232,32 +252,34 @@ async fn initialise(client: &mut Client, config: &Config, count: u64) -> Result<
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .await?;
-    let exists = tx
-        .query_one("SELECT to_regclass('accounts') IS NOT NULL", &[])
-        .await?
-        .get::<_, bool>(0);
-    let sequence_existed = tx
-        .query_one("SELECT to_regclass('account_versions') IS NOT NULL", &[])
-        .await?
-        .get::<_, bool>(0);
-    let mut opened = Opened::default();
+    let exists = is_there(&tx, "accounts").await?;
+    let sequence_existed = is_there(&tx, "account_versions").await?;
+    let mut opened = Opened {
+        created: !exists,
+        ..Opened::default()
+    };
     if exists {
-        opened.version_added = check_shape(&tx, config).await?;
-        if opened.version_added {
-            tx.batch_execute("ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0")
-                .await?;
+        let missing = check_shape(&tx, config).await?;
+        for (column, add) in ADDABLE {
+            if missing.contains(&column) {
+                tx.batch_execute(add).await?;
+            }
         }
+        opened.version_added = missing.contains(&"version");
+        opened.key_hash_added = missing.contains(&"key_hash");
     } else {
         tx.batch_execute(
             "CREATE TABLE accounts(
                 account_id BIGINT PRIMARY KEY,
                 account_name TEXT NOT NULL,
                 is_active BOOLEAN NOT NULL,
-                version BIGINT NOT NULL DEFAULT 0
+                version BIGINT NOT NULL DEFAULT 0,
+                key_hash BYTEA
             )",
         )
         .await?;
     }
+    let never_used = !exists || !sequence_existed && is_unused(&tx).await?;
     tx.batch_execute(&schema_sql()).await?;
     if !sequence_existed {
         // A table that outlived its sequence keeps its versions: hand out higher ones.
@@ -269,7 +291,7 @@ async fn initialise(client: &mut Client, config: &Config, count: u64) -> Result<
         )
         .await?;
     }
-    if !exists {
+    if never_used {
         let seeded = tx
             .execute(
                 "INSERT INTO accounts(account_id, account_name, is_active)
@@ -277,15 +299,36 @@ async fn initialise(client: &mut Client, config: &Config, count: u64) -> Result<
                 &[&count],
             )
             .await?;
-        opened.created = Some(seeded);
+        opened.seeded = Some(seeded);
     }
     tx.commit().await?;
     Ok(opened)
 }
 
-/// Compares an existing accounts table with [`COLUMNS`]; returns whether only the `version`
-/// column is missing (which [`open`] adds), or the differences as an error.
-async fn check_shape(tx: &tokio_postgres::Transaction<'_>, config: &Config) -> Result<bool> {
+/// Whether a table, sequence or other relation of that name exists.
+async fn is_there(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<bool> {
+    Ok(tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0))
+}
+
+/// Whether an accounts table that existed before ingest's first start (no sequence yet)
+/// is empty and has no recorded deletions: made by hand, waiting to be seeded.
+async fn is_unused(tx: &tokio_postgres::Transaction<'_>) -> Result<bool> {
+    let empty: bool = tx
+        .query_one("SELECT NOT EXISTS (SELECT 1 FROM accounts)", &[])
+        .await?
+        .get(0);
+    Ok(empty && !is_there(tx, "account_deletions").await?)
+}
+
+/// Compares an existing accounts table with [`COLUMNS`]; returns the columns it lacks that
+/// [`open`] can add ([`ADDABLE`]), or every difference as an error.
+async fn check_shape(
+    tx: &tokio_postgres::Transaction<'_>,
+    config: &Config,
+) -> Result<Vec<&'static str>> {
     let rows = tx
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, NULL), a.attnotnull
@@ -306,17 +349,17 @@ async fn check_shape(tx: &tokio_postgres::Transaction<'_>, config: &Config) -> R
         .map(|row| row.get(0))
         .collect();
     let mut differences = Vec::new();
-    let mut version_missing = false;
-    for (name, wanted) in COLUMNS {
+    let mut missing = Vec::new();
+    for (name, wanted, nullable) in COLUMNS {
         match rows.iter().find(|row| row.get::<_, String>(0) == name) {
-            None if name == "version" => version_missing = true,
+            None if ADDABLE.iter().any(|(column, _)| *column == name) => missing.push(name),
             None => differences.push(format!("it has no column {name}")),
             Some(row) => {
                 let actual: String = row.get(1);
                 if actual != wanted {
                     differences.push(format!("column {name} is {actual}, not {wanted}"));
                 }
-                if !row.get::<_, bool>(2) && name != "account_id" {
+                if !row.get::<_, bool>(2) && !nullable && name != "account_id" {
                     differences.push(format!("column {name} allows NULL"));
                 }
             }
@@ -333,7 +376,7 @@ async fn check_shape(tx: &tokio_postgres::Transaction<'_>, config: &Config) -> R
         });
     }
     if differences.is_empty() {
-        Ok(version_missing)
+        Ok(missing)
     } else {
         Err(DataError::Shape {
             db: describe(config),
@@ -371,9 +414,9 @@ async fn catch_up_inner(client: &mut Client, accounts: &Accounts) -> Result<usiz
     // present, and a re-added and deleted one absent.
     let rows = tx
         .query(
-            "SELECT account_id, is_active, version FROM accounts WHERE version > $1
+            "SELECT account_id, is_active, key_hash, version FROM accounts WHERE version > $1
              UNION ALL
-             SELECT account_id, NULL, version FROM account_deletions WHERE version > $1
+             SELECT account_id, NULL, NULL, version FROM account_deletions WHERE version > $1
              ORDER BY version",
             &[&since],
         )
@@ -381,7 +424,10 @@ async fn catch_up_inner(client: &mut Client, accounts: &Accounts) -> Result<usiz
     tx.commit().await?;
     for row in &rows {
         let id: i64 = row.get(0);
-        accounts.set(id as u64, row.get::<_, Option<bool>>(1));
+        let account = row
+            .get::<_, Option<bool>>(1)
+            .map(|active| Account::stored(active, row.get(2)));
+        accounts.set(id as u64, account);
     }
     accounts.applied_up_to(high as u64);
     Ok(rows.len())
@@ -418,13 +464,16 @@ async fn reload(client: &mut Client, accounts: &Accounts) -> Result<usize> {
     let mut present = HashSet::new();
     let params: [i64; 0] = [];
     let rows = tx
-        .query_raw("SELECT account_id, is_active FROM accounts", params)
+        .query_raw(
+            "SELECT account_id, is_active, key_hash FROM accounts",
+            params,
+        )
         .await?;
     futures::pin_mut!(rows);
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
         let id = row.get::<_, i64>(0) as u64;
-        accounts.set(id, Some(row.get(1)));
+        accounts.set(id, Some(Account::stored(row.get(1), row.get(2))));
         if had_any {
             present.insert(id);
         }
