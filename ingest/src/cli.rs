@@ -190,8 +190,8 @@ fn parse_db(value: &str) -> Result<Db, String> {
 
 #[derive(Args, Debug)]
 pub struct AccountsArgs {
-    /// SQLite accounts database; must exist, except for `seed`, which creates it. These
-    /// commands do not manage PostgreSQL yet: use psql there.
+    /// Accounts database: an SQLite file or postgres://user@host:port/dbname. It must exist
+    /// (for PostgreSQL: its accounts table), except for `seed`, which creates it.
     #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true, value_parser = parse_db)]
     pub db: Db,
     #[command(subcommand)]
@@ -227,7 +227,16 @@ pub enum AccountsCommand {
         #[arg(action = clap::ArgAction::Set)]
         active: bool,
     },
-    /// Print every account: id, name, active|inactive.
+    /// Make a new random write key for an account and print it, once: from then on its
+    /// events need `Authorization: Bearer <key>` (401 without). Only the key's hash is stored.
+    Key {
+        /// The account id.
+        id: u64,
+        /// Remove the account's key instead: its events need no key again.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Print every account: id, name, active|inactive, key|no-key (tab-separated).
     List,
 }
 

@@ -5,8 +5,10 @@
 //! -> the client library's outbox (encoded, kept until acknowledged) -> its publisher
 //! (batches to busd, `client::publisher`);
 //! [`connection`] and [`server`] drive the sockets, [`slots`] takes back idle connections'
-//! slots when they run out, and [`serve`] puts it all together.
+//! slots when they run out, and [`serve`] puts it all together. [`accounts`] is the
+//! `ingest accounts` command.
 
+pub mod accounts;
 pub mod cli;
 pub mod connection;
 pub mod metrics;

@@ -18,6 +18,8 @@ pub enum Outcome {
     BadData,
     UnknownAccount,
     InactiveAccount,
+    /// 401: the account has a write key and the request did not present it.
+    Unauthorized,
     MethodNotAllowed,
     BusUnavailable,
     BadRequest,
@@ -29,13 +31,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 13] = [
+    const ALL: [Outcome; 14] = [
         Outcome::Accepted,
         Outcome::Probe,
         Outcome::BadAccountId,
         Outcome::BadData,
         Outcome::UnknownAccount,
         Outcome::InactiveAccount,
+        Outcome::Unauthorized,
         Outcome::MethodNotAllowed,
         Outcome::BusUnavailable,
         Outcome::BadRequest,
@@ -53,6 +56,7 @@ impl Outcome {
             Outcome::BadData => "bad_data",
             Outcome::UnknownAccount => "unknown_account",
             Outcome::InactiveAccount => "inactive_account",
+            Outcome::Unauthorized => "unauthorized",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::BusUnavailable => "bus_unavailable",
             Outcome::BadRequest => "bad_request",

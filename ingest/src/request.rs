@@ -32,6 +32,9 @@ pub struct Head<'a> {
     pub keep_alive: bool,
     /// The `Origin` header, for CORS.
     pub origin: Option<&'a str>,
+    /// The `Authorization` header's value, for write keys (the first, if there are several).
+    /// Never logged: it may hold a key.
+    pub authorization: Option<&'a [u8]>,
 }
 
 /// Why a head cannot be served; each maps to a status and the connection is closed.
@@ -75,6 +78,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: Limits) -> Result<Option<(Head<'a>, usiz
     let http10 = request.version == Some(0);
     let mut keep_alive = !http10;
     let mut origin = None;
+    let mut authorization = None;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             // RFC 9110 8.6: Content-Length = 1*DIGIT; "+0" or "0x0" is not a length.
@@ -96,6 +100,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: Limits) -> Result<Option<(Head<'a>, usiz
             }
         } else if header.name.eq_ignore_ascii_case("origin") {
             origin = std::str::from_utf8(header.value).ok();
+        } else if header.name.eq_ignore_ascii_case("authorization") && authorization.is_none() {
+            authorization = Some(header.value);
         }
     }
     let target = origin_form(request.path.ok_or(Reject::Malformed)?)?;
@@ -105,6 +111,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: Limits) -> Result<Option<(Head<'a>, usiz
             target,
             keep_alive,
             origin,
+            authorization,
         },
         len,
     )))

@@ -53,7 +53,7 @@ pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
         "/healthz" => (Response::json(200, r#"{"status":"ok"}"#), Outcome::Health),
         "/readyz" => (ready(app), Outcome::Health),
         "/metrics" => (metrics(app), Outcome::Health),
-        _ => event(path, query, head.method == Method::Head, app, now_us),
+        _ => event(head, path, query, app, now_us),
     };
     response.cors = allowed.map(|origin| Cors {
         origin,
@@ -108,7 +108,8 @@ fn metrics(app: &App) -> Response {
     }
 }
 
-fn event(path: &str, query: &str, probe: bool, app: &App, now_us: u64) -> (Response, Outcome) {
+fn event(head: &Head<'_>, path: &str, query: &str, app: &App, now_us: u64) -> (Response, Outcome) {
+    let probe = head.method == Method::Head;
     let Some(account_id) = account_id(path) else {
         return (
             Response::json(400, r#"{"error":"bad_account_id"}"#),
@@ -122,10 +123,19 @@ fn event(path: &str, query: &str, probe: bool, app: &App, now_us: u64) -> (Respo
             return (Response::json_owned(400, body), Outcome::BadData);
         }
     };
-    match app.accounts.status(account_id) {
+    let key = head.authorization.and_then(bearer);
+    match app.accounts.check(account_id, key) {
         Status::Unknown => (
             Response::json(404, r#"{"error":"unknown_account"}"#),
             Outcome::UnknownAccount,
+        ),
+        Status::KeyMissing => unauthorized(
+            r#"{"error":"unauthorized","reason":"missing_key"}"#,
+            r#"Bearer realm="tracker""#,
+        ),
+        Status::KeyWrong => unauthorized(
+            r#"{"error":"unauthorized","reason":"wrong_key"}"#,
+            r#"Bearer realm="tracker", error="invalid_token""#,
         ),
         Status::Inactive => (
             Response::json(403, r#"{"error":"inactive_account"}"#),
@@ -138,6 +148,24 @@ fn event(path: &str, query: &str, probe: bool, app: &App, now_us: u64) -> (Respo
             Err(_) => bus_unavailable(),
         },
     }
+}
+
+/// 401 with the challenge RFC 6750 asks for; `error="invalid_token"` only when a key was
+/// presented, since a request without one is merely unauthenticated.
+fn unauthorized(body: &'static str, challenge: &'static str) -> (Response, Outcome) {
+    let response = Response::json(401, body).with_header("WWW-Authenticate", challenge);
+    (response, Outcome::Unauthorized)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case, RFC 9110
+/// 11.1); `None` for another scheme or an empty token, which count as no key.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let scheme = value.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = value[7..].trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn bus_unavailable() -> (Response, Outcome) {
@@ -226,6 +254,22 @@ mod tests {
             "/00",
         ] {
             assert_eq!(account_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_from_the_authorization_value() {
+        assert_eq!(bearer(b"Bearer trk_abc"), Some(&b"trk_abc"[..]));
+        assert_eq!(bearer(b"bearer   trk_abc "), Some(&b"trk_abc"[..]));
+        assert_eq!(bearer(b"BEARER trk_abc"), Some(&b"trk_abc"[..]));
+        for none in [
+            &b"Basic dXNlcjpwYXNz"[..],
+            b"Bearer",
+            b"Bearer ",
+            b"Bearertrk",
+            b"",
+        ] {
+            assert_eq!(bearer(none), None, "{:?}", String::from_utf8_lossy(none));
         }
     }
 
