@@ -218,5 +218,8 @@ fn seed_on_a_new_path_gives_exactly_the_count() {
     );
     let listed = stdout(&accounts(&db, &["list"]));
     assert_eq!(listed.lines().count(), 8);
-    assert!(listed.contains("5\taccount-5\tinactive\n"), "{listed}");
+    assert!(
+        listed.contains("5\taccount-5\tinactive\tno-key\n"),
+        "{listed}"
+    );
 }

@@ -168,7 +168,10 @@ async fn account_changes_apply_without_a_restart() {
     }
     let listed = ingest.accounts(&["list"]);
     let text = String::from_utf8_lossy(&listed.stdout);
-    assert!(text.contains("7\taccount-7\tinactive\n") && text.contains("5000\tnewco\tactive\n"));
+    assert!(
+        text.contains("7\taccount-7\tinactive\tno-key\n")
+            && text.contains("5000\tnewco\tactive\tno-key\n")
+    );
     let missing = ingest.accounts(&["set-active", "123456", "true"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("account 123456 does not exist"));
