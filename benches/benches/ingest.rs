@@ -45,6 +45,7 @@ fn main() -> std::io::Result<()> {
     let data = "d".repeat(64);
     let Some(report) = wrk(
         &format!("http://{http}/1?data={data}"),
+        &[],
         connections,
         seconds,
         None,

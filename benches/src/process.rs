@@ -153,8 +153,15 @@ pub struct WrkReport {
     pub non_2xx: u64,
 }
 
-/// Runs wrk (one thread) against `url`; `None` if wrk is not installed.
-pub fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&str>) -> Option<WrkReport> {
+/// Runs wrk (one thread) against `url`, sending `headers` (`Name: value`) with every request;
+/// `None` if wrk is not installed.
+pub fn wrk(
+    url: &str,
+    headers: &[String],
+    connections: u32,
+    seconds: u32,
+    script: Option<&str>,
+) -> Option<WrkReport> {
     let mut command = Command::new("wrk");
     command.args([
         "-t1",
@@ -162,6 +169,9 @@ pub fn wrk(url: &str, connections: u32, seconds: u32, script: Option<&str>) -> O
         &format!("-d{seconds}s"),
         "--latency",
     ]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
     if let Some(script) = script {
         command.args(["-s", script]);
     }

@@ -1,5 +1,6 @@
 //! HTTP: ingest's whole path against nginx answering `return 204`, may_minihttp and hyper
-//! hello servers, with wrk -t1 at 64 and 256 connections and pipelined 16 deep.
+//! hello servers, with wrk -t1 at 64 and 256 connections and pipelined 16 deep; and ingest
+//! again for an account with a write key, every request carrying `Authorization: Bearer`.
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
@@ -35,10 +36,11 @@ const MODES: [(&str, u32, bool); 3] = [
 
 const PIPELINE_LUA: &str = "init = function(args)\n  local r = {}\n  for i = 1, 16 do r[i] = wrk.format(nil) end\n  req = table.concat(r)\nend\nrequest = function() return req end\n";
 
-/// A server under test: its process and the URL to load.
+/// A server under test: its process, the URL to load and the headers to send.
 struct Target {
     name: &'static str,
     url: String,
+    headers: Vec<String>,
     _processes: Vec<Running>,
 }
 
@@ -52,6 +54,7 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
     let mut rows = Vec::new();
     for start in [
         ingest as fn(&std::path::Path) -> Result<Target, String>,
+        keyed_ingest,
         nginx,
         may_minihttp,
         hyper,
@@ -66,6 +69,7 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
         for (mode, connections, pipelined) in MODES {
             let report = wrk(
                 &target.url,
+                &target.headers,
                 connections,
                 budget.seconds,
                 pipelined.then_some(script.as_str()),
@@ -117,7 +121,47 @@ fn skipped(server: &str, note: &str) -> Row {
 fn ingest(work: &std::path::Path) -> Result<Target, String> {
     let dir = work.join("ingest");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let (process, http, bus) = start_ingest(&dir, &[]).map_err(|e| format!("ingest: {e}"))?;
+    started_ingest(&dir, "ingest (full path)", Vec::new())
+}
+
+/// The same, for an account with a write key: what checking the key costs. Not named
+/// "ingest ..." so the plain rows stay the ones the other goals read.
+fn keyed_ingest(work: &std::path::Path) -> Result<Target, String> {
+    let dir = work.join("keyed");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let key = new_key(&dir).map_err(|e| format!("ingest accounts key: {e}"))?;
+    let header = format!("Authorization: Bearer {key}");
+    started_ingest(&dir, "keyed ingest (full path, Bearer key)", vec![header])
+}
+
+/// Seeds the default accounts in `dir` and gives account 1 a key; returns the key.
+fn new_key(dir: &std::path::Path) -> std::io::Result<String> {
+    let ingest = release_binary("ingest", "ingest")?;
+    let db = dir.join("accounts.db");
+    let run = |args: &[&str]| -> std::io::Result<String> {
+        let output = Command::new(&ingest)
+            .arg("accounts")
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()?;
+        if !output.status.success() {
+            return Err(std::io::Error::other(
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    run(&["seed"])?;
+    run(&["key", "1"])
+}
+
+fn started_ingest(
+    dir: &std::path::Path,
+    name: &'static str,
+    headers: Vec<String>,
+) -> Result<Target, String> {
+    let (process, http, bus) = start_ingest(dir, &[]).map_err(|e| format!("ingest: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -140,8 +184,9 @@ fn ingest(work: &std::path::Path) -> Result<Target, String> {
         ));
     });
     Ok(Target {
-        name: "ingest (full path)",
+        name,
         url: format!("http://{http}/1?data={}", "d".repeat(64)),
+        headers,
         _processes: vec![process],
     })
 }
@@ -179,6 +224,7 @@ fn nginx(work: &std::path::Path) -> Result<Target, String> {
     Ok(Target {
         name: "nginx return 204 (1 worker)",
         url: format!("http://{addr}/"),
+        headers: Vec::new(),
         _processes: vec![process],
     })
 }
@@ -190,6 +236,7 @@ fn hello(name: &'static str, binary: &str) -> Result<Target, String> {
     Ok(Target {
         name,
         url: format!("http://{addr}/"),
+        headers: Vec::new(),
         _processes: vec![process],
     })
 }

@@ -143,6 +143,18 @@ pub fn goals(
             0.8,
         ),
         ratio_goal(
+            "keyed ingest (Bearer key) >= 0.9x plain ingest at c=64",
+            rps(http, "keyed ingest", "c=64"),
+            rps(http, "ingest", "c=64"),
+            0.9,
+        ),
+        ratio_goal(
+            "keyed ingest pipelined >= 0.9x plain ingest pipelined",
+            rps(http, "keyed ingest", "pipelined 16, c=64"),
+            rps(http, "ingest", "pipelined 16, c=64"),
+            0.9,
+        ),
+        ratio_goal(
             "ingest vs may_minihttp at c=64 (no goal; reported)",
             rps(http, "ingest", "c=64"),
             rps(http, "may_minihttp", "c=64"),
