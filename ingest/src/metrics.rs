@@ -84,6 +84,9 @@ pub struct Metrics {
     /// 1 while the accounts database file is the one being followed, 0 while it is deleted
     /// or replaced and ingest serves the accounts it has in memory.
     pub accounts_file_ok: Gauge,
+    /// 1 while the index follows its store (the SQLite file is in place, or PostgreSQL is
+    /// connected), 0 while ingest serves from memory alone: one name for both stores.
+    pub accounts_store_up: Gauge,
     pub bus_reconnects: Counter,
     /// Idle connections closed to admit a new one at `--max-connections`: many mean the
     /// limit is too low for the clients' keep-alive habits, or someone is hoarding sockets.
@@ -132,8 +135,14 @@ impl Default for Metrics {
         let accounts_file_ok = Gauge::default();
         registry.register(
             "accounts_file_ok",
-            "1 while the accounts database file is in place, 0 while it is deleted or replaced (serving from memory)",
+            "1 while the accounts database file is in place, 0 while it is deleted or replaced (serving from memory); with PostgreSQL, the same as accounts_store_up",
             accounts_file_ok.clone(),
+        );
+        let accounts_store_up = Gauge::default();
+        registry.register(
+            "accounts_store_up",
+            "1 while changes to the accounts reach the index (SQLite file in place, PostgreSQL connected), 0 while serving from memory alone",
+            accounts_store_up.clone(),
         );
         let bus_reconnects = Counter::default();
         registry.register(
@@ -162,6 +171,7 @@ impl Default for Metrics {
             bus_up,
             accounts,
             accounts_file_ok,
+            accounts_store_up,
             bus_reconnects,
             connections_reclaimed,
             answer_time,

@@ -95,9 +95,9 @@ fn metrics(app: &App) -> Response {
         .bus_reconnects
         .inc_by(app.link.reconnects().saturating_sub(counted));
     app.metrics.accounts.set(app.accounts.len() as i64);
-    app.metrics
-        .accounts_file_ok
-        .set(i64::from(app.accounts.file_ok()));
+    let following = i64::from(app.accounts.file_ok());
+    app.metrics.accounts_file_ok.set(following);
+    app.metrics.accounts_store_up.set(following);
     Response {
         cors: None,
         status: 200,

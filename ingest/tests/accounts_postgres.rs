@@ -59,10 +59,20 @@ async fn accounts_in_postgres_are_created_followed_and_outlive_an_outage() {
         202,
         "served from memory"
     );
+    let metrics = get(ingest.http, "/metrics").await.body;
+    assert!(
+        metrics.contains("tracker_ingest_accounts_store_up 0"),
+        "{metrics}"
+    );
     pg.restart();
     pg.psql("DELETE FROM accounts WHERE account_id = 998");
     ingest.proc.wait_stderr("is back after", WAIT);
     wait_status(&ingest, "/998?data=x", 404, Duration::from_secs(1)).await;
+    let metrics = get(ingest.http, "/metrics").await.body;
+    assert!(
+        metrics.contains("tracker_ingest_accounts_store_up 1"),
+        "{metrics}"
+    );
 
     let second = Ingest::start(&["--db", &url]);
     let log = second.proc.stderr_log();
