@@ -20,8 +20,8 @@ use clap::Parser as _;
 use client::cli::{Cli, Command, Format, WatchArgs};
 use client::output::Output;
 use client::render::{describe_gap, event_line, gap_line};
-use client::subscriber::GapReport;
 use client::session::Welcome;
+use client::subscriber::GapReport;
 
 /// busctl's frame limit (`MAX_FRAME` in `client/src/session.rs`, private to the binary).
 pub const MAX_FRAME: usize = 64 << 20;

@@ -8,11 +8,11 @@
 use std::sync::{Arc, LazyLock};
 
 use bytes::BytesMut;
+use client::outbox::{self, Outbox};
+use client::publisher::Link;
 use data::{Accounts, Status};
 use ingest::connection::answer_buffered;
-use client::publisher::Link;
 use ingest::metrics::Metrics;
-use client::outbox::{self, Outbox};
 use ingest::request::{self, Limits, Method};
 use ingest::route::App;
 use protocol::Event;
@@ -33,6 +33,17 @@ pub const SEEDED: u64 = 20;
 /// The largest id the store takes, so the top of the id range is exercised.
 pub const BIG_ACCOUNT: u64 = i64::MAX as u64;
 
+/// An account with a write key the dictionary holds (`http.dict`), so keyed requests are
+/// accepted as well as refused.
+pub const KEYED_ACCOUNT: u64 = 3;
+
+/// That key.
+const FUZZ_KEY: &[u8] = b"trk_fuzz";
+
+/// An account whose key is random and in no input: no event for it may ever be accepted,
+/// whatever the headers look like.
+pub const LOCKED_ACCOUNT: u64 = 4;
+
 /// The one origin whose pages may call this app, so preflights and CORS headers are reached
 /// (`http.dict` has it).
 const CORS_ORIGIN: &str = "https://a.example";
@@ -50,6 +61,10 @@ fn app() -> App {
     let (conn, _) = data::schema::open_seeded(&dir.path().join("accounts.db"), SEEDED)
         .expect("accounts database");
     data::admin::add(&conn, BIG_ACCOUNT, "big", true).expect("big account");
+    let fuzz_key = data::key::KeyHash::of(FUZZ_KEY);
+    data::admin::set_key(&conn, KEYED_ACCOUNT, Some(&fuzz_key)).expect("keyed account");
+    let (_, random) = data::key::generate().expect("a random key");
+    data::admin::set_key(&conn, LOCKED_ACCOUNT, Some(&random)).expect("locked account");
     let accounts = Arc::new(Accounts::default());
     accounts.load(&conn).expect("load accounts");
     App {
@@ -184,10 +199,14 @@ fn drain_accepted(app: &App) -> usize {
             assert!(event.data.len() <= MAX_DATA, "data over max_data accepted");
             assert_eq!(event.origin, ORIGIN);
             assert_eq!(
-                app.accounts.status(event.account_id),
+                app.accounts.check(event.account_id, Some(FUZZ_KEY)),
                 Status::Active,
                 "event accepted for account {} that is not active",
                 event.account_id
+            );
+            assert_ne!(
+                event.account_id, LOCKED_ACCOUNT,
+                "event accepted without the account's key"
             );
             accepted += 1;
         }
