@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use testkit::http::get;
-use testkit::postgres::{Postgres, available};
+use testkit::postgres::{Postgres, skip_without_postgres};
 
 async fn wait_status(ingest: &Ingest, target: &str, status: u16, within: Duration) -> Duration {
     let started = Instant::now();
@@ -27,8 +27,7 @@ async fn wait_status(ingest: &Ingest, target: &str, status: u16, within: Duratio
 
 #[tokio::test]
 async fn accounts_in_postgres_are_created_followed_and_outlive_an_outage() {
-    if !available() {
-        eprintln!("skipped: PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed");
+    if skip_without_postgres() {
         return;
     }
     let mut pg = Postgres::start();

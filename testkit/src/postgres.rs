@@ -1,7 +1,8 @@
 //! A throwaway PostgreSQL cluster for tests of the accounts store in Postgres: `initdb` in a
 //! temporary directory, `postgres` on `127.0.0.1` and a free port with trust authentication,
-//! and a database `tracker`. Nothing here installs PostgreSQL: tests call [`available`] first
-//! and skip when the binaries are missing.
+//! and a database `tracker`. Nothing here installs PostgreSQL: every test starts with
+//! [`skip_without_postgres`], which skips it when the binaries are missing, except in CI,
+//! where that fails it.
 //!
 //! `initdb` and `postgres` refuse to run as root, so when the tests run as root (as in CI's
 //! containers) every server command runs as the `postgres` user through `runuser`, in a
@@ -55,9 +56,68 @@ pub fn bin_dir() -> Option<PathBuf> {
 }
 
 /// Whether a cluster can be started here: the binaries exist and, when running as root, so
-/// does the `postgres` user to run them as.
+/// does the `postgres` user to run them as. Tests call [`skip_without_postgres`] instead.
 pub fn available() -> bool {
-    bin_dir().is_some() && (!is_root() || user_exists("postgres"))
+    missing().is_none()
+}
+
+/// What every PostgreSQL test calls first: `false` when a cluster can be started here (run
+/// the test); `true`, after saying why on stderr, when it cannot (return: skipped). In CI
+/// (`CI` set to anything but empty, `false` or `0`) a missing PostgreSQL fails the test
+/// instead, so a CI machine without it cannot pass the PostgreSQL tests by skipping them all.
+pub fn skip_without_postgres() -> bool {
+    match verdict(missing(), std::env::var("CI").ok().as_deref()) {
+        Ok(skip) => skip,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+/// What [`skip_without_postgres`] does, given what is missing and the value of `CI`:
+/// `Ok(false)` run, `Ok(true)` skip (said on stderr), `Err` fail with that message.
+fn verdict(missing: Option<String>, ci: Option<&str>) -> Result<bool, String> {
+    let Some(missing) = missing else {
+        return Ok(false);
+    };
+    match ci.filter(|value| in_ci(value)) {
+        Some(value) => Err(format!(
+            "{missing}, and this is CI (CI={value}): the PostgreSQL tests must run here, not \
+             be skipped; install PostgreSQL, or set TRACKER_PG_BIN to the directory of its \
+             binaries"
+        )),
+        None => {
+            eprintln!("skipped: {missing}");
+            Ok(true)
+        }
+    }
+}
+
+/// Whether a value of the `CI` variable says this is CI: anything but empty, `false`, `0`.
+fn in_ci(value: &str) -> bool {
+    let value = value.trim();
+    !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false")
+}
+
+/// Why no cluster can be started here, or `None` when one can.
+fn missing() -> Option<String> {
+    if bin_dir().is_none() {
+        return Some(
+            match std::env::var_os("TRACKER_PG_BIN").filter(|v| !v.is_empty()) {
+                Some(dir) => format!(
+                    "PostgreSQL is not where TRACKER_PG_BIN says: {} lacks initdb, pg_ctl, \
+                 postgres or psql",
+                    dir.to_string_lossy()
+                ),
+                None => "PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed: not in \
+                     /usr/lib/postgresql/*/bin nor on PATH"
+                    .to_owned(),
+            },
+        );
+    }
+    (is_root() && !user_exists("postgres")).then(|| {
+        "PostgreSQL cannot run here: the tests run as root and there is no `postgres` user \
+         to run the server as"
+            .to_owned()
+    })
 }
 
 fn is_root() -> bool {
@@ -92,9 +152,10 @@ pub struct Postgres {
 
 impl Postgres {
     /// Creates and starts a cluster with a database `tracker`. Panics when it cannot: tests
-    /// check [`available`] first and skip.
+    /// call [`skip_without_postgres`] first.
     pub fn start() -> Postgres {
-        let bin = bin_dir().expect("PostgreSQL is not installed (check available() first)");
+        let bin =
+            bin_dir().expect("PostgreSQL is not installed (call skip_without_postgres() first)");
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
             .prefix("tracker-pg-")
@@ -330,4 +391,38 @@ impl Drop for Postgres {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temporary path")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_any_value_but_empty_false_or_zero() {
+        for value in ["true", "1", "yes", "github", "TRUE"] {
+            assert!(in_ci(value), "{value}");
+        }
+        for value in ["", " ", "0", "false", "False", "FALSE"] {
+            assert!(!in_ci(value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_postgres_skips_outside_ci_and_fails_in_ci() {
+        let gone = || Some("PostgreSQL is not installed".to_owned());
+        assert_eq!(verdict(None, Some("true")), Ok(false), "present: run");
+        assert_eq!(verdict(None, None), Ok(false), "present: run");
+        assert_eq!(
+            verdict(gone(), None),
+            Ok(true),
+            "skip on a developer's machine"
+        );
+        assert_eq!(verdict(gone(), Some("false")), Ok(true));
+        assert_eq!(verdict(gone(), Some("0")), Ok(true));
+        assert_eq!(verdict(gone(), Some("")), Ok(true));
+        let failure = verdict(gone(), Some("true")).unwrap_err();
+        assert!(failure.contains("PostgreSQL is not installed"), "{failure}");
+        assert!(failure.contains("CI=true"), "{failure}");
+        assert!(failure.contains("must run here"), "{failure}");
+    }
 }

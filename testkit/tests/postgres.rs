@@ -4,12 +4,11 @@
 
 use std::net::TcpStream;
 
-use testkit::postgres::{Postgres, available};
+use testkit::postgres::{Postgres, skip_without_postgres};
 
 #[test]
 fn starts_restarts_and_cleans_up() {
-    if !available() {
-        eprintln!("skipped: PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed");
+    if skip_without_postgres() {
         return;
     }
     let mut pg = Postgres::start();
