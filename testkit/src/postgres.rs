@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL cluster for tests of the accounts store in Postgres: `initdb` in a
 //! temporary directory, `postgres` on `127.0.0.1` and a free port with trust authentication,
-//! and a database `tracker`. Nothing here installs PostgreSQL: every test starts with
+//! and a database `tracker`; [`Postgres::add_password_role`] adds a role that must give its
+//! password. Nothing here installs PostgreSQL: every test starts with
 //! [`skip_without_postgres`], which skips it when the binaries are missing, except in CI,
 //! where that fails it.
 //!
@@ -211,6 +212,57 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
     }
 
+    /// `postgres://USER:PASSWORD@127.0.0.1:PORT/tracker`: a role's URL, password included.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{DATABASE}",
+            self.port
+        )
+    }
+
+    /// Adds a login role `user` with `password`, which may create tables in the `tracker`
+    /// database, and makes the server require that password from it over TCP
+    /// (`scram-sha-256`, in a pg_hba.conf line ahead of the trust every other user keeps).
+    /// Returns once the server asks `user` for the password. Both must be plain words
+    /// (letters, digits, `-`, `_`), so they need no quoting in SQL or URLs.
+    pub fn add_password_role(&self, user: &str, password: &str) {
+        let plain = |word: &str| {
+            !word.is_empty()
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        assert!(
+            plain(user) && plain(password),
+            "{user:?} and the password must be plain words"
+        );
+        self.psql(&format!(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}';
+             GRANT ALL ON SCHEMA public TO \"{user}\""
+        ));
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf is readable");
+        let ours = format!(
+            "host all \"{user}\" 127.0.0.1/32 scram-sha-256\nhost all \"{user}\" ::1/128 scram-sha-256\n"
+        );
+        std::fs::write(&hba, ours + &rules).expect("pg_hba.conf is writable");
+        let errors = self.psql(
+            "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL;
+             SELECT pg_reload_conf()",
+        );
+        assert_eq!(errors, "t", "pg_hba.conf has errors:\n{errors}");
+        // The postmaster rereads pg_hba.conf when signalled: wait until it asks for the password.
+        let started = Instant::now();
+        while self.connects_as(user) {
+            assert!(
+                started.elapsed() < START_WITHIN,
+                "{user} still gets in without a password after {START_WITHIN:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The port the server listens on, the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
@@ -332,6 +384,20 @@ impl Postgres {
             .args(["-X", "-q", "-A", "-t", "-c", "SELECT 1"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Whether `user` gets in over TCP without giving a password.
+    fn connects_as(&self, user: &str) -> bool {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-w", "-c", "SELECT 1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", user, "-d", DATABASE])
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/dev/null")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
