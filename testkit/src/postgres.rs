@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
@@ -291,6 +291,24 @@ impl Postgres {
     /// line, columns separated by `|`, no headers. Panics, with psql's message, on an error.
     pub fn psql(&self, sql: &str) -> String {
         self.psql_db(DATABASE, sql)
+    }
+
+    /// Runs `sql` (statements that return no rows) in a transaction of its own and returns
+    /// when it committed, by the server's clock, which is this machine's: the moment from
+    /// which to time how soon a follower sees the change.
+    pub fn commit(&self, sql: &str) -> SystemTime {
+        let out = self.psql(&format!(
+            "BEGIN; {sql}; COMMIT; SELECT extract(epoch FROM clock_timestamp())"
+        ));
+        let epoch = out.lines().last().unwrap_or_default();
+        let (secs, fraction) = epoch.split_once('.').unwrap_or((epoch, "0"));
+        let micros = format!("{fraction:0<6}");
+        let parse = |digits: &str| -> u64 {
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("no timestamp in {out:?}"))
+        };
+        UNIX_EPOCH + Duration::from_secs(parse(secs)) + Duration::from_micros(parse(&micros[..6]))
     }
 
     /// The server's log so far, for a failing test's message.

@@ -1,9 +1,10 @@
 //! `testkit::postgres::Postgres` against the real PostgreSQL: a cluster starts with the
-//! `tracker` database, answers psql and over TCP, keeps its data across a restart and leaves
-//! nothing behind; a role added with a password must give it.
+//! `tracker` database, answers psql and over TCP, tells when a change committed, keeps its
+//! data across a restart and leaves nothing behind; a role added with a password must give it.
 
 use std::net::TcpStream;
 use std::process::Command;
+use std::time::SystemTime;
 
 use testkit::postgres::{Postgres, bin_dir, skip_without_postgres};
 
@@ -21,13 +22,20 @@ fn starts_restarts_and_cleans_up() {
     assert_eq!(pg.psql("SELECT current_database()"), "tracker");
     pg.psql("CREATE TABLE t(x INT); INSERT INTO t VALUES (1), (2)");
     assert_eq!(pg.psql("SELECT x, x * 10 FROM t ORDER BY x"), "1|10\n2|20");
+    let before = SystemTime::now();
+    let committed = pg.commit("INSERT INTO t VALUES (3)");
+    assert!(
+        before <= committed && committed <= SystemTime::now(),
+        "{committed:?}"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM t"), "3", "committed");
 
     pg.stop();
     assert!(!pg.is_running());
     assert!(TcpStream::connect(("127.0.0.1", pg.port())).is_err());
     pg.restart();
     assert!(pg.is_running());
-    assert_eq!(pg.psql("SELECT count(*) FROM t"), "2", "data kept");
+    assert_eq!(pg.psql("SELECT count(*) FROM t"), "3", "data kept");
 
     let port = pg.port();
     drop(pg);
