@@ -1,30 +1,25 @@
-//! ingest with `--db postgres://...` against a throwaway PostgreSQL: the table is created and
-//! seeded on first use, a change made with psql answers differently within a second, and while
-//! PostgreSQL is down ingest keeps answering from memory, then catches up. Skipped when
-//! PostgreSQL is not installed.
+//! ingest with `--db postgres://...` against a throwaway PostgreSQL, over HTTP with the real
+//! binary: the table is created and seeded on first use; a change made with psql answers
+//! differently within a second, on every instance following the database; while PostgreSQL
+//! is down ingest keeps answering from memory, and when it comes back ingest catches up on
+//! what it missed. Skipped when PostgreSQL is not installed, except in CI, where that fails
+//! them.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
 
 use support::*;
 use testkit::http::get;
 use testkit::postgres::{Postgres, skip_without_postgres};
 
-async fn wait_status(ingest: &Ingest, target: &str, status: u16, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if get(ingest.http, target).await.status == status {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{target} never answered {status} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// How soon after its commit a change must be answered: the product's promise.
+const PROMISE: Duration = Duration::from_secs(1);
 
+/// The first ingest on an empty database creates the accounts table and seeds it, a second
+/// one loads what is there; a change is answered within a second; while PostgreSQL is down
+/// ingest answers from memory, and a change made before it reconnects is caught up.
 #[tokio::test]
 async fn accounts_in_postgres_are_created_followed_and_outlive_an_outage() {
     if skip_without_postgres() {
@@ -73,6 +68,63 @@ async fn accounts_in_postgres_are_created_followed_and_outlive_an_outage() {
     assert_eq!(get(second.http, "/999?data=x").await.status, 403);
 }
 
+/// Every ingest on a database follows it by itself: two instances both answer a change made
+/// with psql, an update and then a new account, within a second of its commit.
+#[tokio::test]
+async fn two_instances_see_a_change_within_a_second() {
+    if skip_without_postgres() {
+        return;
+    }
+    let pg = Postgres::start();
+    let (one, two) = (following(&pg), following(&pg));
+
+    let committed = pg.commit("UPDATE accounts SET is_active = false WHERE account_id = 999");
+    let (took_one, took_two) = tokio::join!(
+        seen(one.http, "/999?data=x", 403, committed),
+        seen(two.http, "/999?data=x", 403, committed),
+    );
+    within_promise("the deactivation", [took_one, took_two]);
+
+    let committed = pg.commit("INSERT INTO accounts VALUES (5000, 'new', true)");
+    let (took_one, took_two) = tokio::join!(
+        seen(one.http, "/5000?data=x", 202, committed),
+        seen(two.http, "/5000?data=x", 202, committed),
+    );
+    within_promise("the new account", [took_one, took_two]);
+}
+
+/// A change committed while ingest's connection is gone never reaches it as a notification:
+/// the catch-up when ingest reconnects applies it, updates, inserts and deletions alike. The
+/// change and the killing of ingest's connection commit together, so ingest cannot be
+/// listening again before the change is made.
+#[tokio::test]
+async fn a_change_made_while_disconnected_is_caught_up_on_reconnection() {
+    if skip_without_postgres() {
+        return;
+    }
+    let pg = Postgres::start();
+    let ingest = following(&pg);
+    assert_statuses(ingest.http, [("/5", 202), ("/6", 202), ("/5000", 404)]).await;
+
+    let killed = pg.psql(
+        "BEGIN;
+         UPDATE accounts SET is_active = false WHERE account_id = 5;
+         DELETE FROM accounts WHERE account_id = 6;
+         INSERT INTO accounts VALUES (5000, 'new', true);
+         SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+             WHERE datname = 'tracker' AND pid <> pg_backend_pid();
+         COMMIT",
+    );
+    assert_eq!(killed, "t", "ingest's one connection was terminated");
+    let back = ingest.proc.wait_stderr("is back after", WAIT);
+    assert!(
+        back.contains("changes=3"),
+        "caught up on reconnection: {back}"
+    );
+    assert_statuses(ingest.http, [("/5", 403), ("/6", 404), ("/5000", 202)]).await;
+}
+
+/// `ingest accounts` does not manage PostgreSQL (psql does): it says so, without the password.
 #[test]
 fn the_accounts_commands_say_they_are_sqlite_only() {
     let output = accounts(
@@ -83,4 +135,55 @@ fn the_accounts_commands_say_they_are_sqlite_only() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("SQLite files only"), "{stderr}");
     assert!(!stderr.contains("secret"), "{stderr}");
+}
+
+/// An ingest on `pg`'s database that has loaded the accounts and follows their changes.
+fn following(pg: &Postgres) -> Ingest {
+    let ingest = Ingest::start(&["--db", &pg.url()]);
+    ingest
+        .proc
+        .wait_stderr("following account changes in PostgreSQL", WAIT);
+    ingest
+}
+
+/// Asks `target` until it answers `status` and returns how long after `since` (a commit, by
+/// the machine's clock) that was; fails after [`WAIT`].
+async fn seen(http: SocketAddr, target: &str, status: u16, since: SystemTime) -> Duration {
+    loop {
+        if get(http, target).await.status == status {
+            return SystemTime::now().duration_since(since).unwrap_or_default();
+        }
+        let waited = SystemTime::now().duration_since(since).unwrap_or_default();
+        assert!(waited < WAIT, "{target} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn within_promise<const N: usize>(what: &str, took: [Duration; N]) {
+    eprintln!("{what} was answered after {took:?}");
+    assert!(
+        took.iter().all(|took| *took < PROMISE),
+        "{what} took {took:?}, not under {PROMISE:?}"
+    );
+}
+
+async fn wait_status(ingest: &Ingest, target: &str, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if get(ingest.http, target).await.status == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{target} never answered {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn assert_statuses<const N: usize>(http: SocketAddr, expected: [(&str, u16); N]) {
+    for (account, status) in expected {
+        let reply = get(http, &format!("{account}?data=x")).await;
+        assert_eq!(reply.status, status, "{account}: {}", reply.body);
+    }
 }
