@@ -1,6 +1,8 @@
 //! Starting the real ingest binary in a fresh directory.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
