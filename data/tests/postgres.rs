@@ -1,22 +1,15 @@
 //! The accounts store in a real PostgreSQL (a throwaway cluster from testkit): the schema is
 //! created and seeded on first use, changes from psql reach the index through LISTEN/NOTIFY,
 //! deletions too, a change made while the sync was away is caught up after a server restart,
-//! and a table of another shape is refused. Skipped when PostgreSQL is not installed.
+//! and a table of another shape is refused. Skipped when PostgreSQL is not installed, except
+//! in CI, where that fails them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use data::postgres::{self, Opened, PgSync};
 use data::{Accounts, DataError, Status};
-use testkit::postgres::{Postgres, available};
-
-fn skip() -> bool {
-    if available() {
-        return false;
-    }
-    eprintln!("skipped: PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed");
-    true
-}
+use testkit::postgres::{Postgres, skip_without_postgres};
 
 async fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) -> Duration {
     let started = Instant::now();
@@ -43,7 +36,7 @@ async fn following(url: &str) -> (Arc<Accounts>, PgSync) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_and_seeded_on_first_use_only() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -87,7 +80,7 @@ async fn created_and_seeded_on_first_use_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_by_psql_is_applied_within_a_second() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -115,7 +108,7 @@ async fn a_change_by_psql_is_applied_within_a_second() {
 /// other change; a hash written by hand with the wrong length locks the account.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_keys_are_followed() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -162,7 +155,7 @@ async fn write_keys_are_followed() {
 /// The admin functions work on the table ingest made, and refuse a database without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_functions_need_the_table_and_keep_to_it() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -199,7 +192,7 @@ async fn the_admin_functions_need_the_table_and_keep_to_it() {
 /// A table made by hand before ingest first ran, and left empty, is seeded like a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_made_empty_table_is_seeded() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -219,7 +212,7 @@ async fn a_hand_made_empty_table_is_seeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_are_applied_and_a_readded_account_stays() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -256,7 +249,7 @@ async fn deletions_are_applied_and_a_readded_account_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_made_while_disconnected_is_caught_up_after_a_restart() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let mut pg = Postgres::start();
@@ -304,7 +297,7 @@ async fn a_change_made_while_disconnected_is_caught_up_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sync_waits_out_a_server_that_is_down() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let mut pg = Postgres::start();
@@ -331,7 +324,7 @@ async fn the_sync_waits_out_a_server_that_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_of_another_shape_is_refused() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -360,7 +353,7 @@ async fn a_table_of_another_shape_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_the_version_column_gets_one() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();
@@ -391,7 +384,7 @@ async fn a_table_without_the_version_column_gets_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: seeds and loads a million accounts"]
 async fn a_million_accounts_load() {
-    if skip() {
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();

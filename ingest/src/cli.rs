@@ -38,7 +38,7 @@ pub struct ServeArgs {
     pub listen: String,
     /// Accounts database: an SQLite file, or PostgreSQL as postgres://user@host:port/dbname.
     /// Created and seeded when missing (for PostgreSQL: the accounts table and its triggers).
-    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", value_parser = parse_db)]
+    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", value_parser = DbParser)]
     pub db: Db,
     /// The bus to forward to: busd's host:port (or busd://host:port), or NATS JetStream as
     /// nats://h1:4222,nats://h2:4222,... Without it busd runs inside this process.
@@ -147,7 +147,8 @@ pub enum Db {
     /// An SQLite file, created and seeded when missing.
     Sqlite(PathBuf),
     /// A PostgreSQL URL (`postgres://` or `postgresql://`), checked when parsed so a typo
-    /// fails at once with exit code 2; kept as given, password included, to connect with.
+    /// fails at once with exit code 2 (and a message without the password, which clap's own
+    /// "invalid value" would repeat); kept as given, password included, to connect with.
     Postgres(String),
 }
 
@@ -178,13 +179,32 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// A PostgreSQL URL by its scheme, anything else a path.
-fn parse_db(value: &str) -> Result<Db, String> {
-    if data::postgres::is_url(value) {
-        data::postgres::config(value).map_err(|err| err.to_string())?;
+/// A PostgreSQL URL by its scheme, anything else a path. A parser of its own rather than a
+/// function, because clap quotes the rejected value in a function's error, and that value may
+/// hold a password.
+#[derive(Clone)]
+struct DbParser;
+
+impl clap::builder::TypedValueParser for DbParser {
+    type Value = Db;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Db, clap::Error> {
+        let invalid = |message: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message + "\n").with_cmd(cmd)
+        };
+        let value = value
+            .to_str()
+            .ok_or_else(|| invalid("--db is not valid UTF-8".to_owned()))?;
+        if !data::postgres::is_url(value) {
+            return Ok(Db::Sqlite(PathBuf::from(value)));
+        }
+        data::postgres::config(value).map_err(|err| invalid(format!("--db: {err}")))?;
         Ok(Db::Postgres(value.to_owned()))
-    } else {
-        Ok(Db::Sqlite(PathBuf::from(value)))
     }
 }
 
@@ -192,7 +212,7 @@ fn parse_db(value: &str) -> Result<Db, String> {
 pub struct AccountsArgs {
     /// Accounts database: an SQLite file or postgres://user@host:port/dbname. It must exist
     /// (for PostgreSQL: its accounts table), except for `seed`, which creates it.
-    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true, value_parser = parse_db)]
+    #[arg(long, env = "TRACKER_DB", default_value = "accounts.db", global = true, value_parser = DbParser)]
     pub db: Db,
     #[command(subcommand)]
     pub command: AccountsCommand,
@@ -278,7 +298,14 @@ mod tests {
         ] {
             assert_eq!(db(url).unwrap(), Db::Postgres(url.into()));
         }
-        assert!(db("postgres://ingest@db:notaport/tracker").is_err());
+        let err = db("postgres://ingest:secret@db:notaport/tracker").unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let message = err.to_string();
+        assert!(
+            message.contains("is not a usable PostgreSQL URL"),
+            "{message}"
+        );
+        assert!(!message.contains("secret"), "{message}");
         let secret = Db::Postgres("postgres://ingest:secret@db/tracker".into());
         assert_eq!(secret.to_string(), "postgres://ingest:***@db/tracker");
     }

@@ -13,7 +13,7 @@ use protocol::{Filter, ServerFrame};
 use support::*;
 use testkit::bus::{next, subscriber};
 use testkit::http::{Client, Reply};
-use testkit::postgres::{Postgres, available};
+use testkit::postgres::{Postgres, skip_without_postgres};
 
 /// One request for `target`, with an `Authorization` header when given.
 async fn get_with(at: SocketAddr, target: &str, authorization: Option<&str>) -> Reply {
@@ -129,8 +129,7 @@ async fn keys_on_sqlite() {
 
 #[tokio::test]
 async fn keys_on_postgres() {
-    if !available() {
-        eprintln!("skipped: PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed");
+    if skip_without_postgres() {
         return;
     }
     let pg = Postgres::start();

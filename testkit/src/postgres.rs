@@ -1,7 +1,9 @@
 //! A throwaway PostgreSQL cluster for tests of the accounts store in Postgres: `initdb` in a
 //! temporary directory, `postgres` on `127.0.0.1` and a free port with trust authentication,
-//! and a database `tracker`. Nothing here installs PostgreSQL: tests call [`available`] first
-//! and skip when the binaries are missing.
+//! and a database `tracker`; [`Postgres::add_password_role`] adds a role that must give its
+//! password. Nothing here installs PostgreSQL: every test starts with
+//! [`skip_without_postgres`], which skips it when the binaries are missing, except in CI,
+//! where that fails it.
 //!
 //! `initdb` and `postgres` refuse to run as root, so when the tests run as root (as in CI's
 //! containers) every server command runs as the `postgres` user through `runuser`, in a
@@ -9,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
 
@@ -55,9 +57,68 @@ pub fn bin_dir() -> Option<PathBuf> {
 }
 
 /// Whether a cluster can be started here: the binaries exist and, when running as root, so
-/// does the `postgres` user to run them as.
+/// does the `postgres` user to run them as. Tests call [`skip_without_postgres`] instead.
 pub fn available() -> bool {
-    bin_dir().is_some() && (!is_root() || user_exists("postgres"))
+    missing().is_none()
+}
+
+/// What every PostgreSQL test calls first: `false` when a cluster can be started here (run
+/// the test); `true`, after saying why on stderr, when it cannot (return: skipped). In CI
+/// (`CI` set to anything but empty, `false` or `0`) a missing PostgreSQL fails the test
+/// instead, so a CI machine without it cannot pass the PostgreSQL tests by skipping them all.
+pub fn skip_without_postgres() -> bool {
+    match verdict(missing(), std::env::var("CI").ok().as_deref()) {
+        Ok(skip) => skip,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+/// What [`skip_without_postgres`] does, given what is missing and the value of `CI`:
+/// `Ok(false)` run, `Ok(true)` skip (said on stderr), `Err` fail with that message.
+fn verdict(missing: Option<String>, ci: Option<&str>) -> Result<bool, String> {
+    let Some(missing) = missing else {
+        return Ok(false);
+    };
+    match ci.filter(|value| in_ci(value)) {
+        Some(value) => Err(format!(
+            "{missing}, and this is CI (CI={value}): the PostgreSQL tests must run here, not \
+             be skipped; install PostgreSQL, or set TRACKER_PG_BIN to the directory of its \
+             binaries"
+        )),
+        None => {
+            eprintln!("skipped: {missing}");
+            Ok(true)
+        }
+    }
+}
+
+/// Whether a value of the `CI` variable says this is CI: anything but empty, `false`, `0`.
+fn in_ci(value: &str) -> bool {
+    let value = value.trim();
+    !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false")
+}
+
+/// Why no cluster can be started here, or `None` when one can.
+fn missing() -> Option<String> {
+    if bin_dir().is_none() {
+        return Some(
+            match std::env::var_os("TRACKER_PG_BIN").filter(|v| !v.is_empty()) {
+                Some(dir) => format!(
+                    "PostgreSQL is not where TRACKER_PG_BIN says: {} lacks initdb, pg_ctl, \
+                 postgres or psql",
+                    dir.to_string_lossy()
+                ),
+                None => "PostgreSQL (initdb, pg_ctl, postgres, psql) is not installed: not in \
+                     /usr/lib/postgresql/*/bin nor on PATH"
+                    .to_owned(),
+            },
+        );
+    }
+    (is_root() && !user_exists("postgres")).then(|| {
+        "PostgreSQL cannot run here: the tests run as root and there is no `postgres` user \
+         to run the server as"
+            .to_owned()
+    })
 }
 
 fn is_root() -> bool {
@@ -92,9 +153,10 @@ pub struct Postgres {
 
 impl Postgres {
     /// Creates and starts a cluster with a database `tracker`. Panics when it cannot: tests
-    /// check [`available`] first and skip.
+    /// call [`skip_without_postgres`] first.
     pub fn start() -> Postgres {
-        let bin = bin_dir().expect("PostgreSQL is not installed (check available() first)");
+        let bin =
+            bin_dir().expect("PostgreSQL is not installed (call skip_without_postgres() first)");
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
             .prefix("tracker-pg-")
@@ -150,6 +212,57 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{DATABASE}", self.port)
     }
 
+    /// `postgres://USER:PASSWORD@127.0.0.1:PORT/tracker`: a role's URL, password included.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{DATABASE}",
+            self.port
+        )
+    }
+
+    /// Adds a login role `user` with `password`, which may create tables in the `tracker`
+    /// database, and makes the server require that password from it over TCP
+    /// (`scram-sha-256`, in a pg_hba.conf line ahead of the trust every other user keeps).
+    /// Returns once the server asks `user` for the password. Both must be plain words
+    /// (letters, digits, `-`, `_`), so they need no quoting in SQL or URLs.
+    pub fn add_password_role(&self, user: &str, password: &str) {
+        let plain = |word: &str| {
+            !word.is_empty()
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        assert!(
+            plain(user) && plain(password),
+            "{user:?} and the password must be plain words"
+        );
+        self.psql(&format!(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}';
+             GRANT ALL ON SCHEMA public TO \"{user}\""
+        ));
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf is readable");
+        let ours = format!(
+            "host all \"{user}\" 127.0.0.1/32 scram-sha-256\nhost all \"{user}\" ::1/128 scram-sha-256\n"
+        );
+        std::fs::write(&hba, ours + &rules).expect("pg_hba.conf is writable");
+        let errors = self.psql(
+            "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL;
+             SELECT pg_reload_conf()",
+        );
+        assert_eq!(errors, "t", "pg_hba.conf has errors:\n{errors}");
+        // The postmaster rereads pg_hba.conf when signalled: wait until it asks for the password.
+        let started = Instant::now();
+        while self.connects_as(user) {
+            assert!(
+                started.elapsed() < START_WITHIN,
+                "{user} still gets in without a password after {START_WITHIN:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The port the server listens on, the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
@@ -178,6 +291,24 @@ impl Postgres {
     /// line, columns separated by `|`, no headers. Panics, with psql's message, on an error.
     pub fn psql(&self, sql: &str) -> String {
         self.psql_db(DATABASE, sql)
+    }
+
+    /// Runs `sql` (statements that return no rows) in a transaction of its own and returns
+    /// when it committed, by the server's clock, which is this machine's: the moment from
+    /// which to time how soon a follower sees the change.
+    pub fn commit(&self, sql: &str) -> SystemTime {
+        let out = self.psql(&format!(
+            "BEGIN; {sql}; COMMIT; SELECT extract(epoch FROM clock_timestamp())"
+        ));
+        let epoch = out.lines().last().unwrap_or_default();
+        let (secs, fraction) = epoch.split_once('.').unwrap_or((epoch, "0"));
+        let micros = format!("{fraction:0<6}");
+        let parse = |digits: &str| -> u64 {
+            digits
+                .parse()
+                .unwrap_or_else(|_| panic!("no timestamp in {out:?}"))
+        };
+        UNIX_EPOCH + Duration::from_secs(parse(secs)) + Duration::from_micros(parse(&micros[..6]))
     }
 
     /// The server's log so far, for a failing test's message.
@@ -277,6 +408,20 @@ impl Postgres {
             .is_ok_and(|status| status.success())
     }
 
+    /// Whether `user` gets in over TCP without giving a password.
+    fn connects_as(&self, user: &str) -> bool {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-w", "-c", "SELECT 1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", user, "-d", DATABASE])
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
     /// `pg_ctl stop` in `mode`, then waits for the server process to be gone.
     fn shut_down(&mut self, mode: &str) {
         let Some(mut child) = self.server.take() else {
@@ -330,4 +475,38 @@ impl Drop for Postgres {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temporary path")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_any_value_but_empty_false_or_zero() {
+        for value in ["true", "1", "yes", "github", "TRUE"] {
+            assert!(in_ci(value), "{value}");
+        }
+        for value in ["", " ", "0", "false", "False", "FALSE"] {
+            assert!(!in_ci(value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_postgres_skips_outside_ci_and_fails_in_ci() {
+        let gone = || Some("PostgreSQL is not installed".to_owned());
+        assert_eq!(verdict(None, Some("true")), Ok(false), "present: run");
+        assert_eq!(verdict(None, None), Ok(false), "present: run");
+        assert_eq!(
+            verdict(gone(), None),
+            Ok(true),
+            "skip on a developer's machine"
+        );
+        assert_eq!(verdict(gone(), Some("false")), Ok(true));
+        assert_eq!(verdict(gone(), Some("0")), Ok(true));
+        assert_eq!(verdict(gone(), Some("")), Ok(true));
+        let failure = verdict(gone(), Some("true")).unwrap_err();
+        assert!(failure.contains("PostgreSQL is not installed"), "{failure}");
+        assert!(failure.contains("CI=true"), "{failure}");
+        assert!(failure.contains("must run here"), "{failure}");
+    }
 }

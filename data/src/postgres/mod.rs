@@ -73,18 +73,36 @@ pub fn config(url: &str) -> Result<Config> {
     Ok(config)
 }
 
-/// The URL without its password, for logs and messages.
+/// The URL without its password, for logs and messages: both where it may be, in the user
+/// part (`user:password@`) and as a `password=` parameter.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    // The last `@`: an unescaped one in a password must not leave the rest of it showing.
+    let redacted = match rest.rsplit_once('@') {
         Some((userinfo, host)) if userinfo.contains(':') => {
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
         _ => url.to_owned(),
-    }
+    };
+    redact_password_parameter(&redacted)
+}
+
+/// Replaces the value of every `password=` parameter (after `?` or `&`) with `***`.
+fn redact_password_parameter(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 /// `user@host:port/dbname` of a configuration, for logs: which database, never a password.
@@ -665,6 +683,14 @@ mod tests {
         assert_eq!(
             redact("postgres://ingest@db/tracker"),
             "postgres://ingest@db/tracker"
+        );
+        assert_eq!(
+            redact("postgres://ingest@db/tracker?password=secret&application_name=x"),
+            "postgres://ingest@db/tracker?password=***&application_name=x"
+        );
+        assert_eq!(
+            redact("postgres://ingest:se@c?r/et@db/tracker?PASSWORD=secret"),
+            "postgres://ingest:***@db/tracker?PASSWORD=***"
         );
         let config = config("postgres://ingest:secret@db:6000/tracker").unwrap();
         assert_eq!(describe(&config), "postgres://ingest@db:6000/tracker");

@@ -1,6 +1,8 @@
 //! Starting the real ingest binary in a fresh directory.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,4 +123,50 @@ pub async fn send(at: SocketAddr, prefix: &str, count: usize) -> Vec<String> {
         }
     }
     accepted
+}
+
+/// How an ingest that had to stop by itself ended.
+pub struct Exit {
+    pub code: Option<i32>,
+    pub stderr: String,
+    /// From start to exit.
+    pub took: Duration,
+}
+
+/// Runs ingest in a fresh directory on ephemeral ports and waits up to `within` for it to
+/// exit by itself; fails the test, with what ingest said, if it still runs by then.
+pub fn run_until_exit(args: &[&str], within: Duration) -> Exit {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let started = std::time::Instant::now();
+    let mut child = command_in(&dir, args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ingest runs");
+    // Read on the side, so an ingest that keeps talking cannot stall on a full pipe.
+    let mut pipe = child.stderr.take().expect("stderr");
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = said.join().unwrap_or_default();
+            panic!("ingest {args:?} still ran after {within:?}; it said:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Exit {
+        code: status.code(),
+        stderr: said.join().unwrap_or_default(),
+        took: started.elapsed(),
+    }
 }
