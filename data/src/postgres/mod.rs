@@ -50,6 +50,11 @@ pub const WRITE_LOCK: i64 = 0x7472_6163_6b61_6363;
 /// that finds a dead connection the operating system has not reported.
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
 
+/// The longest wait between reconnection attempts: a change made while PostgreSQL was away
+/// is applied at most this long after it is back. One attempt every two seconds from each
+/// ingest is nothing for a database.
+pub const RECONNECT_AT_MOST_EVERY: Duration = Duration::from_secs(2);
+
 /// How long one statement (a catch-up, the schema check) may take before the connection is
 /// taken for dead. Generous: a full reload of a million accounts takes a few seconds.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -561,7 +566,7 @@ impl Drop for PgSync {
 /// the server say so, keep the index, and reconnect with backoff.
 async fn follow(config: Config, accounts: Arc<Accounts>, stop: CancellationToken) {
     let db = describe(&config);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(200), RECONNECT_AT_MOST_EVERY);
     // When the connection was lost (or first failed), for the "back after" message.
     let mut down_since: Option<Instant> = None;
     accounts.set_file_ok(false);
