@@ -85,11 +85,20 @@ impl Ingest {
     /// An app with `accounts` accounts loaded from a fresh SQLite file (seeded as
     /// `ingest accounts seed` does) and an outbox that never refuses.
     pub fn new(accounts: u64) -> Result<Ingest, Error> {
+        Ingest::keyed(accounts, None)
+    }
+
+    /// The same, and `keyed`'s account (if any) with its key as write key.
+    pub fn keyed(accounts: u64, keyed: Option<(u64, &str)>) -> Result<Ingest, Error> {
         let failed = |what: &str, err: &dyn fmt::Display| Error(format!("{what}: {err}"));
         let dir = tempfile::tempdir().map_err(|e| failed("temporary directory", &e))?;
         let (conn, _) =
             data::open(&dir.path().join("accounts.db")).map_err(|e| failed("database", &e))?;
         data::admin::seed(&conn, accounts).map_err(|e| failed("seed", &e))?;
+        if let Some((account, key)) = keyed {
+            let hash = data::key::KeyHash::of(key.as_bytes());
+            data::admin::set_key(&conn, account, Some(&hash)).map_err(|e| failed("key", &e))?;
+        }
         let loaded = Arc::new(Accounts::default());
         loaded.load(&conn).map_err(|e| failed("load", &e))?;
         let app = App {
@@ -134,6 +143,14 @@ impl Ingest {
 pub fn plain_request(account: u64) -> String {
     format!(
         "GET /{account}?data={} HTTP/1.1\r\nHost: ingest\r\nUser-Agent: bench\r\n\r\n",
+        "d".repeat(64)
+    )
+}
+
+/// [`plain_request`] with `Authorization: Bearer <key>`, for an account with a write key.
+pub fn keyed_request(account: u64, key: &str) -> String {
+    format!(
+        "GET /{account}?data={} HTTP/1.1\r\nHost: ingest\r\nUser-Agent: bench\r\nAuthorization: Bearer {key}\r\n\r\n",
         "d".repeat(64)
     )
 }

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use rustc_hash::{FxBuildHasher, FxHashSet};
 
 use crate::Result;
-use crate::key::KeyHash;
+use crate::key::{KeyHash, Lock};
 
 /// What a request for an account gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub enum Status {
 pub struct Account {
     pub active: bool,
     /// Boxed: most accounts have no key, and an entry stays 16 bytes.
-    pub key: Option<Box<KeyHash>>,
+    pub key: Option<Box<Lock>>,
 }
 
 impl Account {
@@ -43,7 +43,7 @@ impl Account {
     pub fn stored(active: bool, key_hash: Option<&[u8]>) -> Account {
         Account {
             active,
-            key: key_hash.map(|hash| Box::new(KeyHash::from_stored(hash))),
+            key: key_hash.map(|hash| Box::new(Lock::new(KeyHash::from_stored(hash)))),
         }
     }
 }
@@ -76,7 +76,7 @@ impl Accounts {
         };
         match (&account.key, key) {
             (Some(_), None) => Status::KeyMissing,
-            (Some(hash), Some(key)) if !hash.matches(key) => Status::KeyWrong,
+            (Some(lock), Some(key)) if !lock.opens(key) => Status::KeyWrong,
             _ if account.active => Status::Active,
             _ => Status::Inactive,
         }
