@@ -54,7 +54,7 @@ pub fn set_key(conn: &Connection, account_id: u64, key: Option<&KeyHash>) -> Res
     Ok(())
 }
 
-/// Writes every account as a [`line`], one a line, in id order.
+/// Writes every account as a [`line()`], one a line, in id order.
 pub fn list(conn: &Connection, out: &mut impl Write) -> Result<u64> {
     let mut stmt = conn.prepare(
         "SELECT account_id, account_name, is_active, key_hash IS NOT NULL FROM accounts ORDER BY account_id",
