@@ -42,6 +42,8 @@ struct Promise {
     event: u64,
     cors: Option<Cors>,
     close: bool,
+    /// Rewritten as a 503: its event was not acknowledged in time.
+    refused: bool,
 }
 
 impl Held {
@@ -53,6 +55,7 @@ impl Held {
             event,
             cors: response.cors.take(),
             close: response.close,
+            refused: false,
         });
     }
 
@@ -72,21 +75,21 @@ impl Held {
             self.refuse_unacknowledged(out, &app.outbox);
         }
         for promise in self.promises.drain(..) {
-            let outcome = if app.outbox.is_acknowledged(promise.event) {
-                Outcome::Accepted
-            } else {
+            let outcome = if promise.refused {
                 Outcome::AckTimeout
+            } else {
+                Outcome::Accepted
             };
             app.metrics.count(outcome);
         }
     }
 
     /// Rebuilds `out` with a 503 in place of every held 202 whose event is unacknowledged.
-    fn refuse_unacknowledged(&self, out: &mut BytesMut, outbox: &Outbox) {
+    fn refuse_unacknowledged(&mut self, out: &mut BytesMut, outbox: &Outbox) {
         let old = out.split();
         let mut copied = 0;
         response::with_date(SystemTime::now(), |date| {
-            for promise in &self.promises {
+            for promise in &mut self.promises {
                 if outbox.is_acknowledged(promise.event) {
                     continue;
                 }
@@ -96,6 +99,7 @@ impl Held {
                 refusal.cors = promise.cors.clone();
                 refusal.close = promise.close;
                 refusal.write(out, false, date);
+                promise.refused = true;
                 copied = promise.at.end;
             }
         });
