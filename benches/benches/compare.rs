@@ -2,14 +2,15 @@
 //! Writes `benches/RESULTS.md` and `benches/results.json`. `BENCH_SECONDS` sets each run's
 //! length (default 10); `BENCH_SMOKE=1` runs every part for 2 s and writes nothing but
 //! stdout, which is what CI does so the harness cannot rot. `BENCH_PARTS=bus,footprint`
-//! runs only the parts named (of `http`, `bus`, `latency`, `jetstream`, `footprint`) and
+//! runs only the parts named (of `http`, `bus`, `latency`, `jetstream`, `durable`,
+//! `footprint`) and
 //! writes nothing but stdout either: a partial run is for working on one part, not for the
 //! record. Every server it starts listens on loopback, and every run is bounded in time.
 //! `jetstream` runs ingest over real nats-server JetStream nodes (one, then three) beside a
 //! raw async-nats publisher on the same servers; it needs the pinned nats-server
 //! (`.ci/nats-server`) and says it was skipped without it.
 
-use benches::compare::{Budget, bus, footprint, http, jetstream, latency, report};
+use benches::compare::{Budget, bus, durable, footprint, http, jetstream, latency, report};
 
 fn main() -> std::io::Result<()> {
     let smoke = std::env::var_os("BENCH_SMOKE").is_some();
@@ -51,12 +52,17 @@ fn main() -> std::io::Result<()> {
         eprintln!("compare: ingest over JetStream");
         jetstream = jetstream::run(budget, work.path());
     }
+    let mut durable = Vec::new();
+    if wanted("durable") {
+        eprintln!("compare: ingest --durable against its default");
+        durable = durable::run(budget, work.path());
+    }
     let mut footprint = Vec::new();
     if wanted("footprint") {
         eprintln!("compare: memory and start");
         footprint = footprint::run(budget, work.path());
     }
-    let goals = report::goals(&http, &bus, &latency, &jetstream);
+    let goals = report::goals(&http, &bus, &latency, &jetstream, &durable);
     let results = report::Results {
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         machine,
@@ -66,6 +72,7 @@ fn main() -> std::io::Result<()> {
         bus,
         latency,
         jetstream,
+        durable,
         footprint,
         goals,
     };

@@ -117,6 +117,7 @@ impl Ingest {
             origin: "bench:8080".into(),
             max_data: 4096,
             cors_origins: Vec::new(),
+            ack_timeout: None,
         };
         Ok(Ingest { app, handled: 0 })
     }
@@ -128,7 +129,7 @@ impl Ingest {
         let (head, _) = request::parse(black_box(raw), LIMITS)
             .map_err(|reject| Error(format!("request refused: {reject:?}")))?
             .ok_or_else(|| Error::new("request incomplete"))?;
-        let (response, _) = route::handle(&head, &self.app, NOW_US);
+        let (response, _, _) = route::handle(&head, &self.app, NOW_US);
         self.handled += 1;
         if self.handled % RETIRE_EVERY == 0 {
             if let Some(batch) = self.app.outbox.take_batch() {

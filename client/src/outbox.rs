@@ -8,8 +8,14 @@
 //! must refuse. The buffer's bounds count events and bytes, waiting and unacknowledged alike:
 //! when busd stops acknowledging, the buffer fills and requests get 503 instead of memory
 //! growing without end.
+//!
+//! Event ids grow by one per event in the order events are accepted, and batches are
+//! acknowledged in order, so "acknowledged up to event id N" says everything about which
+//! events the bus holds: [`Outbox::acknowledged`] lets whoever promised an event wait for
+//! that (ingest's `--durable`), and is woken once per acknowledgement, not per event.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +31,9 @@ pub struct Batch {
     pub count: u64,
     /// The events, encoded back to back.
     pub events: Bytes,
+    /// The id of its last event: acknowledging the batch acknowledges every event id up to
+    /// this one.
+    pub last_event_id: u64,
 }
 
 /// The buffer is full: busd has not acknowledged enough of what was accepted.
@@ -54,6 +63,10 @@ pub struct Outbox {
     pub drained: Notify,
     /// Wakes connections holding back while the buffer was over half full.
     pub room: Notify,
+    /// The highest event id the bus has acknowledged (0 before the first).
+    acked_event: AtomicU64,
+    /// Wakes whoever waits for an event's acknowledgement ([`Outbox::acknowledged`]).
+    acked: Notify,
 }
 
 struct Inner {
@@ -94,6 +107,8 @@ impl Outbox {
             ready: Notify::new(),
             drained: Notify::new(),
             room: Notify::new(),
+            acked_event: AtomicU64::new(0),
+            acked: Notify::new(),
         }
     }
 
@@ -107,14 +122,14 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Accepts one event, or refuses it when the buffer is full.
+    /// Accepts one event and returns its id, or refuses it when the buffer is full.
     pub fn push(
         &self,
         account_id: u64,
         timestamp_us: u64,
         data: &str,
         origin: &str,
-    ) -> Result<(), Full> {
+    ) -> Result<u64, Full> {
         let mut inner = self.lock();
         if inner.events >= self.limits.events || inner.bytes >= self.limits.bytes {
             return Err(Full);
@@ -148,7 +163,7 @@ impl Outbox {
         if wake {
             self.ready.notify_one();
         }
-        Ok(())
+        Ok(id)
     }
 
     /// Whether a full batch is waiting.
@@ -173,11 +188,17 @@ impl Outbox {
     pub fn ack(&self, batch_id: u64) {
         let mut inner = self.lock();
         let was_high = self.is_high(&inner);
+        let mut last_event = None;
         while inner.unacked.front().is_some_and(|b| b.id <= batch_id) {
             if let Some(batch) = inner.unacked.pop_front() {
                 inner.events -= batch.count as usize;
                 inner.bytes -= batch.events.len();
+                last_event = Some(batch.last_event_id);
             }
+        }
+        if let Some(id) = last_event {
+            // Under the lock, so the mark only grows even when acks race.
+            self.acked_event.fetch_max(id, Ordering::Release);
         }
         let waiting = inner.filling_count > 0 || !inner.sealed.is_empty();
         let empty = inner.events == 0;
@@ -191,6 +212,31 @@ impl Outbox {
         }
         if room {
             self.room.notify_waiters();
+        }
+        if last_event.is_some() {
+            self.acked.notify_waiters();
+        }
+    }
+
+    /// Whether the bus has acknowledged the event with id `event_id` (and so every event
+    /// accepted before it).
+    pub fn is_acknowledged(&self, event_id: u64) -> bool {
+        self.acked_event.load(Ordering::Acquire) >= event_id
+    }
+
+    /// Waits until the bus has acknowledged the event with id `event_id`, or `deadline`;
+    /// returns whether it did. Every waiter is woken by each acknowledgement and checks one
+    /// number, so requests waiting on one round trip are all answered by its ack.
+    pub async fn acknowledged(&self, event_id: u64, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before the check, so an ack in between still wakes us.
+            let acked = self.acked.notified();
+            if self.is_acknowledged(event_id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, acked).await.is_err() {
+                return self.is_acknowledged(event_id);
+            }
         }
     }
 
@@ -250,6 +296,7 @@ impl Inner {
             id: self.next_batch_id,
             count: self.filling_count as u64,
             events: self.filling.split().freeze(),
+            last_event_id: self.next_event_id - 1,
         };
         self.next_batch_id += 1;
         self.filling_count = 0;
@@ -429,6 +476,32 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [100, 101]);
+    }
+
+    #[tokio::test]
+    async fn an_ack_wakes_whoever_waits_for_its_events() {
+        let outbox = std::sync::Arc::new(Outbox::new(limits(10, 100), 7));
+        let first = outbox.push(1, 2, "a", "o").unwrap();
+        let second = outbox.push(1, 2, "b", "o").unwrap();
+        assert_eq!((first, second), (7, 8));
+        let batch = outbox.take_batch().unwrap();
+        let third = outbox.push(1, 2, "c", "o").unwrap();
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        assert!(!outbox.acknowledged(first, soon()).await, "not yet");
+        let waiter = {
+            let outbox = outbox.clone();
+            let later = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            tokio::spawn(async move { outbox.acknowledged(second, later).await })
+        };
+        tokio::task::yield_now().await;
+        outbox.ack(batch.id);
+        assert!(waiter.await.unwrap(), "woken by the ack of its batch");
+        assert!(outbox.is_acknowledged(first));
+        assert!(
+            !outbox.is_acknowledged(third),
+            "the next batch is not acknowledged"
+        );
+        assert!(!outbox.acknowledged(third, soon()).await);
     }
 
     #[tokio::test]

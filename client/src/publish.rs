@@ -96,7 +96,7 @@ async fn publish_all(
         loop {
             let room = outbox.room.notified();
             match outbox.push(args.account, timestamp_us, &args.data, origin) {
-                Ok(()) => {
+                Ok(_) => {
                     given.set(given.get() + 1);
                     break;
                 }

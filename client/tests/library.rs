@@ -54,7 +54,7 @@ async fn push_all(publisher: &Publisher, pushed: &AtomicU64) {
         loop {
             let room = outbox.room.notified();
             match outbox.push(1 + i % 50, i, &data(i), "library-test") {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(Full) => room.await,
             }
         }

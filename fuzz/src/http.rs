@@ -83,6 +83,7 @@ fn app() -> App {
         origin: ORIGIN.into(),
         max_data: MAX_DATA,
         cors_origins: vec![CORS_ORIGIN.into()],
+        ack_timeout: None,
     }
 }
 

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Tracker's HTTP endpoint: GET /<account_id>?data=<data> checks the account and forwards the event to the bus (busd or NATS JetStream).\nWith no --bus it runs busd inside this process.",
     args_conflicts_with_subcommands = true,
-    after_help = "Every flag also reads TRACKER_INGEST_<FLAG>, e.g. TRACKER_INGEST_LISTEN; --bus, --bus-token, --db, --stream and --subject-prefix read TRACKER_BUS, TRACKER_BUS_TOKEN, TRACKER_DB, TRACKER_STREAM and TRACKER_SUBJECT_PREFIX, which every program shares.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
+    after_help = "Every flag also reads TRACKER_INGEST_<FLAG>, e.g. TRACKER_INGEST_LISTEN; --bus, --bus-token, --db, --stream and --subject-prefix read TRACKER_BUS, TRACKER_BUS_TOKEN, TRACKER_DB, TRACKER_STREAM and TRACKER_SUBJECT_PREFIX, which every program shares; --durable also reads TRACKER_DURABLE.\nExit codes: 0 clean shutdown, 1 cannot serve (or the accounts command failed), 2 bad arguments."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -128,6 +128,16 @@ pub struct ServeArgs {
     /// meanwhile, so this batches by the round trip to the bus.
     #[arg(long, env = "TRACKER_INGEST_MAX_IN_FLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_in_flight: u16,
+    /// Answer an event request only once the bus has acknowledged its event (busd's PubAck,
+    /// or JetStream's once the stream's replicas stored it), so a 202 survives an ingest
+    /// crash; each request then waits a round trip to the bus. Also read from
+    /// TRACKER_DURABLE.
+    #[arg(long, env = "TRACKER_INGEST_DURABLE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub durable: bool,
+    /// With --durable: how long a request waits for the bus's acknowledgement before it is
+    /// answered 503 (its event may still be delivered).
+    #[arg(long, env = "TRACKER_INGEST_ACK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ack_timeout: Duration,
     /// How long shutdown waits for the bus to acknowledge buffered events.
     #[arg(long, env = "TRACKER_INGEST_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -286,6 +296,30 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn durable_reads_the_contract_name_and_the_program_name() {
+        let env_of = |set: &[&str]| {
+            let is_set = |name: &str| set.contains(&name);
+            let (command, warnings) = plumbing::env::with_old_names(Cli::command(), &is_set);
+            let arg = command.get_arguments().find(|a| a.get_id() == "durable");
+            let env = arg.and_then(|a| a.get_env()).and_then(|e| e.to_str());
+            (env.unwrap_or_default().to_owned(), warnings)
+        };
+        assert_eq!(env_of(&[]).0, "TRACKER_INGEST_DURABLE");
+        let (env, warnings) = env_of(&["TRACKER_DURABLE"]);
+        assert_eq!(env, "TRACKER_DURABLE");
+        assert!(
+            warnings.is_empty(),
+            "the contract's name is no deprecation: {warnings:?}"
+        );
+        let both = env_of(&["TRACKER_DURABLE", "TRACKER_INGEST_DURABLE"]).0;
+        assert_eq!(both, "TRACKER_INGEST_DURABLE");
+        let cli = Cli::try_parse_from(["ingest", "--durable", "--ack-timeout", "250ms"]).unwrap();
+        assert!(cli.serve.durable);
+        assert_eq!(cli.serve.ack_timeout, Duration::from_millis(250));
+        assert!(!Cli::try_parse_from(["ingest"]).unwrap().serve.durable);
     }
 
     #[test]

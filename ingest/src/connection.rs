@@ -4,8 +4,11 @@
 //! Pipelined requests that arrive in one read are answered with one write. A request head
 //! that has started must finish within the header timeout (a slow drip does not reset it);
 //! an idle keep-alive connection is closed after the idle timeout, or sooner when its slot
-//! is reclaimed for a newcomer (see [`crate::slots`]).
+//! is reclaimed for a newcomer (see [`crate::slots`]). With `--durable` the answers of a
+//! read wait, before that one write, for the bus to acknowledge the events they accept
+//! ([`crate::durable`]).
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable::Held;
 use crate::metrics::Outcome;
 use crate::request::{self, Limits, Method, Reject};
 use crate::response::{self, Response};
@@ -44,8 +48,13 @@ pub async fn handle(
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::with_capacity(4096);
     let mut head_started: Option<Instant> = None;
+    let mut held = Held::default();
     loop {
-        let close = answer_buffered(&mut buf, &mut out, &app, limits, stop.is_cancelled());
+        let stopping = stop.is_cancelled();
+        let close = match app.ack_timeout {
+            None => answer_buffered(&mut buf, &mut out, &app, limits, stopping),
+            Some(_) => answer_durable(&mut buf, &mut out, &app, limits, stopping, &mut held),
+        };
         // Read before the write: once the response is out the client may go on at once, so
         // this is when the connection went quiet, and idle times keep the order of events.
         let now = Instant::now();
@@ -53,6 +62,9 @@ pub async fn handle(
             head_started = None;
         } else if head_started.is_none() {
             head_started = Some(now);
+        }
+        if let (Some(timeout), false) = (app.ack_timeout, held.is_empty()) {
+            held.settle(&mut out, &app, timeout).await;
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -128,6 +140,39 @@ pub fn answer_buffered(
     limits: Limits,
     stopping: bool,
 ) -> bool {
+    answer(buf, out, app, limits, stopping, |_, _, _| false)
+}
+
+/// [`answer_buffered`] for `--durable`: each 202 that gave the outbox an event is also noted
+/// in `held`, whose [`Held::settle`] must run before `out` is written (and counts those
+/// requests' outcomes, known only then).
+pub fn answer_durable(
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    app: &App,
+    limits: Limits,
+    stopping: bool,
+    held: &mut Held,
+) -> bool {
+    answer(buf, out, app, limits, stopping, |event, at, response| {
+        held.hold(event, at, response);
+        true
+    })
+}
+
+/// The answer loop of both modes. `hold` is given each response that accepted an event,
+/// with the event's id and where the response sits in `out`; it returns whether it took
+/// over counting the request's outcome. The default mode's `hold` does nothing, and is
+/// compiled away.
+#[inline(always)]
+fn answer(
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    app: &App,
+    limits: Limits,
+    stopping: bool,
+    mut hold: impl FnMut(u64, Range<usize>, &mut Response) -> bool,
+) -> bool {
     if buf.is_empty() {
         return false;
     }
@@ -137,20 +182,25 @@ pub fn answer_buffered(
     let mut answered = 0;
     let close = response::with_date(now, |date| {
         loop {
-            let (response, outcome, head_only, used) = match request::parse(buf, limits) {
+            let (mut response, outcome, event, head_only, used) = match request::parse(buf, limits)
+            {
                 Ok(None) => return false,
                 Ok(Some((head, used))) => {
-                    let (mut response, outcome) = route::handle(&head, app, now_us);
+                    let (mut response, outcome, event) = route::handle(&head, app, now_us);
                     response.close |= !head.keep_alive || stopping;
-                    (response, outcome, head.method == Method::Head, used)
+                    (response, outcome, event, head.method == Method::Head, used)
                 }
                 Err(reject) => {
                     let (response, outcome) = rejection(reject);
-                    (response.closing(), outcome, false, 0)
+                    (response.closing(), outcome, None, false, 0)
                 }
             };
+            let start = out.len();
             response.write(out, head_only, date);
-            app.metrics.count(outcome);
+            let held = event.is_some_and(|id| hold(id, start..out.len(), &mut response));
+            if !held {
+                app.metrics.count(outcome);
+            }
             answered += 1;
             if response.close {
                 return true;

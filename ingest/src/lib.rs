@@ -5,12 +5,14 @@
 //! -> the client library's outbox (encoded, kept until acknowledged) -> its publisher
 //! (batches to busd, `client::publisher`);
 //! [`connection`] and [`server`] drive the sockets, [`slots`] takes back idle connections'
-//! slots when they run out, and [`serve`] puts it all together. [`accounts`] is the
+//! slots when they run out, [`durable`] holds answers until the bus acknowledged their
+//! events (`--durable`), and [`serve`] puts it all together. [`accounts`] is the
 //! `ingest accounts` command.
 
 pub mod accounts;
 pub mod cli;
 pub mod connection;
+pub mod durable;
 pub mod metrics;
 pub mod query;
 pub mod request;

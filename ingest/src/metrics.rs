@@ -22,6 +22,8 @@ pub enum Outcome {
     Unauthorized,
     MethodNotAllowed,
     BusUnavailable,
+    /// `--durable`: a 202 turned 503 because the bus did not acknowledge its event in time.
+    AckTimeout,
     BadRequest,
     TooLarge,
     Timeout,
@@ -31,7 +33,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 14] = [
+    const ALL: [Outcome; 15] = [
         Outcome::Accepted,
         Outcome::Probe,
         Outcome::BadAccountId,
@@ -41,6 +43,7 @@ impl Outcome {
         Outcome::Unauthorized,
         Outcome::MethodNotAllowed,
         Outcome::BusUnavailable,
+        Outcome::AckTimeout,
         Outcome::BadRequest,
         Outcome::TooLarge,
         Outcome::Timeout,
@@ -59,6 +62,7 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::BusUnavailable => "bus_unavailable",
+            Outcome::AckTimeout => "ack_timeout",
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
             Outcome::Timeout => "timeout",

@@ -23,10 +23,14 @@ pub struct App {
     pub max_data: usize,
     /// Origins whose pages may call ingest (`--cors-origin`); empty: none.
     pub cors_origins: Vec<String>,
+    /// `--durable`: how long a 202 may wait for the bus to acknowledge its event before it
+    /// becomes a 503 (`--ack-timeout`); `None` answers as soon as the event is in the outbox.
+    pub ack_timeout: Option<std::time::Duration>,
 }
 
-/// Answers one request; `now_us` is the acceptance time given to an accepted event.
-pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
+/// Answers one request; `now_us` is the acceptance time given to an accepted event. The
+/// third value is the id of the event it gave the outbox, which a durable answer waits for.
+pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome, Option<u64>) {
     let allowed = allowed_origin(app, head.origin);
     match head.method {
         Method::Options if allowed.is_some() => {
@@ -35,12 +39,12 @@ pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
                 origin,
                 preflight: true,
             });
-            return (response, Outcome::Preflight);
+            return (response, Outcome::Preflight, None);
         }
         Method::Options | Method::Other => {
             let response = Response::json(405, r#"{"error":"method_not_allowed"}"#)
                 .with_header("Allow", "GET, HEAD");
-            return (response, Outcome::MethodNotAllowed);
+            return (response, Outcome::MethodNotAllowed, None);
         }
         Method::Get | Method::Head => {}
     }
@@ -49,17 +53,21 @@ pub fn handle(head: &Head<'_>, app: &App, now_us: u64) -> (Response, Outcome) {
         Some(at) => (&head.target[..at], &head.target[at + 1..]),
         None => (head.target, ""),
     };
-    let (mut response, outcome) = match path {
-        "/healthz" => (Response::json(200, r#"{"status":"ok"}"#), Outcome::Health),
-        "/readyz" => (ready(app), Outcome::Health),
-        "/metrics" => (metrics(app), Outcome::Health),
+    let (mut response, outcome, event) = match path {
+        "/healthz" => (
+            Response::json(200, r#"{"status":"ok"}"#),
+            Outcome::Health,
+            None,
+        ),
+        "/readyz" => (ready(app), Outcome::Health, None),
+        "/metrics" => (metrics(app), Outcome::Health, None),
         _ => event(head, path, query, app, now_us),
     };
     response.cors = allowed.map(|origin| Cors {
         origin,
         preflight: false,
     });
-    (response, outcome)
+    (response, outcome, event)
 }
 
 /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
@@ -108,23 +116,31 @@ fn metrics(app: &App) -> Response {
     }
 }
 
-fn event(head: &Head<'_>, path: &str, query: &str, app: &App, now_us: u64) -> (Response, Outcome) {
+/// An event request's answer, and the id of the event it gave the outbox.
+fn event(
+    head: &Head<'_>,
+    path: &str,
+    query: &str,
+    app: &App,
+    now_us: u64,
+) -> (Response, Outcome, Option<u64>) {
     let probe = head.method == Method::Head;
     let Some(account_id) = account_id(path) else {
         return (
             Response::json(400, r#"{"error":"bad_account_id"}"#),
             Outcome::BadAccountId,
+            None,
         );
     };
     let data = match data_param(query, app.max_data) {
         Ok(data) => data,
         Err(reason) => {
             let body = format!(r#"{{"error":"bad_data","reason":"{reason}"}}"#);
-            return (Response::json_owned(400, body), Outcome::BadData);
+            return (Response::json_owned(400, body), Outcome::BadData, None);
         }
     };
     let key = head.authorization.and_then(bearer);
-    match app.accounts.check(account_id, key) {
+    let (response, outcome) = match app.accounts.check(account_id, key) {
         Status::Unknown => (
             Response::json(404, r#"{"error":"unknown_account"}"#),
             Outcome::UnknownAccount,
@@ -144,10 +160,11 @@ fn event(head: &Head<'_>, path: &str, query: &str, app: &App, now_us: u64) -> (R
         Status::Active if probe => (accepted(), Outcome::Probe),
         Status::Active if app.link.is_refused() => bus_unavailable(),
         Status::Active => match app.outbox.push(account_id, now_us, &data, &app.origin) {
-            Ok(()) => (accepted(), Outcome::Accepted),
+            Ok(id) => return (accepted(), Outcome::Accepted, Some(id)),
             Err(_) => bus_unavailable(),
         },
-    }
+    };
+    (response, outcome, None)
 }
 
 /// 401 with the challenge RFC 6750 asks for; `error="invalid_token"` only when a key was

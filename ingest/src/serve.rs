@@ -127,7 +127,14 @@ async fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         origin: origin.clone(),
         max_data: args.max_data,
         cors_origins: args.cors_origin.clone(),
+        ack_timeout: args.durable.then_some(args.ack_timeout),
     });
+    if args.durable {
+        info!(
+            ack_timeout = ?args.ack_timeout,
+            "durable: every 202 waits for the bus to acknowledge its event"
+        );
+    }
     info!(%origin, "listening on {local}");
     Ok(Running {
         listener,

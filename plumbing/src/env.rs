@@ -28,6 +28,11 @@ pub const AMBIGUOUS: &[&str] = &[
     "TRACKER_DRAIN_TIMEOUT",
 ];
 
+/// Names the design contract gives a flag besides its `TRACKER_<PROGRAM>_<FLAG>`:
+/// `(contract name, per-program name)`. Both work and neither is deprecated; the
+/// per-program name wins when both are set.
+const CONTRACT: &[(&str, &str)] = &[("TRACKER_DURABLE", "TRACKER_INGEST_DURABLE")];
+
 /// Old names of shared variables: `(old, new)`.
 const RENAMED: &[(&str, &str)] = &[("TRACKER_TOKEN", BUS_TOKEN)];
 
@@ -79,9 +84,11 @@ fn rewire(
         })
         .collect();
     for (id, old, new) in fallbacks {
-        warnings.push(format!(
-            "{old} is deprecated: it still works, but set {new} instead"
-        ));
+        if !CONTRACT.contains(&(old.as_str(), new.as_str())) {
+            warnings.push(format!(
+                "{old} is deprecated: it still works, but set {new} instead"
+            ));
+        }
         command = command.mut_arg(id, |arg| arg.env(old));
     }
     let subcommands: Vec<String> = command
@@ -186,6 +193,20 @@ mod tests {
         let (envs, warnings) = wired(&["TRACKER_TOKEN"]);
         assert_eq!(env_of(&envs, "token"), "TRACKER_TOKEN");
         assert!(warnings[0].contains("set TRACKER_BUS_TOKEN instead"));
+    }
+
+    #[test]
+    fn a_contract_name_works_without_a_warning() {
+        let command = Command::new("ingest").arg(
+            Arg::new("durable")
+                .long("durable")
+                .env("TRACKER_INGEST_DURABLE"),
+        );
+        let is_set = |name: &str| name == "TRACKER_DURABLE";
+        let (command, warnings) = with_old_names(command, &is_set);
+        let env = command.get_arguments().next().and_then(|a| a.get_env());
+        assert_eq!(env.and_then(|e| e.to_str()), Some("TRACKER_DURABLE"));
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

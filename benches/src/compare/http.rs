@@ -80,7 +80,8 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
     rows
 }
 
-fn row(server: &str, mode: &str, report: Option<WrkReport>) -> Row {
+/// A row from wrk's report, or one saying wrk failed.
+pub fn row(server: &str, mode: &str, report: Option<WrkReport>) -> Row {
     match report {
         Some(r) => Row {
             server: server.into(),

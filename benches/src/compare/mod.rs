@@ -1,9 +1,10 @@
 //! The side-by-side comparison: Tracker against nginx, may_minihttp and hyper for HTTP and
 //! against Redis and NATS for pub/sub, ingest over NATS JetStream against a raw async-nats
-//! publisher, plus end-to-end latency and footprint, written to
+//! publisher, ingest's `--durable` against its default, plus end-to-end latency and footprint, written to
 //! `benches/RESULTS.md` and `benches/results.json` by `cargo bench -p benches --bench compare`.
 
 pub mod bus;
+pub mod durable;
 pub mod footprint;
 pub mod http;
 pub mod jetstream;

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{bus, footprint, http, jetstream, latency};
+use super::{bus, durable, footprint, http, jetstream, latency};
 
 #[derive(Debug, Serialize)]
 pub struct Results {
@@ -17,6 +17,8 @@ pub struct Results {
     pub bus: Vec<bus::Row>,
     pub latency: Vec<latency::Row>,
     pub jetstream: Vec<jetstream::Row>,
+    /// ingest's default answer against `--durable`'s, per bus.
+    pub durable: Vec<http::Row>,
     pub footprint: Vec<footprint::Row>,
     pub goals: Vec<Goal>,
 }
@@ -106,11 +108,35 @@ fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64)
     }
 }
 
+/// The `--durable` goals: at least 0.7x the default's 2xx/s at c=64 on busd, p99 under 5 ms.
+fn durable_goals(rows: &[http::Row]) -> [Goal; 2] {
+    let on_busd = |mode: &str| durable::server(mode, durable::BUSD);
+    let p99 = rows
+        .iter()
+        .find(|r| r.server == on_busd(durable::DURABLE) && r.mode == "c=64")
+        .and_then(|r| r.p99.clone());
+    let p99_goal = "ingest --durable p99 < 5 ms at c=64 on busd";
+    [
+        ratio_goal(
+            "ingest --durable >= 0.7x default ingest at c=64 on busd",
+            rps(rows, &on_busd(durable::DURABLE), "c=64"),
+            rps(rows, &on_busd(durable::DEFAULT), "c=64"),
+            0.7,
+        ),
+        Goal {
+            goal: p99_goal.into(),
+            met: p99.as_deref().and_then(durable::millis).map(|ms| ms < 5.0),
+            measured: p99.unwrap_or_else(|| "not measured".into()),
+        },
+    ]
+}
+
 pub fn goals(
     http: &[http::Row],
     bus: &[bus::Row],
     latency: &[latency::Row],
     jetstream: &[jetstream::Row],
+    durable: &[http::Row],
 ) -> Vec<Goal> {
     let filtered = "1000 accounts, 10 x 100 filtered";
     let fan = "1 -> 10 (all)";
@@ -198,6 +224,7 @@ pub fn goals(
         },
     ];
     goals.extend([js(1), js(3), every_accepted_delivered(jetstream)]);
+    goals.extend(durable_goals(durable));
     goals
 }
 
@@ -318,6 +345,24 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
+        "\n## ingest --durable against its default (wrk -t1)\n\nThe same request as the HTTP part, `GET /1?data=<64 bytes>`, to an ingest answering as soon as the event is in its outbox (default) and to one answering only once the bus acknowledged the event (`--durable`), on its embedded busd and on a one-node JetStream, measured one after the other in this run.\n\n| server | load | req/s | 2xx/s | p50 | p99 | non-2xx or socket errors | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for h in &r.durable {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            h.server,
+            h.mode,
+            h.requests_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            h.ok_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            opt(&h.p50),
+            opt(&h.p99),
+            opt(&h.errors),
+            opt(&h.note)
+        );
+    }
+    let _ = writeln!(
+        s,
         "\n## Memory and start\n\n| what | value |\n| --- | --- |"
     );
     for f in &r.footprint {
@@ -355,7 +400,7 @@ mod tests {
             row("nats-server 2.9.10 (Debian)", fan, Some(3e6)),
             row("nats-server 2.15.1", fan, None),
         ];
-        let goals = goals(&[], &rows, &[], &[]);
+        let goals = goals(&[], &rows, &[], &[], &[]);
         let goal = |name: &str| goals.iter().find(|g| g.goal == name).expect(name);
         assert_eq!(goal("busd filtered >= 5x Redis").met, Some(true));
         let nats = goal("busd filtered >= 5x NATS");
@@ -399,7 +444,7 @@ mod tests {
             js_row(3, INGEST, CLOSED_LOOP, 30_000.0, 99),
             js_row(3, INGEST, OFFERED, 5_000.0, 100),
         ];
-        let goals = goals(&[], &[], &[], &rows);
+        let goals = goals(&[], &[], &[], &rows, &[]);
         let goal = |name: &str| goals.iter().find(|g| g.goal == name).expect(name);
         let r1 = goal("ingest -> JetStream R1 2xx/s >= 0.8x raw async-nats publisher");
         assert!(r1.measured.starts_with("0.90x"), "{}", r1.measured);
@@ -414,7 +459,7 @@ mod tests {
             "{}",
             delivered.measured
         );
-        let none = super::goals(&[], &[], &[], &[]);
+        let none = super::goals(&[], &[], &[], &[], &[]);
         assert!(
             none.iter()
                 .filter(|g| g.goal.contains("JetStream"))

@@ -65,6 +65,8 @@ pub struct Cluster {
     busd: Option<Busd>,
     nats: Option<testkit::nats::Cluster>,
     ingest: Option<Proc>,
+    /// Flags every ingest of this cluster gets besides the usual ones (`--durable`, say).
+    ingest_args: Vec<String>,
     /// Findings about the processes themselves (exit codes, undrained events).
     pub failures: Vec<String>,
 }
@@ -73,6 +75,11 @@ impl Cluster {
     /// Starts the bus, then ingest (which seeds accounts.db in a new directory and, on
     /// JetStream, creates the R3 stream).
     pub fn start(kind: Bus) -> Cluster {
+        Cluster::start_with(kind, &[])
+    }
+
+    /// [`Cluster::start`], with `ingest_args` added to every ingest's command line.
+    pub fn start_with(kind: Bus, ingest_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("a temp dir for the run");
         let nats = (kind == Bus::Jetstream).then(|| testkit::nats::Cluster::start(3));
         let bus = match &nats {
@@ -89,6 +96,7 @@ impl Cluster {
             busd: None,
             nats,
             ingest: None,
+            ingest_args: ingest_args.iter().map(|a| a.to_string()).collect(),
             failures: Vec::new(),
         };
         if kind == Bus::Busd {
@@ -118,6 +126,7 @@ impl Cluster {
             .args(["--listen", &self.http.to_string(), "--bus", &self.bus])
             .args(["--origin", "chaos-ingest", "--drain-timeout", "60s"])
             .args(["--max-data", &MAX_DATA.to_string()])
+            .args(&self.ingest_args)
             .env("RUST_LOG", "info");
         if self.nats.is_some() {
             command.args(["--replicas", "3"]);
@@ -178,6 +187,27 @@ impl Cluster {
         self.busd().signal("STOP");
         std::thread::sleep(pause);
         self.busd().signal("CONT");
+    }
+
+    /// Sends `signal` to the whole bus: busd, or every JetStream node (`STOP` and `CONT`
+    /// freeze and thaw it without the bus noticing anything but lost time). For
+    /// `tests/durable.rs`; the chaos schedule's faults have their own methods.
+    #[allow(dead_code)]
+    pub fn bus_signal(&mut self, signal: &str) {
+        match self.nats.as_mut() {
+            Some(nats) => (0..nats.nodes()).for_each(|i| nats.signal(i, signal)),
+            None => self.busd().signal(signal),
+        }
+    }
+
+    /// SIGKILL of ingest: a crash, with nothing drained. Returns once it has exited. For
+    /// `tests/durable.rs`.
+    #[allow(dead_code)]
+    pub fn ingest_kill(&mut self) {
+        if let Some(mut ingest) = self.ingest.take() {
+            ingest.signal("KILL");
+            let _ = ingest.try_wait_exit(Duration::from_secs(10));
+        }
     }
 
     /// SIGTERM: ingest drains what it holds and must exit 0 having said every accepted
