@@ -14,14 +14,18 @@
 //! Needs root and iproute2 (network namespaces), the pinned nats-server (`.ci/nats-server`),
 //! nginx and PostgreSQL; skipped, saying why, without them, except that CI fails when it
 //! runs as root with iproute2 and cannot make namespaces or lacks one of the servers.
-//! `CLUSTER_SECONDS` (default 30) and `CLUSTER_RATE` (requests/s, default 1000) shape it:
+//! `CLUSTER_SECONDS` (least seconds of load, default 30), `CLUSTER_RATE` (requests/s, default
+//! 1000) and `CLUSTER_FAULTS` (`none`, or a comma list of the faults' names; default all, in
+//! their order) shape it:
 //!
 //!     cargo test -p ingest --test cluster -- --nocapture
 
 #[allow(dead_code)]
 #[path = "chaos/mod.rs"]
 mod chaos;
-// The fault schedule uses the rest of it.
+#[path = "cluster/faults.rs"]
+mod faults;
+// The faults still to come use the rest of it.
 #[allow(dead_code)]
 #[path = "cluster/topology.rs"]
 mod topology;
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 use chaos::checker::{Accounts, At, Expect, Incarnation, Ledger, Outcome, Verdict};
 use chaos::load::{self, Outcomes, Plan};
 use chaos::watcher::{Record, Watcher};
+use faults::Kind;
 use testkit::Proc;
 use topology::Topology;
 
@@ -124,9 +129,18 @@ fn every_202_through_nginx_reaches_the_watchers_once_across_hosts() {
     let began = Instant::now();
     let seconds: f64 = env("CLUSTER_SECONDS").unwrap_or(30.0);
     let rate: f64 = env("CLUSTER_RATE").unwrap_or(1000.0);
+    let kinds = std::env::var("CLUSTER_FAULTS")
+        .map(|list| Kind::parse_list(&list))
+        .unwrap_or_else(|_| Kind::ALL.to_vec());
     let topology = Topology::start(&nats, &nginx);
     eprintln!("cluster: topology up in {:.1?}", began.elapsed());
-    let summary = run(topology, Duration::from_secs_f64(seconds), rate);
+    let summary = run(
+        topology,
+        &nats,
+        &kinds,
+        Duration::from_secs_f64(seconds),
+        rate,
+    );
     eprintln!("{}", summary.figures);
     eprintln!("cluster: done in {:.1?}", began.elapsed());
     assert!(
@@ -150,7 +164,13 @@ struct Aggregated {
     gaps: u64,
 }
 
-fn run(topology: Topology, load_for: Duration, rate: f64) -> Summary {
+fn run(
+    mut topology: Topology,
+    nats: &std::path::Path,
+    kinds: &[Kind],
+    load_for: Duration,
+    rate: f64,
+) -> Summary {
     let start = Instant::now();
     let client = topology.host("client").clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -207,7 +227,9 @@ fn run(topology: Topology, load_for: Duration, rate: f64) -> Summary {
         topology.front()
     );
     let load = runtime.spawn(load::run(topology.front(), plan, start, stop.clone()));
-    std::thread::sleep(load_for);
+    let until = Instant::now() + load_for;
+    let done = faults::run(&mut topology, nats, kinds, start);
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
     let outcomes = runtime.block_on(load).expect("the load does not panic");
     let load_end = At::from_duration(start.elapsed());
@@ -259,10 +281,12 @@ fn run(topology: Topology, load_for: Duration, rate: f64) -> Summary {
         ));
     }
     let window = (load_start, load_end);
-    Summary {
-        figures: figures(&outcomes, &records, &verdicts, &aggregated, window),
-        failures,
+    let mut figures = figures(&outcomes, &records, &verdicts, &aggregated, window);
+    for line in faults::costs(&done, &outcomes, &records) {
+        figures += "\n";
+        figures += &line;
     }
+    Summary { figures, failures }
 }
 
 fn count(outcomes: &Outcomes, outcome: Outcome) -> usize {
@@ -401,7 +425,7 @@ fn figures(
 }
 
 /// The longest stretch without a line on a watcher's stdout while the load ran.
-fn longest_silence(r: &Record, (from, to): (At, At)) -> f64 {
+pub fn longest_silence(r: &Record, (from, to): (At, At)) -> f64 {
     let from = from.max(r.live.unwrap_or(from));
     let to = to.min(r.stopped);
     let tail = r.printed.last_line.map_or(from, |l| l.max(from));

@@ -1,0 +1,143 @@
+//! The fault schedule of the cluster test: one fault at a time under the load, each followed
+//! by a pause so its cost can be told apart from the next one's, and what each cost.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::chaos::checker::{At, Outcome};
+use crate::chaos::load::Outcomes;
+use crate::chaos::watcher::Record;
+use crate::topology::Topology;
+
+/// Load before the first fault.
+pub const LEAD: Duration = Duration::from_secs(3);
+/// Load after each fault before the next one (and after the last, before the load stops).
+pub const PAUSE: Duration = Duration::from_secs(5);
+/// How long an app host stays cut off.
+const CUT_FOR: Duration = Duration::from_secs(10);
+/// The faults, in the order they are injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// app1's link down for 10 s, then up again.
+    LinkCut,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 1] = [Kind::LinkCut];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::LinkCut => "link-cut",
+        }
+    }
+
+    /// `none`, or a comma list of fault names (`CLUSTER_FAULTS`).
+    pub fn parse_list(list: &str) -> Vec<Kind> {
+        if list.trim() == "none" {
+            return Vec::new();
+        }
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| {
+                Kind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == name)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "unknown fault {name:?}; known: {}",
+                            Kind::ALL.map(Kind::name).join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// A fault as it happened.
+pub struct Done {
+    pub kind: Kind,
+    pub at: At,
+    /// When everything was back (the fault's own recovery included).
+    pub end: At,
+    /// What was hit, or why the fault could not be injected.
+    pub note: String,
+}
+
+/// Injects `kinds` one after another, with [`LEAD`] before and [`PAUSE`] after each.
+pub fn run(topology: &mut Topology, nats: &Path, kinds: &[Kind], start: Instant) -> Vec<Done> {
+    let now = || At::from_duration(start.elapsed());
+    std::thread::sleep(LEAD);
+    let mut done = Vec::new();
+    for &kind in kinds {
+        let at = now();
+        eprintln!("cluster {at:?}: fault {}", kind.name());
+        let note = match kind {
+            Kind::LinkCut => link_cut(topology),
+        };
+        let end = now();
+        eprintln!("cluster {end:?}: fault {} over: {note}", kind.name());
+        done.push(Done {
+            kind,
+            at,
+            end,
+            note,
+        });
+        std::thread::sleep(PAUSE);
+    }
+    let _ = nats;
+    done
+}
+
+fn link_cut(topology: &Topology) -> String {
+    let host = topology.app(0);
+    host.cut();
+    std::thread::sleep(CUT_FOR);
+    host.restore();
+    format!("{} ({}) cut off for {CUT_FOR:?}", host.name(), host.addr())
+}
+
+/// What a fault cost, from its start to [`PAUSE`] after its end: requests sent then, their
+/// 503s and unknown outcomes, the slowest answer, and each watcher's longest silence.
+pub fn costs(done: &[Done], outcomes: &Outcomes, records: &[Record]) -> Vec<String> {
+    done.iter()
+        .map(|f| {
+            let to = f.end.plus(PAUSE);
+            let during: Vec<_> = outcomes
+                .requests
+                .iter()
+                .filter(|r| r.sent >= f.at && r.sent <= to)
+                .collect();
+            let refused = during
+                .iter()
+                .filter(|r| r.outcome == Outcome::Refused)
+                .count();
+            let unknown = during
+                .iter()
+                .filter(|r| r.outcome == Outcome::Unknown)
+                .count();
+            let slowest = during
+                .iter()
+                .map(|r| r.answered.as_secs() - r.sent.as_secs())
+                .fold(0.0, f64::max);
+            let silences: Vec<String> = records
+                .iter()
+                .map(|r| format!("{} {:.1} s", r.name, crate::longest_silence(r, (f.at, to))))
+                .collect();
+            format!(
+                "  {:<11} at {:?} for {:.1} s ({}): {} requests sent until {:.0} s after, 503 {}, \
+                 unknown {}, slowest answer {:.2} s; longest watcher silence: {}",
+                f.kind.name(),
+                f.at,
+                f.end.as_secs() - f.at.as_secs(),
+                f.note,
+                during.len(),
+                PAUSE.as_secs_f64(),
+                refused,
+                unknown,
+                slowest,
+                silences.join(", ")
+            )
+        })
+        .collect()
+}
