@@ -15,19 +15,27 @@ pub const LEAD: Duration = Duration::from_secs(3);
 pub const PAUSE: Duration = Duration::from_secs(5);
 /// How long an app host stays cut off.
 const CUT_FOR: Duration = Duration::from_secs(10);
+/// How long a killed stream leader stays down.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+/// How long the nodes may take to agree on the stream's leader before the kill.
+const LEADER_WITHIN: Duration = Duration::from_secs(15);
+
 /// The faults, in the order they are injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// app1's link down for 10 s, then up again.
     LinkCut,
+    /// SIGKILL of the JetStream node leading the stream, restarted 1 s later.
+    LeaderKill,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 1] = [Kind::LinkCut];
+    pub const ALL: [Kind; 2] = [Kind::LinkCut, Kind::LeaderKill];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::LinkCut => "link-cut",
+            Kind::LeaderKill => "leader-kill",
         }
     }
 
@@ -74,6 +82,7 @@ pub fn run(topology: &mut Topology, nats: &Path, kinds: &[Kind], start: Instant)
         eprintln!("cluster {at:?}: fault {}", kind.name());
         let note = match kind {
             Kind::LinkCut => link_cut(topology),
+            Kind::LeaderKill => leader_kill(topology, nats),
         };
         let end = now();
         eprintln!("cluster {end:?}: fault {} over: {note}", kind.name());
@@ -85,7 +94,6 @@ pub fn run(topology: &mut Topology, nats: &Path, kinds: &[Kind], start: Instant)
         });
         std::thread::sleep(PAUSE);
     }
-    let _ = nats;
     done
 }
 
@@ -95,6 +103,28 @@ fn link_cut(topology: &Topology) -> String {
     std::thread::sleep(CUT_FOR);
     host.restore();
     format!("{} ({}) cut off for {CUT_FOR:?}", host.name(), host.addr())
+}
+
+fn leader_kill(topology: &mut Topology, nats: &Path) -> String {
+    let deadline = Instant::now() + LEADER_WITHIN;
+    let leader = loop {
+        if let Some(leader) = topology.stream_leader() {
+            break leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not agree on the stream's leader within {LEADER_WITHIN:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    topology.kill_nats(leader);
+    std::thread::sleep(DOWN_FOR);
+    topology.restart_nats(nats, leader);
+    format!(
+        "n{} on {} led the stream: SIGKILL, restarted after {DOWN_FOR:?}",
+        leader + 1,
+        topology.app(leader).name()
+    )
 }
 
 /// What a fault cost, from its start to [`PAUSE`] after its end: requests sent then, their
