@@ -8,6 +8,7 @@ use crate::chaos::checker::{At, Outcome};
 use crate::chaos::load::Outcomes;
 use crate::chaos::watcher::Record;
 use crate::topology::Topology;
+use testkit::netns::NetemError;
 
 /// Load before the first fault.
 pub const LEAD: Duration = Duration::from_secs(3);
@@ -17,6 +18,10 @@ pub const PAUSE: Duration = Duration::from_secs(5);
 const CUT_FOR: Duration = Duration::from_secs(10);
 /// How long a killed stream leader stays down.
 const DOWN_FOR: Duration = Duration::from_secs(1);
+/// How long an app host's packets are delayed and dropped, by how much and how many.
+const NETEM_FOR: Duration = Duration::from_secs(8);
+const NETEM_DELAY: Duration = Duration::from_millis(50);
+const NETEM_LOSS_PERCENT: f64 = 1.0;
 /// How long the nodes may take to agree on the stream's leader before the kill.
 const LEADER_WITHIN: Duration = Duration::from_secs(15);
 
@@ -27,15 +32,18 @@ pub enum Kind {
     LinkCut,
     /// SIGKILL of the JetStream node leading the stream, restarted 1 s later.
     LeaderKill,
+    /// 50 ms delay and 1% loss on everything app2 sends, for 8 s (when the kernel has netem).
+    Netem,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::LinkCut, Kind::LeaderKill];
+    pub const ALL: [Kind; 3] = [Kind::LinkCut, Kind::LeaderKill, Kind::Netem];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::LinkCut => "link-cut",
             Kind::LeaderKill => "leader-kill",
+            Kind::Netem => "netem",
         }
     }
 
@@ -83,6 +91,7 @@ pub fn run(topology: &mut Topology, nats: &Path, kinds: &[Kind], start: Instant)
         let note = match kind {
             Kind::LinkCut => link_cut(topology),
             Kind::LeaderKill => leader_kill(topology, nats),
+            Kind::Netem => netem(topology),
         };
         let end = now();
         eprintln!("cluster {end:?}: fault {} over: {note}", kind.name());
@@ -125,6 +134,26 @@ fn leader_kill(topology: &mut Topology, nats: &Path) -> String {
         leader + 1,
         topology.app(leader).name()
     )
+}
+
+fn netem(topology: &Topology) -> String {
+    let host = topology.app(1);
+    match host.netem(NETEM_DELAY, NETEM_LOSS_PERCENT) {
+        Ok(()) => {
+            std::thread::sleep(NETEM_FOR);
+            host.clear_netem();
+            format!(
+                "{}: {NETEM_DELAY:?} delay and {NETEM_LOSS_PERCENT}% loss for {NETEM_FOR:?}",
+                host.name()
+            )
+        }
+        Err(NetemError::Unavailable(why)) => {
+            let note = format!("NOT INJECTED: this kernel has no netem ({why})");
+            eprintln!("cluster: netem fault skipped: {note}");
+            note
+        }
+        Err(other) => panic!("{other}"),
+    }
 }
 
 /// What a fault cost, from its start to [`PAUSE`] after its end: requests sent then, their
