@@ -34,16 +34,24 @@ pub enum Kind {
     LeaderKill,
     /// 50 ms delay and 1% loss on everything app2 sends, for 8 s (when the kernel has netem).
     Netem,
+    /// PostgreSQL stopped (fast: clients cut off) and started again.
+    PgRestart,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::LinkCut, Kind::LeaderKill, Kind::Netem];
+    pub const ALL: [Kind; 4] = [
+        Kind::LinkCut,
+        Kind::LeaderKill,
+        Kind::Netem,
+        Kind::PgRestart,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::LinkCut => "link-cut",
             Kind::LeaderKill => "leader-kill",
             Kind::Netem => "netem",
+            Kind::PgRestart => "pg-restart",
         }
     }
 
@@ -92,6 +100,7 @@ pub fn run(topology: &mut Topology, nats: &Path, kinds: &[Kind], start: Instant)
             Kind::LinkCut => link_cut(topology),
             Kind::LeaderKill => leader_kill(topology, nats),
             Kind::Netem => netem(topology),
+            Kind::PgRestart => pg_restart(topology),
         };
         let end = now();
         eprintln!("cluster {end:?}: fault {} over: {note}", kind.name());
@@ -154,6 +163,14 @@ fn netem(topology: &Topology) -> String {
         }
         Err(other) => panic!("{other}"),
     }
+}
+
+fn pg_restart(topology: &mut Topology) -> String {
+    topology.pg.restart();
+    format!(
+        "PostgreSQL on {} stopped (fast) and started",
+        topology.pg.addr()
+    )
 }
 
 /// What a fault cost, from its start to [`PAUSE`] after its end: requests sent then, their
