@@ -25,8 +25,6 @@
 mod chaos;
 #[path = "cluster/faults.rs"]
 mod faults;
-// The faults still to come use the rest of it.
-#[allow(dead_code)]
 #[path = "cluster/topology.rs"]
 mod topology;
 

@@ -36,14 +36,17 @@ pub enum Kind {
     Netem,
     /// PostgreSQL stopped (fast: clients cut off) and started again.
     PgRestart,
+    /// SIGTERM to ingest-3: it drains and exits 0, and stays down; nginx uses the other two.
+    IngestStop,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::LinkCut,
         Kind::LeaderKill,
         Kind::Netem,
         Kind::PgRestart,
+        Kind::IngestStop,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Kind {
             Kind::LeaderKill => "leader-kill",
             Kind::Netem => "netem",
             Kind::PgRestart => "pg-restart",
+            Kind::IngestStop => "ingest-stop",
         }
     }
 
@@ -101,6 +105,7 @@ pub fn run(topology: &mut Topology, nats: &Path, kinds: &[Kind], start: Instant)
             Kind::LeaderKill => leader_kill(topology, nats),
             Kind::Netem => netem(topology),
             Kind::PgRestart => pg_restart(topology),
+            Kind::IngestStop => ingest_stop(topology),
         };
         let end = now();
         eprintln!("cluster {end:?}: fault {} over: {note}", kind.name());
@@ -170,6 +175,14 @@ fn pg_restart(topology: &mut Topology) -> String {
     format!(
         "PostgreSQL on {} stopped (fast) and started",
         topology.pg.addr()
+    )
+}
+
+fn ingest_stop(topology: &mut Topology) -> String {
+    topology.stop_ingest(2);
+    format!(
+        "ingest-3 on {} stopped with SIGTERM (drained), left down",
+        topology.app(2).name()
     )
 }
 

@@ -291,13 +291,6 @@ impl Topology {
         }
     }
 
-    /// Starts ingest `i` again and waits until it is ready.
-    pub fn restart_ingest(&mut self, i: usize) {
-        assert!(self.ingests[i].is_none(), "ingest-{} is running", i + 1);
-        self.ingests[i] = Some(self.spawn_ingest(i));
-        self.wait_ingest_ready(i);
-    }
-
     fn spawn_nginx(&self, program: &Path) -> Proc {
         let dir = self.dir.path().join("nginx");
         std::fs::create_dir_all(&dir).expect("nginx's directory");
