@@ -412,26 +412,133 @@ async fn highest_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64> {
 /// Makes the index exactly what the database holds, streaming the rows rather than holding
 /// them all; returns how many accounts there are.
 async fn reload(client: &mut Client, accounts: &Accounts) -> Result<usize> {
+    reload_by(client, accounts, Fetch::Query).await
+}
+
+/// How a full reload reads the accounts table. Every way reads the same [`row::COLUMNS`]
+/// in the same repeatable-read snapshot as the highest version.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// `SELECT` streamed with `query_raw`: one statement, rows as they come.
+    Query,
+    /// `COPY accounts(...) TO STDOUT (FORMAT binary)`: no per-row protocol framing beyond
+    /// the copy data, no statement to describe.
+    Copy,
+    /// A server-side cursor (a portal of the `SELECT`) fetched this many rows at a time, one
+    /// round trip each.
+    Cursor(i32),
+}
+
+/// [`load`] the way `fetch` says: for the benchmark that compares them.
+#[doc(hidden)]
+pub async fn load_by(client: &mut Client, accounts: &Accounts, fetch: Fetch) -> Result<usize> {
+    within(reload_by(client, accounts, fetch)).await
+}
+
+/// The rows of a full reload, whichever [`Fetch`] way they were read: the columns read and
+/// how one row becomes an [`Account`](row::Account). One more column is one more entry in
+/// [`COLUMNS`](row::COLUMNS) and one more field read in [`Account::read`](row::Account::read).
+mod row {
+    use tokio_postgres::binary_copy::BinaryCopyOutRow;
+    use tokio_postgres::types::{FromSql, Type};
+
+    use crate::Result;
+
+    /// The columns a full reload reads, in order, with their types for binary `COPY`.
+    pub(super) const COLUMNS: [(&str, Type); 2] =
+        [("account_id", Type::INT8), ("is_active", Type::BOOL)];
+
+    /// One row of a full reload.
+    pub(super) struct Account {
+        pub(super) id: u64,
+        pub(super) active: bool,
+    }
+
+    impl Account {
+        pub(super) fn read(row: &impl Columns) -> Result<Account> {
+            Ok(Account {
+                id: row.column::<i64>(0)? as u64,
+                active: row.column(1)?,
+            })
+        }
+    }
+
+    /// A row of a query or of a binary `COPY`: both decode their columns the same way.
+    pub(super) trait Columns {
+        fn column<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T>;
+    }
+
+    impl Columns for tokio_postgres::Row {
+        fn column<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T> {
+            Ok(self.try_get(index)?)
+        }
+    }
+
+    impl Columns for BinaryCopyOutRow {
+        fn column<'a, T: FromSql<'a>>(&'a self, index: usize) -> Result<T> {
+            Ok(self.try_get(index)?)
+        }
+    }
+}
+
+async fn reload_by(client: &mut Client, accounts: &Accounts, fetch: Fetch) -> Result<usize> {
     let tx = read_snapshot(client).await?;
     let high = highest_version(&tx).await?;
-    let had_any = !accounts.is_empty();
-    let mut present = HashSet::new();
-    let params: [i64; 0] = [];
-    let rows = tx
-        .query_raw("SELECT account_id, is_active FROM accounts", params)
-        .await?;
-    futures::pin_mut!(rows);
+    // On a reload of a loaded index, the ids read, to forget every other one after.
+    let mut present =
+        (!accounts.is_empty()).then(|| HashSet::with_hasher(rustc_hash::FxBuildHasher));
     let mut count = 0;
-    while let Some(row) = rows.try_next().await? {
-        let id = row.get::<_, i64>(0) as u64;
-        accounts.set(id, Some(row.get(1)));
-        if had_any {
-            present.insert(id);
+    let mut apply = |account: row::Account| {
+        accounts.set(account.id, Some(account.active));
+        if let Some(present) = present.as_mut() {
+            present.insert(account.id);
         }
         count += 1;
+    };
+    let columns = row::COLUMNS.map(|(name, _)| name).join(", ");
+    match fetch {
+        Fetch::Query => {
+            let params: [i64; 0] = [];
+            let rows = tx
+                .query_raw(&format!("SELECT {columns} FROM accounts"), params)
+                .await?;
+            futures::pin_mut!(rows);
+            while let Some(row) = rows.try_next().await? {
+                apply(row::Account::read(&row)?);
+            }
+        }
+        Fetch::Copy => {
+            let types = row::COLUMNS.map(|(_, kind)| kind);
+            let copy = tx
+                .copy_out(&format!(
+                    "COPY accounts({columns}) TO STDOUT (FORMAT binary)"
+                ))
+                .await?;
+            let rows = tokio_postgres::binary_copy::BinaryCopyOutStream::new(copy, &types);
+            futures::pin_mut!(rows);
+            while let Some(row) = rows.try_next().await? {
+                apply(row::Account::read(&row)?);
+            }
+        }
+        Fetch::Cursor(batch) => {
+            let params: [i64; 0] = [];
+            let cursor = tx
+                .bind_raw(&format!("SELECT {columns} FROM accounts"), params)
+                .await?;
+            loop {
+                let rows = tx.query_portal(&cursor, batch.max(1)).await?;
+                for row in &rows {
+                    apply(row::Account::read(row)?);
+                }
+                if rows.len() < batch.max(1) as usize {
+                    break;
+                }
+            }
+        }
     }
     tx.commit().await?;
-    if had_any {
+    if let Some(present) = present {
         accounts.retain(|id| present.contains(&id));
     }
     accounts.applied_up_to(high as u64);
