@@ -6,9 +6,10 @@
 //!   - load it in a fresh process of this bench once per way of reading the table
 //!     ([`Fetch`]: the streamed query, binary `COPY`, a cursor in batches), `BENCH_ROUNDS`
 //!     rounds (default 3), giving time, resident memory growth and peak growth;
-//!   - start the real ingest on it (`--db <url>`, embedded bus) and report the load time it
-//!     logs, the time from spawn to `/readyz` answering 200, and its peak resident memory
-//!     (VmHWM) once ready, beside that of an ingest with the default 1,000 accounts.
+//!   - start the real ingest on it (`--db <url>`, embedded bus) `BENCH_ROUNDS` times and
+//!     report the load time it logs, the time from spawn to `/readyz` answering 200, and its
+//!     peak resident memory (VmHWM) once ready, beside that of an ingest with the 1,000
+//!     accounts it seeds into an empty database.
 //!
 //! The requirement: a million accounts load in under 2 s, with ingest under 100 MB resident.
 
@@ -171,7 +172,7 @@ fn postgres(count: u64) -> Result<(), Error> {
         );
     }
 
-    real_ingest(&pg, &url, count)
+    real_ingest(&pg, &url, count, rounds)
 }
 
 /// Runs this bench again to load once the way `fetch` says, in a process of its own so that
@@ -235,41 +236,68 @@ fn load_once(fetch: &str) -> Result<(), Error> {
     })
 }
 
-/// Starts the real ingest on the seeded database and reports what the requirement is about.
-fn real_ingest(pg: &Postgres, url: &str, count: u64) -> Result<(), Error> {
+/// Starts the real ingest on the seeded database `rounds` times and reports what the
+/// requirement is about; the targets are judged on the worst run.
+fn real_ingest(pg: &Postgres, url: &str, count: u64, rounds: u64) -> Result<(), Error> {
     // The same ingest with the 1,000 accounts it seeds into a new database: what it holds
     // without the accounts.
+    // Built when not up to date, before any clock starts; spawn_ingest then finds it.
+    benches::process::fresh_release_binary("ingest", "ingest")?;
     pg.psql("CREATE DATABASE baseline");
     let baseline_url = format!("postgres://postgres@127.0.0.1:{}/baseline", pg.port());
     let baseline = run_ingest(&baseline_url)?;
-    let run = run_ingest(url)?;
-    let loaded = run
-        .logged_load
-        .map_or("not logged".to_owned(), |took| format!("{took:.2?}"));
-    println!("accounts (PostgreSQL): the release ingest with --db {url} and {count} accounts:");
-    println!("  load, as ingest logs it:     {loaded}");
-    println!("  spawn to /readyz 200:        {:.2?}", run.ready);
+    let mut runs = Vec::new();
+    for _ in 0..rounds {
+        runs.push(run_ingest(url)?);
+    }
+    let build = if cfg!(debug_assertions) {
+        "a debug build: only a release run's figures count"
+    } else {
+        "release build"
+    };
     println!(
-        "  resident once ready:         {} (peak {})",
-        mb(run.rss),
-        mb(run.peak)
+        "accounts (PostgreSQL): ingest ({build}) with --db {url} and {count} accounts, \
+         started {rounds} times, best (median, worst):"
+    );
+    let spread = |mut times: Vec<Duration>| {
+        times.sort();
+        let (best, median, worst) = (times[0], times[times.len() / 2], times[times.len() - 1]);
+        format!("{best:.2?} ({median:.2?}, {worst:.2?})")
+    };
+    let logged: Option<Vec<Duration>> = runs.iter().map(|run| run.logged_load).collect();
+    let worst_load = logged
+        .as_ref()
+        .and_then(|times| times.iter().max().copied());
+    println!(
+        "  load, as ingest logs it:     {}",
+        logged.map_or("not logged".to_owned(), spread)
+    );
+    println!(
+        "  spawn to /readyz 200:        {}",
+        spread(runs.iter().map(|run| run.ready).collect())
+    );
+    let rss = runs.iter().map(|run| run.rss).max().unwrap_or(0);
+    let peak = runs.iter().map(|run| run.peak).max().unwrap_or(0);
+    println!(
+        "  resident once ready, worst:  {} (peak {})",
+        mb(rss),
+        mb(peak)
     );
     println!(
         "  with 1,000 accounts instead: {} (peak {}): the accounts add {} at the peak",
         mb(baseline.rss),
         mb(baseline.peak),
-        mb(run.peak.saturating_sub(baseline.peak))
+        mb(peak.saturating_sub(baseline.peak))
     );
     let judged = if count == TARGET_ACCOUNTS {
         ""
     } else {
         " (set for 1,000,000 accounts: with another count only indicative)"
     };
-    let load_met = run.logged_load.is_some_and(|took| took < LOAD_TARGET);
     println!(
         "  target: load under {LOAD_TARGET:?}: {}; peak resident under 100 MB: {}{judged}",
-        verdict(load_met),
-        verdict(run.peak < MEMORY_TARGET)
+        verdict(worst_load.is_some_and(|took| took < LOAD_TARGET)),
+        verdict(peak < MEMORY_TARGET)
     );
     Ok(())
 }
@@ -287,8 +315,6 @@ struct IngestRun {
 
 fn run_ingest(url: &str) -> Result<IngestRun, Error> {
     let dir = tempfile::tempdir()?;
-    // Built (when not up to date) before the clock starts.
-    benches::process::fresh_release_binary("ingest", "ingest")?;
     let started = Instant::now();
     let ingest = spawn_ingest(dir.path(), None, &["--db", url])?;
     wait_ready(ingest.http, Duration::from_secs(60))?;
