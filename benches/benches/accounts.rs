@@ -3,9 +3,10 @@
 //!
 //! * SQLite: seed a file, load it in this process.
 //! * PostgreSQL (skipped when it is not installed): seed a throwaway cluster, then
-//!   - load it in a fresh process of this bench once per way of reading the table
-//!     ([`Fetch`]: the streamed query, binary `COPY`, a cursor in batches), `BENCH_ROUNDS`
-//!     rounds (default 3), giving time, resident memory growth and peak growth;
+//!   - per way of reading the table ([`Fetch`]: the streamed query, binary `COPY`, a cursor
+//!     in batches), in a fresh process of this bench each time, `BENCH_ROUNDS` rounds
+//!     (default 3): read and decode every row without keeping it (what the way itself
+//!     costs), and load the index (time, resident memory growth and peak growth);
 //!   - start the real ingest on it (`--db <url>`, embedded bus) `BENCH_ROUNDS` times and
 //!     report the load time it logs, the time from spawn to `/readyz` answering 200, and its
 //!     peak resident memory (VmHWM) once ready, beside that of an ingest with the 1,000
@@ -29,8 +30,10 @@ const MEMORY_TARGET: u64 = 100_000_000;
 /// The count the targets are set for.
 const TARGET_ACCOUNTS: u64 = 1_000_000;
 
-/// Set in the fresh process that loads once: the way to read, then the database URL.
+/// Set in the fresh process that reads or loads once: the way to read, whether to keep the
+/// accounts (`load`) or not (`read`), and the database URL.
 const CHILD_FETCH: &str = "BENCH_PG_FETCH";
+const CHILD_MODE: &str = "BENCH_PG_MODE";
 const CHILD_URL: &str = "BENCH_PG_URL";
 
 /// The ways of reading the table compared, with their names in the report.
@@ -149,37 +152,43 @@ fn postgres(count: u64) -> Result<(), Error> {
     // first way measured does not pay for setting hint bits on every page.
     pg.psql("VACUUM ANALYZE accounts");
 
-    println!(
-        "accounts (PostgreSQL): in-process load of {count}, each in a fresh process, best of {rounds} (median):"
-    );
-    let mut results: Vec<Vec<Load>> = WAYS.iter().map(|_| Vec::new()).collect();
-    for _ in 0..rounds {
-        for (i, (_, fetch)) in WAYS.iter().enumerate() {
-            results[i].push(load_in_child(*fetch, &url, count)?);
-        }
-    }
-    for ((name, _), loads) in WAYS.iter().zip(&mut results) {
-        loads.sort_by_key(|load| load.took);
-        let (best, median) = (&loads[0], &loads[loads.len() / 2]);
-        let grew = loads.iter().map(|l| l.grew).max().unwrap_or(0);
-        let peak = loads.iter().map(|l| l.peak_grew).max().unwrap_or(0);
+    for (mode, what) in [
+        ("read", "read and decoded, not kept"),
+        ("load", "loaded into the index"),
+    ] {
         println!(
-            "  {name:<24} {:>9.2?} ({:.2?}); resident grew {}, peak grew {}",
-            best.took,
-            median.took,
-            mb(grew),
-            mb(peak)
+            "accounts (PostgreSQL): {count} {what}, each in a fresh process, best of {rounds} (median):"
         );
+        let mut results: Vec<Vec<Load>> = WAYS.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (_, fetch)) in WAYS.iter().enumerate() {
+                results[i].push(in_child(mode, *fetch, &url, count)?);
+            }
+        }
+        for ((name, _), loads) in WAYS.iter().zip(&mut results) {
+            loads.sort_by_key(|load| load.took);
+            let (best, median) = (&loads[0], &loads[loads.len() / 2]);
+            let grew = loads.iter().map(|l| l.grew).max().unwrap_or(0);
+            let peak = loads.iter().map(|l| l.peak_grew).max().unwrap_or(0);
+            println!(
+                "  {name:<24} {:>9.2?} ({:.2?}); resident grew {}, peak grew {}",
+                best.took,
+                median.took,
+                mb(grew),
+                mb(peak)
+            );
+        }
     }
 
     real_ingest(&pg, &url, count, rounds)
 }
 
-/// Runs this bench again to load once the way `fetch` says, in a process of its own so that
-/// no earlier load's memory counts.
-fn load_in_child(fetch: Fetch, url: &str, count: u64) -> Result<Load, Error> {
+/// Runs this bench again to read or load (`mode`) once the way `fetch` says, in a process
+/// of its own so that no earlier load's memory counts.
+fn in_child(mode: &str, fetch: Fetch, url: &str, count: u64) -> Result<Load, Error> {
     let out = Command::new(std::env::current_exe()?)
         .env(CHILD_FETCH, format!("{fetch:?}"))
+        .env(CHILD_MODE, mode)
         .env(CHILD_URL, url)
         .env("BENCH_ACCOUNTS", count.to_string())
         .output()?;
@@ -191,7 +200,7 @@ fn load_in_child(fetch: Fetch, url: &str, count: u64) -> Result<Load, Error> {
         .unwrap_or_default();
     match fields[..] {
         [loaded, nanos, grew, peak_grew] if out.status.success() => {
-            assert_eq!(loaded, count, "{fetch:?} loaded every account");
+            assert_eq!(loaded, count, "{fetch:?} ({mode}) saw every account");
             Ok(Load {
                 took: Duration::from_nanos(nanos),
                 grew,
@@ -199,7 +208,7 @@ fn load_in_child(fetch: Fetch, url: &str, count: u64) -> Result<Load, Error> {
             })
         }
         _ => Err(format!(
-            "the {fetch:?} load failed ({}): {stdout}{}",
+            "the {fetch:?} {mode} failed ({}): {stdout}{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         )
@@ -207,15 +216,16 @@ fn load_in_child(fetch: Fetch, url: &str, count: u64) -> Result<Load, Error> {
     }
 }
 
-/// In the fresh process: connect, load once, print `loaded <count> <nanoseconds> <resident
-/// growth> <peak growth>`. On a multi-threaded runtime like ingest's, so the connection's
-/// task and the load run side by side as they do there.
+/// In the fresh process: connect, read or load once, print `loaded <count> <nanoseconds>
+/// <resident growth> <peak growth>`. On a multi-threaded runtime like ingest's, so the
+/// connection's task and the load run side by side as they do there.
 fn load_once(fetch: &str) -> Result<(), Error> {
     let fetch = WAYS
         .iter()
         .map(|(_, fetch)| *fetch)
         .find(|way| format!("{way:?}") == fetch)
         .ok_or_else(|| format!("no way of loading called {fetch}"))?;
+    let keep = std::env::var(CHILD_MODE)? == "load";
     let url = std::env::var(CHILD_URL)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -226,11 +236,15 @@ fn load_once(fetch: &str) -> Result<(), Error> {
         let before = rss();
         let accounts = Accounts::default();
         let started = Instant::now();
-        let loaded = postgres::load_by(&mut client, &accounts, fetch).await?;
+        let loaded = if keep {
+            postgres::load_by(&mut client, &accounts, fetch).await?
+        } else {
+            postgres::read_by(&mut client, fetch).await?
+        };
         let took = started.elapsed();
         let grew = rss().saturating_sub(before);
         let peak_grew = status_bytes("self", "VmHWM").saturating_sub(before);
-        assert_eq!(accounts.len(), loaded);
+        assert_eq!(accounts.len(), if keep { loaded } else { 0 });
         println!("loaded {loaded} {} {grew} {peak_grew}", took.as_nanos());
         Ok::<_, Error>(())
     })

@@ -482,6 +482,20 @@ mod row {
     }
 }
 
+/// Reads and decodes every row the way `fetch` says, in one snapshot, keeping none: what a
+/// load costs before the index, for the benchmark.
+#[doc(hidden)]
+pub async fn read_by(client: &mut Client, fetch: Fetch) -> Result<usize> {
+    within(async {
+        let tx = read_snapshot(client).await?;
+        let mut count = 0;
+        read_rows(&tx, fetch, |_| count += 1).await?;
+        tx.commit().await?;
+        Ok(count)
+    })
+    .await
+}
+
 async fn reload_by(client: &mut Client, accounts: &Accounts, fetch: Fetch) -> Result<usize> {
     let tx = read_snapshot(client).await?;
     let high = highest_version(&tx).await?;
@@ -489,13 +503,28 @@ async fn reload_by(client: &mut Client, accounts: &Accounts, fetch: Fetch) -> Re
     let mut present =
         (!accounts.is_empty()).then(|| HashSet::with_hasher(rustc_hash::FxBuildHasher));
     let mut count = 0;
-    let mut apply = |account: row::Account| {
+    read_rows(&tx, fetch, |account| {
         accounts.set(account.id, Some(account.active));
         if let Some(present) = present.as_mut() {
             present.insert(account.id);
         }
         count += 1;
-    };
+    })
+    .await?;
+    tx.commit().await?;
+    if let Some(present) = present {
+        accounts.retain(|id| present.contains(&id));
+    }
+    accounts.applied_up_to(high as u64);
+    Ok(count)
+}
+
+/// Reads every account in `tx` the way `fetch` says, handing each to `each` as it comes.
+async fn read_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    fetch: Fetch,
+    mut each: impl FnMut(row::Account),
+) -> Result<()> {
     let columns = row::COLUMNS.map(|(name, _)| name).join(", ");
     match fetch {
         Fetch::Query => {
@@ -505,7 +534,7 @@ async fn reload_by(client: &mut Client, accounts: &Accounts, fetch: Fetch) -> Re
                 .await?;
             futures::pin_mut!(rows);
             while let Some(row) = rows.try_next().await? {
-                apply(row::Account::read(&row)?);
+                each(row::Account::read(&row)?);
             }
         }
         Fetch::Copy => {
@@ -518,31 +547,27 @@ async fn reload_by(client: &mut Client, accounts: &Accounts, fetch: Fetch) -> Re
             let rows = tokio_postgres::binary_copy::BinaryCopyOutStream::new(copy, &types);
             futures::pin_mut!(rows);
             while let Some(row) = rows.try_next().await? {
-                apply(row::Account::read(&row)?);
+                each(row::Account::read(&row)?);
             }
         }
         Fetch::Cursor(batch) => {
+            let batch = batch.max(1);
             let params: [i64; 0] = [];
             let cursor = tx
                 .bind_raw(&format!("SELECT {columns} FROM accounts"), params)
                 .await?;
             loop {
-                let rows = tx.query_portal(&cursor, batch.max(1)).await?;
+                let rows = tx.query_portal(&cursor, batch).await?;
                 for row in &rows {
-                    apply(row::Account::read(row)?);
+                    each(row::Account::read(row)?);
                 }
-                if rows.len() < batch.max(1) as usize {
+                if rows.len() < batch as usize {
                     break;
                 }
             }
         }
     }
-    tx.commit().await?;
-    if let Some(present) = present {
-        accounts.retain(|id| present.contains(&id));
-    }
-    accounts.applied_up_to(high as u64);
-    Ok(count)
+    Ok(())
 }
 
 /// Runs one database step with [`STATEMENT_TIMEOUT`].

@@ -301,6 +301,8 @@ async fn every_way_of_reading_loads_and_reloads_the_same_index() {
         Fetch::Cursor(100),
         Fetch::Cursor(333),
     ] {
+        let read = postgres::read_by(&mut client, fetch).await.unwrap();
+        assert_eq!(read, 999, "{fetch:?}");
         let accounts = Accounts::default();
         let loaded = postgres::load_by(&mut client, &accounts, fetch)
             .await
