@@ -9,6 +9,17 @@ use std::sync::{Arc, Mutex};
 
 /// The release build of a workspace binary, built first if missing.
 pub fn release_binary(package: &str, name: &str) -> std::io::Result<PathBuf> {
+    binary(package, name, false)
+}
+
+/// Like [`release_binary`], but has cargo build it even when present (nothing to do when it
+/// is up to date): `cargo bench` builds only the benches' own package, so a binary of another
+/// package can be older than the code a bench means to measure.
+pub fn fresh_release_binary(package: &str, name: &str) -> std::io::Result<PathBuf> {
+    binary(package, name, true)
+}
+
+fn binary(package: &str, name: &str, rebuild: bool) -> std::io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // benches run from target/release/deps/
     let dir = exe
@@ -16,21 +27,47 @@ pub fn release_binary(package: &str, name: &str) -> std::io::Result<PathBuf> {
         .and_then(|d| d.parent())
         .ok_or_else(|| std::io::Error::other("no target directory"))?;
     let path = dir.join(name);
-    if !path.exists() {
+    if rebuild || !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let profile = if dir.ends_with("debug") {
             "dev"
         } else {
             "release"
         };
-        let status = Command::new(cargo)
-            .args(["build", "--profile", profile, "-p", package, "--bin", name])
-            .status()?;
+        let mut command = Command::new(cargo);
+        command.args(["build", "--profile", profile, "-p", package, "--bin", name]);
+        // Without what cargo set for running this bench: some build scripts (ring's) rerun
+        // when those change, and the next `cargo bench` would then rebuild them all again.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if set_by_cargo_for_a_run(&key) {
+                command.env_remove(&*key);
+            }
+        }
+        let status = command.status()?;
         if !status.success() {
             return Err(std::io::Error::other(format!("building {name} failed")));
         }
     }
     Ok(path)
+}
+
+/// Whether `key` is one of the variables cargo sets for the program it runs (a bench), not
+/// one a person sets to configure cargo.
+fn set_by_cargo_for_a_run(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || matches!(
+            key,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// A process started in a group of its own (`process_group(0)`), stopped with everything
@@ -65,6 +102,8 @@ pub struct Ingest {
     pub http: SocketAddr,
     pub embedded_bus: Option<SocketAddr>,
     pub warnings: Arc<Mutex<Vec<String>>>,
+    /// Every line it logged until it listened (how long the accounts took to load, say).
+    pub startup: Vec<String>,
 }
 
 /// The most warning lines [`Ingest::warnings`] keeps: the first ones say what went wrong.
@@ -137,6 +176,7 @@ pub fn spawn_ingest(
             http,
             embedded_bus,
             warnings,
+            startup: said,
         }),
         None => Err(std::io::Error::other("no HTTP address in ingest's log")),
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use data::postgres::{self, Opened, PgSync};
+use data::postgres::{self, Fetch, Opened, PgSync};
 use data::{Accounts, DataError, Status};
 use testkit::postgres::{Postgres, skip_without_postgres};
 
@@ -126,6 +126,17 @@ async fn write_keys_are_followed() {
     .await;
     assert_eq!(accounts.check(7, Some(b"trk_0")), Status::KeyWrong);
     assert_eq!(accounts.check(7, Some(key.as_bytes())), Status::Active);
+    let mut reader = postgres::admin::open_existing(&postgres::config(&pg.url()).unwrap())
+        .await
+        .unwrap();
+    let reloaded = Accounts::default();
+    postgres::load(&mut reader, &reloaded).await.unwrap();
+    assert_eq!(
+        reloaded.check(7, Some(key.as_bytes())),
+        Status::Active,
+        "a full load reads keys"
+    );
+    assert_eq!(reloaded.status(7), Status::KeyMissing);
     let stored = pg.psql("SELECT encode(key_hash, 'hex') FROM accounts WHERE account_id = 7");
     assert_eq!(stored.len(), 64, "only the hash is stored: {stored}");
     assert!(!stored.contains(&key[4..]));
@@ -377,6 +388,57 @@ async fn a_table_without_the_version_column_gets_one() {
     pg.psql("UPDATE accounts SET is_active = true WHERE account_id = 2");
     assert_eq!(postgres::catch_up(&mut client, &accounts).await.unwrap(), 1);
     assert_eq!(accounts.status(2), Status::Active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_of_reading_loads_and_reloads_the_same_index() {
+    if skip_without_postgres() {
+        return;
+    }
+    let pg = Postgres::start();
+    let config = postgres::config(&pg.url()).unwrap();
+    let (mut client, _) = postgres::open(&config).await.unwrap();
+    pg.psql("DELETE FROM accounts WHERE account_id = 500");
+    let highest = || -> u64 {
+        pg.psql(
+            "SELECT GREATEST((SELECT max(version) FROM accounts),
+                             (SELECT max(version) FROM account_deletions))",
+        )
+        .parse()
+        .unwrap()
+    };
+    // 999 rows: a cursor of 100 a fetch ends on a short batch, one of 333 on a full one.
+    for fetch in [
+        Fetch::Query,
+        Fetch::Copy,
+        Fetch::Cursor(100),
+        Fetch::Cursor(333),
+    ] {
+        let read = postgres::read_by(&mut client, fetch).await.unwrap();
+        assert_eq!(read, 999, "{fetch:?}");
+        let accounts = Accounts::default();
+        let loaded = postgres::load_by(&mut client, &accounts, fetch)
+            .await
+            .unwrap();
+        assert_eq!((loaded, accounts.len()), (999, 999), "{fetch:?}");
+        assert_eq!(accounts.status(1), Status::Active, "{fetch:?}");
+        assert_eq!(accounts.status(10), Status::Inactive, "{fetch:?}");
+        assert_eq!(accounts.status(500), Status::Unknown, "{fetch:?}");
+        assert!(accounts.is_loaded(), "{fetch:?}");
+        assert_eq!(accounts.version(), highest(), "{fetch:?}");
+
+        // Again on the loaded index: what the table no longer has goes.
+        pg.psql("BEGIN; DELETE FROM accounts WHERE account_id = 7; UPDATE accounts SET is_active = false WHERE account_id = 8; COMMIT");
+        let reloaded = postgres::load_by(&mut client, &accounts, fetch)
+            .await
+            .unwrap();
+        assert_eq!((reloaded, accounts.len()), (998, 998), "{fetch:?}");
+        assert_eq!(accounts.status(7), Status::Unknown, "{fetch:?}");
+        assert_eq!(accounts.status(8), Status::Inactive, "{fetch:?}");
+        assert_eq!(accounts.version(), highest(), "{fetch:?}");
+        // As it was, for the next way.
+        pg.psql("INSERT INTO accounts(account_id, account_name, is_active) VALUES (7, 'account-7', true); UPDATE accounts SET is_active = true WHERE account_id = 8");
+    }
 }
 
 /// A measurement more than a test: `cargo test -p data --release --test postgres --
