@@ -121,3 +121,36 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 pub async fn get(addr: SocketAddr, target: &str) -> Reply {
     Client::connect(addr).await.get(target).await
 }
+
+/// GET `target` from `addr` without a runtime: the status and body, or why not. HTTP/1.0, so
+/// the server closes the connection after a body it sends whole (no chunking) and reading to
+/// the end is reading the response. Short timeouts: a paused server accepts the connection
+/// (the kernel does) but never answers. For polling monitoring and readiness endpoints from
+/// plain threads (a nats-server's, ingest's through nginx, inside a network namespace).
+pub fn get_blocking(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
+    use std::io::{Read as _, Write as _};
+    let fail = |e: std::io::Error| format!("GET {target} on {addr}: {e}");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(fail)?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .map_err(fail)?;
+    stream
+        .write_all(format!("GET {target} HTTP/1.0\r\nHost: tracker\r\n\r\n").as_bytes())
+        .map_err(fail)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(fail)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET {target} on {addr}: no complete response"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("GET {target} on {addr}: bad status line"))?;
+    Ok((status, body.to_owned()))
+}

@@ -6,8 +6,7 @@
 //! tests can see what Tracker does when a node is paused, killed or restarted.
 
 use std::collections::HashSet;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -584,35 +583,9 @@ fn stream_leader_in<'a>(jsz: &'a Value, stream: &str) -> Option<&'a str> {
         .map(|detail| detail["cluster"]["leader"].as_str().unwrap_or_default())
 }
 
-/// GET `target` from the monitoring port `port` on loopback: the status and body, or why not.
-/// HTTP/1.0, so the server closes the connection after a body it sends whole (no chunking) and
-/// reading to the end is reading the response. Short timeouts: a paused server accepts the
-/// connection (the kernel does) but never answers.
+/// GET `target` from the monitoring port `port` on loopback (see [`crate::http::get_blocking`]).
 fn http_get(port: u16, target: &str) -> Result<(u16, String), String> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let fail = |e: std::io::Error| format!("GET {target} on {addr}: {e}");
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(fail)?;
-    stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
-        .map_err(fail)?;
-    stream
-        .write_all(format!("GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .map_err(fail)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(fail)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("GET {target} on {addr}: no complete response"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("GET {target} on {addr}: bad status line"))?;
-    Ok((status, body.to_owned()))
+    crate::http::get_blocking(SocketAddr::from(([127, 0, 0, 1], port)), target)
 }
 
 /// GET `target` and parse the body as JSON; a non-200 status is an error.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::Proc;
+use testkit::http::get_blocking;
 use testkit::netns::{Host, Net};
 
 /// Every host, in address order (`.2` onwards).
@@ -154,7 +155,7 @@ impl Topology {
         let addr = SocketAddr::from((self.app(i).addr(), MONITOR_PORT));
         let (status, body) = self
             .app(i)
-            .enter(|| http_get(addr, &format!("/jsz{query}")))?;
+            .enter(|| get_blocking(addr, &format!("/jsz{query}")))?;
         if status != 200 {
             return Err(format!("/jsz on n{}: {status}", i + 1));
         }
@@ -252,7 +253,7 @@ impl Topology {
         let client = self.host("client");
         let deadline = Instant::now() + START;
         loop {
-            match client.enter(|| http_get(addr, "/readyz")) {
+            match client.enter(|| get_blocking(addr, "/readyz")) {
                 Ok((200, _)) => return,
                 other => assert!(
                     Instant::now() < deadline,
@@ -311,7 +312,10 @@ impl Topology {
         let front = self.front();
         let client = self.host("client");
         let deadline = Instant::now() + START;
-        while !matches!(client.enter(|| http_get(front, "/readyz")), Ok((200, _))) {
+        while !matches!(
+            client.enter(|| get_blocking(front, "/readyz")),
+            Ok((200, _))
+        ) {
             assert!(
                 Instant::now() < deadline,
                 "nginx did not answer within {START:?}"
@@ -387,33 +391,6 @@ fn drain_report(ingest: &Proc) -> String {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// GET `target` from `addr` over HTTP/1.0 (the server closes after the body): the status and
-/// body, or why not. Blocking, short timeouts; run it on a host ([`Host::enter`]).
-pub fn http_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
-    use std::io::{Read as _, Write as _};
-    let fail = |e: std::io::Error| format!("GET {target} on {addr}: {e}");
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(fail)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(fail)?;
-    stream
-        .write_all(format!("GET {target} HTTP/1.0\r\nHost: cluster\r\n\r\n").as_bytes())
-        .map_err(fail)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(fail)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("GET {target} on {addr}: no complete response"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("GET {target} on {addr}: bad status line"))?;
-    Ok((status, body.to_owned()))
 }
 
 /// PostgreSQL on its host: a throwaway cluster (testkit::postgres's settings: trust, no
