@@ -47,10 +47,11 @@ pub enum DataError {
     IdOutOfRange(u64),
     #[error("cannot start the sync thread: {0}")]
     Thread(std::io::Error),
-    /// Anything PostgreSQL or the connection to it reports; its message includes the
-    /// server's own.
-    #[error("PostgreSQL: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// Anything PostgreSQL or the connection to it reports, with its causes (the server's own
+    /// message, an operating system error) in the message itself. Not chained as a source as
+    /// well, which would print each of them twice.
+    #[error("PostgreSQL: {}", with_causes(.0))]
+    Postgres(tokio_postgres::Error),
     /// A `--db` that starts like a PostgreSQL URL but does not parse as one.
     #[error(
         "{0:?} is not a usable PostgreSQL URL ({1}); expected postgres://user@host:port/dbname"
@@ -71,6 +72,24 @@ pub enum DataError {
     /// A statement PostgreSQL did not answer in time: the server or the network is stuck.
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(std::time::Duration),
+}
+
+impl From<tokio_postgres::Error> for DataError {
+    fn from(err: tokio_postgres::Error) -> DataError {
+        DataError::Postgres(err)
+    }
+}
+
+/// An error and every cause under it, `: `-separated.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
