@@ -490,7 +490,15 @@ struct Cursor {
     position: Option<Position>,
     /// Per origin, the highest event id handed out: anything at or below it is a copy.
     seen: HashMap<String, u64>,
+    /// Per epoch left behind, the last seq handed out in it: a busd whose epoch comes back
+    /// (two of them answering at one address, one after the other) is resumed where we
+    /// were in it, so nothing of it is handed out twice or out of order.
+    left: HashMap<u64, u64>,
 }
+
+/// How many epochs left behind [`Cursor::left`] remembers: epochs change at busd restarts,
+/// and only the last few can come back.
+const EPOCHS_REMEMBERED: usize = 16;
 
 impl Cursor {
     /// Where to resume on a connection to a busd with `welcome`, reporting any loss to `out`;
@@ -514,9 +522,22 @@ impl Cursor {
         let (notice, gap) = restart(position, welcome);
         out.push_back(Delivery::Notice(notice));
         out.extend(gap.map(Delivery::Gap));
+        self.leave(position);
         Position {
             epoch: welcome.epoch,
-            seq: 0,
+            seq: self.left.get(&welcome.epoch).copied().unwrap_or(0),
+        }
+    }
+
+    /// Remembers where we were in an epoch we are leaving, forgetting the oldest epoch
+    /// (the lowest: an epoch is its busd's start time) beyond [`EPOCHS_REMEMBERED`].
+    fn leave(&mut self, position: Position) {
+        let seq = self.left.entry(position.epoch).or_default();
+        *seq = (*seq).max(position.seq);
+        if self.left.len() > EPOCHS_REMEMBERED {
+            if let Some(oldest) = self.left.keys().min().copied() {
+                self.left.remove(&oldest);
+            }
         }
     }
 
@@ -800,6 +821,32 @@ mod tests {
             epoch: 7,
         };
         assert_eq!(out.pop_front(), Some(Delivery::Gap(gap)));
+    }
+
+    #[test]
+    fn an_epoch_that_comes_back_resumes_where_it_was_left() {
+        let mut out = VecDeque::new();
+        let mut cursor = Cursor::default();
+        cursor.resume_point(welcome(10, None), &mut out);
+        cursor.on_events(vec![(42, event("a", 1)), (45, event("b", 1))], &mut out);
+        cursor.resume_point(welcome(20, None), &mut out);
+        let back = cursor.resume_point(welcome(10, None), &mut out);
+        assert_eq!(
+            back,
+            Position { epoch: 10, seq: 45 },
+            "resumed after 45, not 0"
+        );
+        out.clear();
+        cursor.on_events(vec![(42, event("c", 1)), (46, event("d", 1))], &mut out);
+        assert_eq!(
+            handed_out(out.make_contiguous()),
+            [(10, 46, "d-1".to_owned())]
+        );
+        for epoch in 100..100 + 2 * EPOCHS_REMEMBERED as u64 {
+            cursor.resume_point(welcome(epoch, None), &mut out);
+        }
+        assert!(cursor.left.len() <= EPOCHS_REMEMBERED);
+        assert!(!cursor.left.contains_key(&10), "the oldest are forgotten");
     }
 
     #[test]
