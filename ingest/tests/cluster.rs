@@ -8,8 +8,12 @@
 //!
 //! After the load, the chaos checker holds the promise: every request answered 202 is
 //! delivered exactly once to every watcher of its account, and no watcher reports a gap (no
-//! fault here can lose an event the stream acknowledged). The figures are printed: requests,
-//! 202s, 503s, delivered, duplicates, and the longest watcher outage.
+//! fault here can lose an event the stream acknowledged). Order per account holds too: the
+//! ingests run `--durable`, so a 202 means the stream has the event, and an event answered
+//! 202 before another of its account was sent must arrive first. (Without `--durable` a 202
+//! comes before the bus has the event, and two instances' outboxes can overtake each other
+//! after a fault.) The figures are printed: requests, 202s, 503s, delivered, duplicates, the
+//! events checked for order, and the longest watcher outage.
 //!
 //! Needs root and iproute2 (network namespaces), the pinned nats-server (`.ci/nats-server`),
 //! nginx and PostgreSQL; skipped, saying why, without them, except that CI fails when it
@@ -34,7 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use chaos::checker::{Accounts, At, Expect, Incarnation, Ledger, Outcome, Verdict};
+use chaos::checker::{self, Accounts, At, Expect, Incarnation, Ledger, Outcome, Verdict};
 use chaos::load::{self, Outcomes, Plan};
 use chaos::watcher::{Record, Watcher};
 use faults::Kind;
@@ -249,6 +253,21 @@ fn run(
     check_load(&outcomes, &mut failures);
     let ledger = Ledger::new(&outcomes.requests, Vec::new());
     let mut records = records;
+    let orders: Vec<(usize, Vec<_>)> = records
+        .iter()
+        .map(|r| checker::out_of_order(&ledger, &r.printed.deliveries))
+        .collect();
+    for (r, (_, late)) in records.iter().zip(&orders) {
+        if !late.is_empty() {
+            failures.push(format!(
+                "{}: {} events arrived after an event of their account sent once they had \
+                 been answered 202, e.g. (account, late, overtaking) {:?}",
+                r.name,
+                late.len(),
+                &late[..late.len().min(5)]
+            ));
+        }
+    }
     let verdicts: Vec<Verdict> = records
         .iter_mut()
         .map(|r| ledger.check(&incarnation(r)))
@@ -280,6 +299,13 @@ fn run(
     }
     let window = (load_start, load_end);
     let mut figures = figures(&outcomes, &records, &verdicts, &aggregated, window);
+    for (r, (checked, late)) in records.iter().zip(&orders) {
+        figures += &format!(
+            "\n  {:<8} order per account: {checked} accepted events checked, {} out of order",
+            r.name,
+            late.len()
+        );
+    }
     for line in faults::costs(&done, &outcomes, &records) {
         figures += "\n";
         figures += &line;

@@ -273,6 +273,35 @@ impl<'a> Ledger<'a> {
     }
 }
 
+/// Order per account, where it is owed: an event answered 202 before another event of the
+/// same account was sent must be delivered before it. Only events with ids can be told
+/// apart (short data repeats), and only a 202 orders anything: an event whose answer never
+/// came may still be on its way. Returns how many accepted events were checked and the ones
+/// that arrived after an event sent once they had been answered, as (account, the late
+/// one's key, the earlier-delivered one's key).
+pub fn out_of_order(ledger: &Ledger, deliveries: &[Delivery]) -> (usize, Vec<(u32, Key, Key)>) {
+    use std::collections::HashMap;
+    // Per account, the latest-sent event delivered so far.
+    let mut latest: HashMap<u32, &Request> = HashMap::new();
+    let (mut checked, mut late) = (0, Vec::new());
+    for d in deliveries {
+        let Some(r) = d.key.as_id().and_then(|id| ledger.request(id)) else {
+            continue;
+        };
+        if r.outcome == Outcome::Accepted {
+            checked += 1;
+            if let Some(after) = latest.get(&r.account).filter(|l| l.sent > r.answered) {
+                late.push((r.account, r.key, after.key));
+            }
+        }
+        let slot = latest.entry(r.account).or_insert(r);
+        if r.sent > slot.sent {
+            *slot = r;
+        }
+    }
+    (checked, late)
+}
+
 fn sorted(times: &[At]) -> Vec<At> {
     let mut times = times.to_vec();
     times.sort();

@@ -185,6 +185,9 @@ impl Client {
                 self.out.accepted_bytes += u64::from(request.len);
                 Outcome::Accepted
             }
+            // `--durable`'s answer when the bus did not acknowledge in time: the event is
+            // still in ingest's outbox and may arrive, like a request with no answer.
+            503 if body.contains("\"ack_timeout\"") => Outcome::Unknown,
             503 => Outcome::Refused,
             other => {
                 self.out

@@ -22,6 +22,8 @@ const DOWN_FOR: Duration = Duration::from_secs(1);
 const NETEM_FOR: Duration = Duration::from_secs(8);
 const NETEM_DELAY: Duration = Duration::from_millis(50);
 const NETEM_LOSS_PERCENT: f64 = 1.0;
+/// How long a gracefully stopped ingest stays down before it is started again.
+const STOPPED_FOR: Duration = Duration::from_secs(3);
 /// How long the nodes may take to agree on the stream's leader before the kill.
 const LEADER_WITHIN: Duration = Duration::from_secs(15);
 
@@ -36,7 +38,8 @@ pub enum Kind {
     Netem,
     /// PostgreSQL stopped (fast: clients cut off) and started again.
     PgRestart,
-    /// SIGTERM to ingest-3: it drains and exits 0, and stays down; nginx uses the other two.
+    /// SIGTERM to ingest-3: it drains and exits 0, stays down for 3 s while nginx uses the
+    /// other two, and is started again.
     IngestStop,
 }
 
@@ -179,10 +182,17 @@ fn pg_restart(topology: &mut Topology) -> String {
 }
 
 fn ingest_stop(topology: &mut Topology) -> String {
+    let began = Instant::now();
     topology.stop_ingest(2);
+    let drained = began.elapsed();
+    std::thread::sleep(STOPPED_FOR);
+    topology.restart_ingest(2);
     format!(
-        "ingest-3 on {} stopped with SIGTERM (drained), left down",
-        topology.app(2).name()
+        "ingest-3 on {} stopped with SIGTERM (drained in {:.1} s), down {STOPPED_FOR:?}, \
+         ready again {:.1} s after the SIGTERM",
+        topology.app(2).name(),
+        drained.as_secs_f64(),
+        began.elapsed().as_secs_f64()
     )
 }
 

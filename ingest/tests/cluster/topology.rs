@@ -32,6 +32,10 @@ pub const STREAM: &str = "TRACKER";
 /// How long a process may take to come up, and a cluster to agree.
 const START: Duration = Duration::from_secs(60);
 
+/// `--ack-timeout`: longer than any fault here keeps the bus from acknowledging, and shorter
+/// than nginx's `proxy_read_timeout`, so every request still gets ingest's own answer.
+const ACK_TIMEOUT: &str = "45s";
+
 /// What ingest logs after draining on SIGTERM: all acknowledged, or some lost.
 const DRAINED: &str = "every accepted event was acknowledged";
 const UNDRAINED: &str = "did not acknowledge";
@@ -239,6 +243,9 @@ impl Topology {
             .args(["--db", &self.pg.url()])
             .args(["--origin", &format!("ingest-{}", i + 1)])
             .args(["--replicas", "3", "--drain-timeout", "60s"])
+            // A 202 only once the stream has the event, which is what orders an account's
+            // events across instances; the ack timeout outlasts every fault of the schedule.
+            .args(["--durable", "--ack-timeout", ACK_TIMEOUT])
             .args(["--max-data", "4096"])
             .env("RUST_LOG", "info");
         let proc = Proc::spawn(&format!("ingest-{}", i + 1), &mut command);
@@ -290,6 +297,13 @@ impl Topology {
                 "{name} exited without saying every accepted event was acknowledged"
             ));
         }
+    }
+
+    /// Starts ingest `i` again after [`Topology::stop_ingest`] and waits until it is ready.
+    pub fn restart_ingest(&mut self, i: usize) {
+        assert!(self.ingests[i].is_none(), "ingest-{} is running", i + 1);
+        self.ingests[i] = Some(self.spawn_ingest(i));
+        self.wait_ingest_ready(i);
     }
 
     fn spawn_nginx(&self, program: &Path) -> Proc {

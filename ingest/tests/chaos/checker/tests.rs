@@ -261,3 +261,43 @@ fn a_short_loss_is_a_lie_only_when_no_other_instance_can_be_the_missing_one() {
     assert_eq!((v.uncovered.len(), v.lies.len()), (2, 1));
     assert_eq!(v.lies[0].answered, At::secs(1.0));
 }
+
+#[test]
+fn an_event_answered_before_another_was_sent_is_delivered_first() {
+    // 1 answered at 1.0, 2 sent at 1.999 (after), 3 sent at 0.999 (before 1's answer).
+    let requests = [
+        accepted(1, 5, 1.0),
+        accepted(2, 5, 2.0),
+        accepted(3, 5, 1.0),
+    ];
+    let ledger = Ledger::new(&requests, Vec::new());
+    let in_order = [of(&requests[0]), of(&requests[1])];
+    assert_eq!(out_of_order(&ledger, &in_order), (2, vec![]));
+    // 3 overtaking 1 is fine: neither was answered before the other was sent.
+    let concurrent = [of(&requests[2]), of(&requests[0]), of(&requests[1])];
+    assert_eq!(out_of_order(&ledger, &concurrent).1, vec![]);
+    let swapped = [of(&requests[1]), of(&requests[0])];
+    assert_eq!(
+        out_of_order(&ledger, &swapped),
+        (2, vec![(5, Key::id(1), Key::id(2))])
+    );
+}
+
+#[test]
+fn order_is_per_account_and_only_a_202_orders() {
+    let requests = [
+        accepted(1, 5, 1.0),
+        accepted(2, 6, 2.0),
+        request(Key::id(3), 5, 1.0, Outcome::Unknown),
+        accepted(4, 5, 3.0),
+    ];
+    let ledger = Ledger::new(&requests, Vec::new());
+    // 2 is another account's; 3 was never answered, so 4 (sent later) may come before it.
+    let delivered = [
+        of(&requests[1]),
+        of(&requests[0]),
+        of(&requests[3]),
+        of(&requests[2]),
+    ];
+    assert_eq!(out_of_order(&ledger, &delivered), (3, vec![]));
+}
