@@ -15,6 +15,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::filter::{FilterIndex, SubKey};
+use crate::group::{Groups, Left, Unacked};
 use crate::queue::{Entry, Gap, Queue, WhenFull};
 use crate::ring::Ring;
 
@@ -30,6 +31,8 @@ pub struct Subscriber {
     pub notify: Notify,
     /// Events its writer has sent, for stats.
     pub delivered: AtomicU64,
+    /// Set when it joins a consumer group: what it was sent and has not acknowledged.
+    pub member: std::sync::OnceLock<Unacked>,
 }
 
 /// Counters that only ever grow; read without the lock for stats.
@@ -79,6 +82,16 @@ pub struct Bus {
 struct Slot {
     sub: Arc<Subscriber>,
     filter: Option<Filter>,
+    /// The consumer group it joined; its events then come through [`Groups`], not the index.
+    group: Option<String>,
+}
+
+/// Why a `Join` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The connection already subscribed or joined: one role per subscriber connection.
+    #[error("this connection already subscribed or joined a group")]
+    AlreadySubscribed,
 }
 
 struct State {
@@ -86,6 +99,9 @@ struct State {
     closed: bool,
     ring: Ring,
     index: FilterIndex,
+    groups: Groups,
+    /// Scratch for the group members one event goes to.
+    group_targets: Vec<SubKey>,
     slots: Vec<Option<Slot>>,
     free: Vec<SubKey>,
     next_id: u64,
@@ -111,6 +127,8 @@ impl Bus {
                 closed: false,
                 ring: Ring::new(replay_bytes),
                 index: FilterIndex::default(),
+                groups: Groups::default(),
+                group_targets: Vec::new(),
                 slots: Vec::new(),
                 free: Vec::new(),
                 next_id: 1,
@@ -191,11 +209,13 @@ impl Bus {
             queue: Queue::new(self.queue_events),
             notify: Notify::new(),
             delivered: AtomicU64::new(0),
+            member: std::sync::OnceLock::new(),
         });
         state.next_id += 1;
         let slot = Some(Slot {
             sub: sub.clone(),
             filter: None,
+            group: None,
         });
         let key = match state.free.pop() {
             Some(key) => {
@@ -211,14 +231,51 @@ impl Bus {
         (key, sub)
     }
 
-    /// Removes a subscriber that left; its queue goes with it.
+    /// Removes a subscriber that left; its queue goes with it, except a group member's,
+    /// whose events go to the members taking over its accounts.
     pub fn unregister(&self, key: SubKey) {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         if let Some(slot) = state.slots.get_mut(key).and_then(Option::take) {
-            if let Some(filter) = &slot.filter {
-                state.index.remove(key, filter);
+            match (&slot.group, &slot.filter) {
+                (Some(group), _) => state.hand_over(group, key, &slot.sub, self.when_full),
+                (None, Some(filter)) => state.index.remove(key, filter),
+                (None, None) => {}
             }
             state.free.push(key);
+        }
+    }
+
+    /// Makes the subscriber a member of consumer group `group`, taking its share of what
+    /// `filter` matches from now on. A group that had been left empty first gives it what
+    /// no member received meanwhile (see [`crate::group`]).
+    pub fn join(&self, key: SubKey, group: String, filter: Filter) -> Result<(), JoinError> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if slot.filter.is_some() || slot.group.is_some() {
+            return Err(JoinError::AlreadySubscribed);
+        }
+        let sub = slot.sub.clone();
+        let _ = sub.member.set(Unacked::default());
+        slot.filter = Some(filter.clone());
+        slot.group = Some(group.clone());
+        if let Some(left) = state.groups.join(&group, key, sub.id, filter.clone()) {
+            if let Some(gap) = left.gap {
+                sub.queue.push_gap(gap);
+            }
+            state.replay_into(&sub, &filter, left.after);
+        }
+        sub.notify.notify_one();
+        Ok(())
+    }
+
+    /// A group member's `Ack`: wakes its writer if it was waiting for one.
+    pub fn ack(&self, sub: &Subscriber, seq: u64) {
+        if sub.member.get().is_some_and(|m| m.ack(seq)) {
+            sub.notify.notify_one();
         }
     }
 
@@ -241,24 +298,7 @@ impl Bus {
             } else {
                 0
             };
-            let plan = state.ring.replay_from(after, state.head);
-            if let Some((from_seq, to_seq)) = plan.evicted {
-                let missed = to_seq - from_seq + 1;
-                sub.queue.push_gap(Gap {
-                    from_seq,
-                    to_seq,
-                    missed,
-                });
-            }
-            let mut replay: Vec<Entry> = state
-                .ring
-                .iter_from(plan.index)
-                .filter(|e| filter.matches(e.account_id))
-                .cloned()
-                .collect();
-            // A replay larger than the queue keeps its newest part and reports the rest
-            // as a gap, whatever the slow policy: refusing would loop the reconnects.
-            sub.queue.push(&mut replay, WhenFull::DropOldest);
+            state.replay_into(&sub, &filter, after);
         }
         if let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) {
             slot.filter = Some(filter);
@@ -341,15 +381,90 @@ impl State {
         }
     }
 
-    /// Stages `entry` for every subscriber whose filter matches it.
+    /// Stages `entry` for every subscriber whose filter matches it, and for the member of
+    /// each consumer group that owns its account.
     fn route(&mut self, entry: &Entry) {
         for key in self.index.targets(entry.account_id) {
-            let staged = &mut self.scratch[key];
-            if staged.is_empty() {
-                self.touched.push(key);
-            }
-            staged.push(entry.clone());
+            stage(&mut self.scratch, &mut self.touched, key, entry);
         }
+        if !self.groups.is_empty() {
+            self.groups
+                .owners(entry.account_id, &mut self.group_targets);
+            for key in self.group_targets.drain(..) {
+                stage(&mut self.scratch, &mut self.touched, key, entry);
+            }
+        }
+    }
+
+    /// Queues for `sub` what `filter` matches after seq `after` from the ring, behind a gap
+    /// for what the ring no longer holds.
+    fn replay_into(&self, sub: &Subscriber, filter: &Filter, after: u64) {
+        let plan = self.ring.replay_from(after, self.head);
+        if let Some((from_seq, to_seq)) = plan.evicted {
+            let missed = to_seq - from_seq + 1;
+            sub.queue.push_gap(Gap {
+                from_seq,
+                to_seq,
+                missed,
+            });
+        }
+        let mut replay: Vec<Entry> = self
+            .ring
+            .iter_from(plan.index)
+            .filter(|e| filter.matches(e.account_id))
+            .cloned()
+            .collect();
+        // A replay larger than the queue keeps its newest part and reports the rest as a
+        // gap, whatever the slow policy: refusing would loop the reconnects.
+        sub.queue.push(&mut replay, WhenFull::DropOldest);
+    }
+
+    /// A member left group `group`: what it was sent and never acknowledged is a gap for
+    /// the members now owning those accounts, and what was still queued for it goes to them,
+    /// ahead of anything newer. With no member left, the group remembers where it stopped.
+    fn hand_over(&mut self, group: &str, key: SubKey, sub: &Subscriber, when_full: WhenFull) {
+        let unacked = sub.member.get().map(Unacked::take).unwrap_or_default();
+        let mut queued = Vec::new();
+        let lost = sub.queue.drain_into(usize::MAX, &mut queued).gap;
+        let after = queued.first().map_or(self.head, |e| e.seq - 1);
+        let mut gaps: FxHashMap<SubKey, Gap> = FxHashMap::default();
+        let mut all_lost = lost;
+        for &(seq, _) in &unacked {
+            Gap::widen(&mut all_lost, seq);
+        }
+        let left = Left {
+            after,
+            gap: all_lost,
+        };
+        if !self.groups.leave(group, key, left) {
+            return;
+        }
+        for &(seq, account) in &unacked {
+            if let Some(owner) = self.groups.owner(group, account) {
+                let mut gap = gaps.remove(&owner);
+                Gap::widen(&mut gap, seq);
+                gaps.extend(gap.map(|g| (owner, g)));
+            }
+        }
+        if let Some(gap) = lost {
+            // Which accounts the lost events were of is not known: every member hears of it.
+            for member in self.groups.members(group) {
+                let merged = gaps.remove(&member).map_or(gap, |g| g.merge(gap));
+                gaps.insert(member, merged);
+            }
+        }
+        for (owner, gap) in gaps {
+            if let Some(slot) = &self.slots[owner] {
+                slot.sub.queue.push_gap(gap);
+                slot.sub.notify.notify_one();
+            }
+        }
+        for entry in &queued {
+            if let Some(owner) = self.groups.owner(group, entry.account_id) {
+                stage(&mut self.scratch, &mut self.touched, owner, entry);
+            }
+        }
+        self.deliver(when_full);
     }
 
     /// Moves every staged entry into its subscriber's queue, one lock per subscriber.
@@ -366,6 +481,15 @@ impl State {
             }
         }
     }
+}
+
+/// Adds `entry` to subscriber `key`'s staging, noting the subscriber as touched.
+fn stage(scratch: &mut [Vec<Entry>], touched: &mut Vec<SubKey>, key: SubKey, entry: &Entry) {
+    let staged = &mut scratch[key];
+    if staged.is_empty() {
+        touched.push(key);
+    }
+    staged.push(entry.clone());
 }
 
 #[cfg(test)]

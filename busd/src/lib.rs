@@ -20,6 +20,8 @@ pub mod context;
 #[cfg(not(loom))]
 pub mod filter;
 #[cfg(not(loom))]
+pub mod group;
+#[cfg(not(loom))]
 pub mod peer;
 #[cfg(not(loom))]
 pub mod publisher;

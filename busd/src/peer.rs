@@ -186,7 +186,9 @@ impl Kind {
     pub fn of(frame: &ClientFrame) -> Kind {
         match frame {
             ClientFrame::Hello { .. } => Kind::Hello,
-            ClientFrame::Subscribe { .. } => Kind::Subscribe,
+            ClientFrame::Subscribe { .. } | ClientFrame::Join { .. } | ClientFrame::Ack { .. } => {
+                Kind::Subscribe
+            }
             ClientFrame::Publish { .. } => Kind::Publish,
             ClientFrame::Ping | ClientFrame::StatsRequest => Kind::Any,
         }

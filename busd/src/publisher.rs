@@ -107,7 +107,10 @@ fn handle(
             ));
         }
         // Refused by `permitted` above.
-        ClientFrame::Hello { .. } | ClientFrame::Subscribe { .. } => {}
+        ClientFrame::Hello { .. }
+        | ClientFrame::Subscribe { .. }
+        | ClientFrame::Join { .. }
+        | ClientFrame::Ack { .. } => {}
     }
     Ok(())
 }

@@ -43,7 +43,17 @@ pub struct Gap {
 }
 
 impl Gap {
-    fn widen(gap: &mut Option<Gap>, seq: u64) {
+    /// The range spanning both, their counts added (an upper bound where they overlap).
+    pub fn merge(self, other: Gap) -> Gap {
+        Gap {
+            from_seq: self.from_seq.min(other.from_seq),
+            to_seq: self.to_seq.max(other.to_seq),
+            missed: self.missed + other.missed,
+        }
+    }
+
+    /// `gap` grown by one more event at `seq`, later than any it holds.
+    pub fn widen(gap: &mut Option<Gap>, seq: u64) {
         match gap {
             Some(gap) => {
                 gap.to_seq = seq;
@@ -145,14 +155,7 @@ impl Queue {
     /// ring), to be reported ahead of everything queued after it.
     pub fn push_gap(&self, gap: Gap) {
         let mut inner = self.lock();
-        inner.gap = Some(match inner.gap {
-            Some(old) => Gap {
-                from_seq: old.from_seq.min(gap.from_seq),
-                to_seq: old.to_seq.max(gap.to_seq),
-                missed: old.missed + gap.missed,
-            },
-            None => gap,
-        });
+        inner.gap = Some(inner.gap.map_or(gap, |old| old.merge(gap)));
     }
 
     /// Moves up to `max` of the oldest events into `out`.

@@ -150,7 +150,7 @@ impl Connection {
             Some(Err(err)) => return Err(Ended::Close(err.into())),
             Some(Ok(body)) => body,
         };
-        match request(&body, ctx, self.key) {
+        match request(&body, ctx, self.key, &self.sub) {
             Ok(Some(reply)) => self.out.push(&reply),
             Ok(None) => {}
             Err(reason) => return Err(Ended::Close(reason)),
@@ -164,7 +164,12 @@ impl Connection {
 }
 
 /// Acts on one request; returns the reply to send, if any.
-fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<ServerFrame>, Close> {
+fn request(
+    body: &bytes::Bytes,
+    ctx: &Context,
+    key: SubKey,
+    sub: &Subscriber,
+) -> Result<Option<ServerFrame>, Close> {
     if publish::is_publish(body) {
         permitted(Role::Subscriber, Kind::Publish)?;
     }
@@ -175,23 +180,48 @@ fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<Ser
             filter,
             resume_after,
         } => {
-            if let Filter::Accounts(accounts) = &filter {
-                if accounts.len() > ctx.config.max_filter {
-                    let message = format!(
-                        "filter names {} accounts; the limit is {}",
-                        accounts.len(),
-                        ctx.config.max_filter
-                    );
-                    return Err(Close::refuse(ErrorCode::FilterTooLarge, message));
-                }
-            }
+            check_filter(&filter, ctx)?;
             ctx.bus.subscribe(key, filter, resume_after);
+            Ok(None)
+        }
+        ClientFrame::Join { group, filter } => {
+            check_filter(&filter, ctx)?;
+            if group.is_empty() || group.len() > protocol::MAX_GROUP_NAME {
+                let message = format!(
+                    "a group name has 1 to {} bytes; this one has {}",
+                    protocol::MAX_GROUP_NAME,
+                    group.len()
+                );
+                return Err(Close::refuse(ErrorCode::Malformed, message));
+            }
+            ctx.bus
+                .join(key, group, filter)
+                .map_err(|e| Close::refuse(ErrorCode::NotPermitted, e.to_string()))?;
+            Ok(None)
+        }
+        ClientFrame::Ack { seq } => {
+            ctx.bus.ack(sub, seq);
             Ok(None)
         }
         ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
         ClientFrame::StatsRequest => Ok(Some(ServerFrame::Stats(ctx.bus.stats()))),
         // Refused by `permitted` above.
         ClientFrame::Hello { .. } | ClientFrame::Publish { .. } => Ok(None),
+    }
+}
+
+/// Refuses a filter naming more accounts than busd allows.
+fn check_filter(filter: &Filter, ctx: &Context) -> Result<(), Close> {
+    match filter {
+        Filter::Accounts(accounts) if accounts.len() > ctx.config.max_filter => {
+            let message = format!(
+                "filter names {} accounts; the limit is {}",
+                accounts.len(),
+                ctx.config.max_filter
+            );
+            Err(Close::refuse(ErrorCode::FilterTooLarge, message))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -209,7 +239,10 @@ async fn drain(
     batch: &mut Vec<Entry>,
 ) -> Result<(), DrainEnd> {
     loop {
-        let drained = sub.queue.drain_into(DRAIN_EVENTS, batch);
+        // A group member is written at most MAX_UNACKED events ahead of its acks; its
+        // `Ack` wakes this writer again.
+        let max = sub.member.get().map_or(DRAIN_EVENTS, |m| m.room().min(DRAIN_EVENTS));
+        let drained = sub.queue.drain_into(max, batch);
         if drained.overflowed {
             return Err(DrainEnd::Overflowed);
         }
@@ -221,13 +254,16 @@ async fn drain(
             });
         }
         let taken = batch.len();
+        if let Some(member) = sub.member.get() {
+            member.record(batch.iter().map(|e| (e.seq, e.account_id)));
+        }
         // Counted first, so each frame's count is written in place, never moved.
         write_frames(&mut out.buf, batch, FRAME_BYTES, |e| &e.bytes);
         batch.clear();
         sub.delivered.fetch_add(taken as u64, Relaxed);
         ctx.bus.counters.delivered.fetch_add(taken as u64, Relaxed);
         out.flush().await.map_err(|_| DrainEnd::SocketFailed)?;
-        if taken < DRAIN_EVENTS {
+        if max == 0 || taken < max {
             return Ok(());
         }
     }

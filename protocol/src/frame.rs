@@ -100,6 +100,24 @@ pub enum ClientFrame {
     Ping,
     /// Asks for `Stats`.
     StatsRequest,
+    /// Joins the consumer group `group` instead of subscribing: busd hands each event that
+    /// matches `filter` to one member of the group, every event of an account to the same
+    /// member while the membership stays the same. A member starts live (no resume: the
+    /// group, not the member, holds the position).
+    Join {
+        /// The group's name; members of one group share the work.
+        group: String,
+        /// The events this member takes its share of.
+        filter: Filter,
+    },
+    /// A group member has handed every event up to `seq` to its application. busd writes a
+    /// member at most [`crate::MAX_UNACKED`] events ahead of its acknowledgements; when a
+    /// member leaves, what it was sent and never acknowledged is reported as a gap to the
+    /// members taking over its accounts.
+    Ack {
+        /// The last seq handed to the application.
+        seq: u64,
+    },
 }
 
 /// Frames busd sends to its clients.

@@ -22,6 +22,14 @@ pub use frame::{
 /// with an `Error` frame naming both versions.
 pub const PROTOCOL_VERSION: u32 = 2;
 
+/// Most events busd writes to a consumer group member beyond its last `Ack`: a member that
+/// stops acknowledging stops receiving (its queue then fills, as any subscriber's), and
+/// what a member that leaves was sent and never acknowledged is bounded by it.
+pub const MAX_UNACKED: usize = 16_384;
+
+/// Longest consumer group name busd accepts, in bytes.
+pub const MAX_GROUP_NAME: usize = 128;
+
 /// Default largest frame body, in bytes. Large enough for a big publish batch, small enough
 /// that one peer cannot make a server buffer without bound.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;

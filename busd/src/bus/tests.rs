@@ -1,3 +1,5 @@
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use protocol::publish::{self, RawPublish};
 use protocol::{ClientFrame, Event, Filter, Position, ServerFrame};
@@ -161,4 +163,91 @@ fn a_closed_bus_refuses_publishes() {
     bus.publish("p", 0, batch(1, &[1])).unwrap();
     assert_eq!(bus.close(), 1);
     assert_eq!(bus.publish("p", 0, batch(2, &[1])), Err(Closed));
+}
+
+fn join(bus: &Bus, name: &str, group: &str) -> (SubKey, Arc<Subscriber>) {
+    let (key, sub) = bus.register(name.into());
+    bus.join(key, group.into(), Filter::All).unwrap();
+    (key, sub)
+}
+
+/// What a member's writer would do: take the queue and note it as sent.
+fn write(sub: &Subscriber) -> (Option<Gap>, Vec<(u64, u64)>) {
+    let drained = drain(sub);
+    if let Some(member) = sub.member.get() {
+        member.record(drained.1.iter().copied());
+    }
+    drained
+}
+
+#[test]
+fn a_group_shares_events_by_account_and_others_get_everything() {
+    let bus = bus();
+    let (_, m1) = join(&bus, "m1", "g");
+    let (_, m2) = join(&bus, "m2", "g");
+    let (_, other) = join(&bus, "o", "h");
+    let (plain, watcher) = bus.register("w".into());
+    bus.subscribe(plain, Filter::All, None);
+    let accounts: Vec<u64> = (0..100).chain(0..100).collect();
+    bus.publish("p", 0, batch(1, &accounts)).unwrap();
+    let (got1, got2) = (drain(&m1).1, drain(&m2).1);
+    assert_eq!(got1.len() + got2.len(), 200, "each event to one member");
+    assert!(!got1.is_empty() && !got2.is_empty(), "both members work");
+    let of = |got: &[(u64, u64)]| got.iter().map(|e| e.1).collect::<HashSet<u64>>();
+    assert!(of(&got1).is_disjoint(&of(&got2)), "an account stays with one member");
+    assert_eq!(drain(&other).1.len(), 200, "another group gets everything");
+    assert_eq!(drain(&watcher).1.len(), 200, "a plain subscriber gets everything");
+}
+
+#[test]
+fn a_leaving_member_hands_over_its_queue_and_reports_what_it_did_not_ack() {
+    let bus = bus();
+    let (k1, m1) = join(&bus, "m1", "g");
+    let (_, m2) = join(&bus, "m2", "g");
+    let accounts: Vec<u64> = (0..50).collect();
+    bus.publish("p", 0, batch(1, &accounts)).unwrap();
+    let sent = write(&m1).1;
+    let kept = write(&m2).1.len();
+    assert!(!sent.is_empty());
+    // m1 acknowledges its first event only, then gets more queued, then leaves.
+    bus.ack(&m1, sent[0].0);
+    bus.publish("p", 0, batch(2, &accounts)).unwrap();
+    let m2_own = write(&m2).1.len();
+    assert_eq!(m2_own, kept);
+    bus.unregister(k1);
+    let (gap, handed) = drain(&m2);
+    let gap = gap.expect("what m1 was sent and did not ack is a gap");
+    assert_eq!(gap.missed, sent.len() as u64 - 1);
+    assert_eq!((gap.from_seq, gap.to_seq), (sent[1].0, sent[sent.len() - 1].0));
+    assert_eq!(handed.len(), sent.len(), "m1's queued events went to m2");
+    // From now on m2 owns every account.
+    bus.publish("p", 0, batch(3, &accounts)).unwrap();
+    assert_eq!(drain(&m2).1.len(), 50);
+}
+
+#[test]
+fn the_next_member_of_an_emptied_group_gets_what_nobody_received() {
+    let bus = bus();
+    let (k1, m1) = join(&bus, "m1", "g");
+    bus.publish("p", 0, batch(1, &[1, 2])).unwrap();
+    let sent = write(&m1).1;
+    bus.ack(&m1, sent[1].0);
+    bus.publish("p", 0, batch(2, &[3])).unwrap();
+    bus.unregister(k1);
+    bus.publish("p", 0, batch(3, &[4])).unwrap();
+    let (_, m2) = join(&bus, "m2", "g");
+    let (gap, events) = drain(&m2);
+    assert_eq!(gap, None, "everything m1 was sent was acknowledged");
+    assert_eq!(events, vec![(3, 3), (4, 4)]);
+}
+
+#[test]
+fn join_after_subscribe_is_refused() {
+    let bus = bus();
+    let (key, _) = bus.register("s".into());
+    bus.subscribe(key, Filter::All, None);
+    assert_eq!(
+        bus.join(key, "g".into(), Filter::All),
+        Err(JoinError::AlreadySubscribed)
+    );
 }
