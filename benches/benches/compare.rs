@@ -2,7 +2,7 @@
 //! Writes `benches/RESULTS.md` and `benches/results.json`. `BENCH_SECONDS` sets each run's
 //! length (default 10); `BENCH_SMOKE=1` runs every part for 2 s and writes nothing but
 //! stdout, which is what CI does so the harness cannot rot. `BENCH_PARTS=bus,footprint`
-//! runs only the parts named (of `http`, `bus`, `latency`, `jetstream`, `durable`,
+//! runs only the parts named (of `http`, `bus`, `groups`, `latency`, `jetstream`, `durable`,
 //! `footprint`) and
 //! writes nothing but stdout either: a partial run is for working on one part, not for the
 //! record. Every server it starts listens on loopback, and every run is bounded in time.
@@ -42,6 +42,11 @@ fn main() -> std::io::Result<()> {
         eprintln!("compare: pub/sub");
         bus = bus::run(budget);
     }
+    let mut groups = Vec::new();
+    if wanted("groups") {
+        eprintln!("compare: consumer groups on busd");
+        groups = bus::run_groups(budget);
+    }
     let mut latency = Vec::new();
     if wanted("latency") {
         eprintln!("compare: end to end");
@@ -70,6 +75,7 @@ fn main() -> std::io::Result<()> {
         smoke,
         http,
         bus,
+        groups,
         latency,
         jetstream,
         durable,

@@ -28,6 +28,11 @@ pub struct Shape {
     pub name: &'static str,
     pub filters: Vec<Filter>,
     pub accounts: u64,
+    /// The subscribers join this consumer group, decode each frame and acknowledge it.
+    pub group: Option<&'static str>,
+    /// The subscribers decode each frame, as a group member must to acknowledge, so a
+    /// shape compared with a group's pays the same client cost.
+    pub decode: bool,
 }
 
 impl Shape {
@@ -36,6 +41,8 @@ impl Shape {
             name: "1 -> 1 (all)",
             filters: vec![Filter::All],
             accounts: 1000,
+            group: None,
+            decode: false,
         }
     }
 
@@ -44,6 +51,8 @@ impl Shape {
             name: "1 -> 10 (all)",
             filters: vec![Filter::All; 10],
             accounts: 1000,
+            group: None,
+            decode: false,
         }
     }
 
@@ -56,6 +65,33 @@ impl Shape {
             name: "1000 accounts, 10 x 100 filtered",
             filters,
             accounts: 1000,
+            group: None,
+            decode: false,
+        }
+    }
+
+    /// 1000 accounts, a consumer group of 4 members taking everything: each event to one.
+    pub fn group_of_four() -> Shape {
+        Shape {
+            name: "1000 accounts, group of 4",
+            filters: vec![Filter::All; 4],
+            accounts: 1000,
+            group: Some("bench"),
+            decode: true,
+        }
+    }
+
+    /// The same work split by hand: 4 plain subscribers of 250 disjoint accounts each.
+    pub fn four_disjoint() -> Shape {
+        let filters = (0..4u64)
+            .map(|i| Filter::Accounts((i * 250..(i + 1) * 250).collect()))
+            .collect();
+        Shape {
+            name: "1000 accounts, 4 x 250 filtered",
+            filters,
+            accounts: 1000,
+            group: None,
+            decode: true,
         }
     }
 }
@@ -90,6 +126,15 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for filter in &shape.filters {
+        if shape.decode {
+            let stream = connect_member(addr, filter.clone(), shape.group).await?;
+            tasks.push(tokio::spawn(count_decoded(
+                stream,
+                counters.clone(),
+                shape.group.is_some(),
+            )));
+            continue;
+        }
         let stream = connect(addr, Role::Subscriber, Some(filter.clone())).await?;
         tasks.push(tokio::spawn(count_events(
             stream,
@@ -155,6 +200,55 @@ pub async fn connect(
     }
     stream.write_all(&out).await?;
     Ok(stream)
+}
+
+/// Connects a subscriber that joins `group` with `filter`, or subscribes with it.
+async fn connect_member(
+    addr: SocketAddr,
+    filter: Filter,
+    group: Option<&str>,
+) -> std::io::Result<TcpStream> {
+    let Some(group) = group else {
+        return connect(addr, Role::Subscriber, Some(filter)).await;
+    };
+    let mut stream = connect(addr, Role::Subscriber, None).await?;
+    let mut out = BytesMut::new();
+    let join = ClientFrame::Join {
+        group: group.into(),
+        filter,
+    };
+    protocol::encode_frame(&join, &mut out, usize::MAX).map_err(std::io::Error::other)?;
+    stream.write_all(&out).await?;
+    Ok(stream)
+}
+
+/// Decodes every `Events` frame and counts its events; a group member acknowledges each
+/// frame's last event, as busctl does once it has handled them.
+async fn count_decoded(stream: TcpStream, counters: Arc<Counters>, ack: bool) {
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(rd, RawCodec::default(), 1 << 20);
+    let mut out = BytesMut::new();
+    while let Some(Ok(body)) = frames.next().await {
+        match protocol::codec::decode_body(&body) {
+            Ok(ServerFrame::Events(events)) => {
+                counters.delivered.fetch_add(events.len() as u64, Relaxed);
+                let Some(&(seq, _)) = events.last().filter(|_| ack) else {
+                    continue;
+                };
+                out.clear();
+                let frame = ClientFrame::Ack { seq };
+                if protocol::encode_frame(&frame, &mut out, usize::MAX).is_err()
+                    || wr.write_all(&out).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(ServerFrame::Gap { missed, .. }) => {
+                counters.missed.fetch_add(missed, Relaxed);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The postcard bytes of a batch's `Vec<Event>`, which stay the same from batch to batch;

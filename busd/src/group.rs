@@ -162,12 +162,15 @@ impl Unacked {
         self.sent().extend(written);
     }
 
-    /// Retires everything up to `seq`; returns whether the writer had been out of room.
+    /// Retires the event `seq` and everything written before it (seqs are not in order
+    /// here: events handed over from a member that left come after newer ones); an `Ack`
+    /// for an event not in the log changes nothing. Returns whether the writer had been out
+    /// of room.
     pub fn ack(&self, seq: u64) -> bool {
         let mut sent = self.sent();
         let was_full = sent.len() >= protocol::MAX_UNACKED;
-        while sent.front().is_some_and(|&(s, _)| s <= seq) {
-            sent.pop_front();
+        if let Some(at) = sent.iter().position(|&(s, _)| s == seq) {
+            sent.drain(..=at);
         }
         was_full && sent.len() < protocol::MAX_UNACKED
     }
@@ -217,7 +220,10 @@ mod tests {
         groups.join("g", 2, 12, Filter::All);
         let after = owners(&mut groups, "g", 1000);
         for (b, a) in before.iter().zip(&after) {
-            assert!(a == b || *a == Some(2), "{b:?} moved to {a:?}, not to the newcomer");
+            assert!(
+                a == b || *a == Some(2),
+                "{b:?} moved to {a:?}, not to the newcomer"
+            );
         }
         assert!(groups.leave("g", 2, NOTHING));
         assert_eq!(owners(&mut groups, "g", 1000), before);
@@ -263,9 +269,14 @@ mod tests {
         assert!(unacked.ack(10), "room again after a full log");
         assert_eq!(unacked.room(), 10);
         assert!(!unacked.ack(5), "an old ack changes nothing");
-        let rest = unacked.take();
-        assert_eq!(rest.front(), Some(&(11, 7)));
+        assert_eq!(unacked.take().front(), Some(&(11, 7)));
         assert_eq!(unacked.room(), protocol::MAX_UNACKED);
+        unacked.record([(100, 1), (3, 2), (101, 1)]);
+        assert!(
+            !unacked.ack(3),
+            "handed over after a newer one, acknowledged by its own seq"
+        );
+        assert_eq!(unacked.take(), VecDeque::from([(101, 1)]));
     }
 
     #[test]

@@ -241,7 +241,10 @@ async fn drain(
     loop {
         // A group member is written at most MAX_UNACKED events ahead of its acks; its
         // `Ack` wakes this writer again.
-        let max = sub.member.get().map_or(DRAIN_EVENTS, |m| m.room().min(DRAIN_EVENTS));
+        let max = sub
+            .member
+            .get()
+            .map_or(DRAIN_EVENTS, |m| m.room().min(DRAIN_EVENTS));
         let drained = sub.queue.drain_into(max, batch);
         if drained.overflowed {
             return Err(DrainEnd::Overflowed);

@@ -134,6 +134,15 @@ pub struct WatchArgs {
     /// Exit 4 when the bus stays unreachable this long (default: retry forever).
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", value_parser = parse_positive_duration)]
     pub max_outage: Option<Duration>,
+    /// Share the events with the other members of consumer group NAME: each event goes to
+    /// one member, all of an account's to the same member while the members stay the same;
+    /// members joining or leaving move accounts between them. On busd a member that leaves
+    /// hands its queued events to the others, and what it was sent but had not printed is
+    /// reported to them as a gap. On JetStream the group is a durable consumer: an event
+    /// not acknowledged within 10 s goes to another member (at least once; order per
+    /// account is not kept there). Names: 1 to 64 of A-Z a-z 0-9 _ -.
+    #[arg(long, env = "TRACKER_BUSCTL_GROUP", value_parser = parse_group)]
+    pub group: Option<String>,
 }
 
 /// `busctl publish`'s flags.
@@ -242,9 +251,39 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Longest consumer group name: JetStream names the group's durable consumer after it.
+pub const MAX_GROUP_NAME: usize = 64;
+
+/// A consumer group name both buses take: 1 to [`MAX_GROUP_NAME`] letters, digits, `_` and
+/// `-` (JetStream consumer names allow no dots, wildcards or spaces).
+pub fn parse_group(name: &str) -> Result<String, String> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > MAX_GROUP_NAME || !name.chars().all(fine) {
+        return Err(format!(
+            "a group name is 1 to {MAX_GROUP_NAME} of A-Z a-z 0-9 _ -; got {name:?}"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_names_fit_both_buses() {
+        assert_eq!(parse_group("billing-2_a").as_deref(), Ok("billing-2_a"));
+        for bad in [
+            "",
+            "a.b",
+            "a b",
+            "a*",
+            "x>",
+            &"g".repeat(MAX_GROUP_NAME + 1),
+        ] {
+            assert!(parse_group(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     fn ids(list: &str) -> Vec<u64> {
         parse_accounts(list).unwrap().0.into_iter().collect()

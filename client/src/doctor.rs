@@ -85,6 +85,7 @@ async fn subscribe(args: &DoctorArgs) -> Result<Subscriber, String> {
         filter: Filter::Accounts(BTreeSet::from([args.account])),
         max_outage: Some(Duration::from_secs(5)),
         resume: None,
+        group: None,
     });
     let live = async {
         loop {

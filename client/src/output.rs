@@ -27,6 +27,10 @@ pub enum Output {
     },
     /// A loss to report.
     Gap(GapReport),
+    /// Answered once everything sent before it is out of this process (written and
+    /// flushed, or counted into a window): a consumer group member acknowledges events
+    /// only then, so a crash cannot lose events the group thinks were handled.
+    Synced(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Writes until the sender is dropped; an error means stdout failed (a closed pipe, say).
@@ -79,6 +83,10 @@ async fn lines(
                 }
             }
             Output::Gap(gap) => write_line(out, &render::gap_line(format, &gap)).await?,
+            Output::Synced(done) => {
+                out.flush().await?;
+                let _ = done.send(());
+            }
         }
         if rx.is_empty() {
             out.flush().await?;
@@ -110,6 +118,9 @@ async fn windows(
                 Some(Output::Gap(_)) => {
                     aggregator.gap();
                     pending = true;
+                }
+                Some(Output::Synced(done)) => {
+                    let _ = done.send(());
                 }
                 None => break,
             },

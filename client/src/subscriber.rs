@@ -32,6 +32,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::bus::Address;
+use crate::jetstream::group::GroupPull;
 use crate::jetstream::subscriber::{Item, Pull};
 use crate::jetstream::{self, JetstreamError, Layout};
 use crate::position::Resume;
@@ -61,6 +62,10 @@ pub struct Options {
     pub max_outage: Option<Duration>,
     /// Resume after this position (kept from an earlier subscriber) instead of starting live.
     pub resume: Option<Resume>,
+    /// Join this consumer group instead of taking every matching event: each event goes to
+    /// one member (see `busd`'s `group` module). A member does not resume; the group keeps
+    /// the position, and losses are reported as gaps.
+    pub group: Option<String>,
 }
 
 /// Events lost between two points, as the subscriber reports them.
@@ -141,6 +146,9 @@ pub enum Notice {
     },
     /// The connection failed or was lost; the next attempt is coming.
     Reconnecting(Retry),
+    /// JetStream sent events again that it had sent to a group member that did not
+    /// acknowledge them in time: they may have been handled already.
+    Redelivered(u64),
 }
 
 impl std::fmt::Display for Notice {
@@ -192,6 +200,10 @@ impl std::fmt::Display for Notice {
                 "busd is shutting down (epoch {epoch}, last seq {last_seq}); will resume"
             ),
             Notice::Reconnecting(retry) => write!(f, "{retry}"),
+            Notice::Redelivered(n) => write!(
+                f,
+                "{n} events sent again: a group member did not acknowledge them in time"
+            ),
         }
     }
 }
@@ -224,8 +236,13 @@ enum State {
     Connect,
     Sleep(Instant),
     Lost(String),
-    Reading { conn: Box<Conn>, liveness: Liveness },
+    Reading {
+        conn: Box<Conn>,
+        liveness: Liveness,
+    },
     Pulling(Box<Pull>),
+    /// A JetStream consumer group member's pull.
+    Grouped(Box<GroupPull>),
 }
 
 /// When busd last spoke, and whether we have pinged it since.
@@ -245,6 +262,7 @@ impl Subscriber {
     pub fn new(options: Options) -> Self {
         let cursor = Cursor {
             position: options.resume.map(|r| r.0),
+            member: options.group.is_some(),
             ..Cursor::default()
         };
         let reconnect = Reconnect::new(Backoff::default(), options.max_outage);
@@ -302,6 +320,17 @@ impl Subscriber {
                     Some(end) => end,
                 }
             }
+            State::Grouped(pull) => match pull.next().await {
+                Ok(read) => {
+                    if read.redelivered > 0 {
+                        let notice = Notice::Redelivered(read.redelivered);
+                        self.pending.push_back(Delivery::Notice(notice));
+                    }
+                    self.cursor.on_events(read.events, &mut self.pending);
+                    return Ok(());
+                }
+                Err(reason) => End::Lost(reason),
+            },
             State::Pulling(pull) => {
                 let after = self.cursor.position.map_or(0, |p| p.seq);
                 match pull.next(after).await {
@@ -369,6 +398,10 @@ impl Subscriber {
         };
         let first = self.cursor.position.is_none();
         let epoch = jetstream::stream::epoch(&info);
+        if let Some(group) = &options.group {
+            let joined = jetstream::group::join(stream, &options.layout, &options.filter, group);
+            return self.joined(joined.await, epoch, info.state.last_sequence);
+        }
         let held = (info.state.first_sequence, info.state.last_sequence);
         let start = self.cursor.resume_stream(epoch, held, &mut self.pending);
         let pull =
@@ -394,13 +427,51 @@ impl Subscriber {
         Ok(())
     }
 
+    /// Goes on from a JetStream group join: the group's consumer keeps the position, so a
+    /// member only tells the stream apart from its earlier ones by the cursor's epoch.
+    fn joined(
+        &mut self,
+        joined: Result<GroupPull, JetstreamError>,
+        epoch: u64,
+        head_seq: u64,
+    ) -> Result<(), SubscribeError> {
+        let pull = match joined {
+            Ok(pull) => pull,
+            Err(err) if err.is_refusal() => {
+                self.state = State::Lost(err.to_string());
+                return Err(SubscribeError::Jetstream(err));
+            }
+            Err(err) => {
+                self.state = State::Lost(err.to_string());
+                return Ok(());
+            }
+        };
+        self.reconnect.connected();
+        self.reconnect.progressed();
+        let at = self
+            .cursor
+            .position
+            .get_or_insert(Position { epoch, seq: 0 });
+        at.epoch = epoch;
+        self.pending
+            .push_back(Delivery::Notice(Notice::Live { epoch, head_seq }));
+        self.state = State::Grouped(Box::new(pull));
+        Ok(())
+    }
+
     /// Subscribes on a fresh connection, resuming where the cursor stands.
     async fn subscribe(&mut self, mut conn: Conn, welcome: Welcome) {
         let first = self.cursor.position.is_none();
         let resume = self.cursor.resume_point(welcome, &mut self.pending);
-        let subscribe = ClientFrame::Subscribe {
-            filter: self.options.filter.clone(),
-            resume_after: Some(resume),
+        let subscribe = match &self.options.group {
+            Some(group) => ClientFrame::Join {
+                group: group.clone(),
+                filter: self.options.filter.clone(),
+            },
+            None => ClientFrame::Subscribe {
+                filter: self.options.filter.clone(),
+                resume_after: Some(resume),
+            },
         };
         if let Err(err) = conn.send(subscribe).await {
             self.state = State::Lost(err.to_string());
@@ -434,6 +505,13 @@ async fn read(
     cursor: &mut Cursor,
     pending: &mut VecDeque<Delivery>,
 ) -> Option<End> {
+    // Everything handed out so far has been taken by the application: a group member
+    // acknowledges it before waiting for more.
+    if let Some(seq) = cursor.to_ack.take() {
+        if let Err(err) = conn.send(ClientFrame::Ack { seq }).await {
+            return Some(End::Lost(err.to_string()));
+        }
+    }
     let wait = if liveness.quiet {
         DEAD_AFTER
     } else {
@@ -494,6 +572,11 @@ struct Cursor {
     /// (two of them answering at one address, one after the other) is resumed where we
     /// were in it, so nothing of it is handed out twice or out of order.
     left: HashMap<u64, u64>,
+    /// A consumer group member: busd hands over events of other members' accounts, whose
+    /// seqs and ids may be below what this member has seen, so neither is compared.
+    member: bool,
+    /// A member's last event handed out and not yet acknowledged.
+    to_ack: Option<u64>,
 }
 
 /// How many epochs left behind [`Cursor::left`] remembers: epochs change at busd restarts,
@@ -510,6 +593,9 @@ impl Cursor {
     }
 
     fn resume_from(&mut self, welcome: Welcome, out: &mut VecDeque<Delivery>) -> Position {
+        if self.member {
+            return self.rejoin(welcome, out);
+        }
         let Some(position) = self.position else {
             return Position {
                 epoch: welcome.epoch,
@@ -527,6 +613,32 @@ impl Cursor {
             epoch: welcome.epoch,
             seq: self.left.get(&welcome.epoch).copied().unwrap_or(0),
         }
+    }
+
+    /// A member (re)joins at busd's head: after a busd restart, the group starts afresh in
+    /// the new run, so besides the restart's own gap, what the new run published before
+    /// this join may have reached no member, and is reported as a gap too.
+    fn rejoin(&mut self, welcome: Welcome, out: &mut VecDeque<Delivery>) -> Position {
+        let head = Position {
+            epoch: welcome.epoch,
+            seq: welcome.head_seq,
+        };
+        self.to_ack = None;
+        let Some(position) = self.position.filter(|p| p.epoch != welcome.epoch) else {
+            return head;
+        };
+        let (notice, gap) = restart(position, welcome);
+        out.push_back(Delivery::Notice(notice));
+        out.extend(gap.map(Delivery::Gap));
+        if welcome.head_seq > 0 {
+            out.push_back(Delivery::Gap(GapReport {
+                from_seq: 1,
+                to_seq: Some(welcome.head_seq),
+                missed: Some(welcome.head_seq),
+                epoch: welcome.epoch,
+            }));
+        }
+        head
     }
 
     /// Remembers where we were in an epoch we are leaving, forgetting the oldest epoch
@@ -673,6 +785,15 @@ impl Cursor {
         let Some(position) = self.position.as_mut() else {
             return;
         };
+        if self.member && !events.is_empty() {
+            position.seq = events.iter().map(|e| e.0).fold(position.seq, u64::max);
+            self.to_ack = events.last().map(|e| e.0).or(self.to_ack);
+            out.push_back(Delivery::Events {
+                epoch: position.epoch,
+                events,
+            });
+            return;
+        }
         let mut fresh = Vec::with_capacity(events.len());
         for (seq, event) in events {
             // Seqs only go forward: a frame out of order (from no busd of ours) hands out

@@ -58,6 +58,7 @@ fn options(args: &WatchArgs) -> Options {
         filter,
         max_outage: args.max_outage,
         resume: None,
+        group: args.group.clone(),
     }
 }
 
@@ -134,12 +135,23 @@ impl Watch {
                 {
                     return Some(exit::OK);
                 }
+                if self.args.group.is_some() && !self.synced().await {
+                    return Some(exit::OK);
+                }
                 match self.args.count {
                     Some(count) if self.events >= count => Some(exit::OK),
                     _ => None,
                 }
             }
         }
+    }
+
+    /// Waits until the output task has written out everything sent so far: a group
+    /// member asks for more, which acknowledges what it was handed, only then. `false`
+    /// when the output task is gone.
+    async fn synced(&self) -> bool {
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.output.send(Output::Synced(done)).await.is_ok() && written.await.is_ok()
     }
 }
 
@@ -225,7 +237,7 @@ mod tests {
             .iter()
             .flat_map(|o| match o {
                 Output::Events { events, .. } => events.iter().map(|(seq, _)| *seq).collect(),
-                Output::Gap(_) => vec![],
+                Output::Gap(_) | Output::Synced(_) => vec![],
             })
             .collect();
         assert_eq!(printed, [1, 2, 3]);

@@ -110,12 +110,13 @@ pub enum ClientFrame {
         /// The events this member takes its share of.
         filter: Filter,
     },
-    /// A group member has handed every event up to `seq` to its application. busd writes a
+    /// A group member has handed the event `seq`, and every event busd wrote it before that
+    /// one, to its application. busd writes a
     /// member at most [`crate::MAX_UNACKED`] events ahead of its acknowledgements; when a
     /// member leaves, what it was sent and never acknowledged is reported as a gap to the
     /// members taking over its accounts.
     Ack {
-        /// The last seq handed to the application.
+        /// The seq of the last event handed to the application.
         seq: u64,
     },
 }

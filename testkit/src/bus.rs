@@ -280,6 +280,13 @@ pub async fn try_publish(
 ///
 /// [`Publisher`]: client::publisher::Publisher
 pub async fn publish_events(addr: SocketAddr, name: &str, events: &[(u64, String)]) {
+    publish_to(&addr.to_string(), name, events).await;
+}
+
+/// Publishes `events` (account, data) to `bus` (busd's address or `nats://` URLs, the stream
+/// already made) with the client library's publisher and waits until every one is
+/// acknowledged.
+pub async fn publish_to(bus: &str, name: &str, events: &[(u64, String)]) {
     use client::outbox::{Limits, Outbox};
     use client::publisher::{Publisher, Settings};
     let limits = Limits {
@@ -295,7 +302,7 @@ pub async fn publish_events(addr: SocketAddr, name: &str, events: &[(u64, String
             .expect("an unbounded outbox");
     }
     let settings = Settings {
-        bus: addr.to_string(),
+        bus: bus.to_owned(),
         layout: Default::default(),
         token: None,
         name: name.into(),
@@ -309,7 +316,7 @@ pub async fn publish_events(addr: SocketAddr, name: &str, events: &[(u64, String
     let drained = publisher.outbox().drain(Duration::from_secs(60)).await;
     publisher.stop().await;
     if let Err(left) = drained {
-        panic!("busd at {addr} did not acknowledge {left} events");
+        panic!("the bus at {bus} did not acknowledge {left} events");
     }
 }
 
@@ -331,6 +338,7 @@ pub fn subscribe(addr: &str, filter: Filter) -> client::subscriber::Subscriber {
         filter,
         max_outage: Some(Duration::from_secs(60)),
         resume: None,
+        group: None,
     })
 }
 

@@ -62,11 +62,7 @@ impl System {
             .and_then(testkit::nats::version)
             .unwrap_or_else(|| testkit::nats::VERSION.to_owned());
         vec![
-            System {
-                kind: Kind::Busd,
-                name: "busd".into(),
-                program: release_binary("busd", "busd").map_err(|e| e.to_string()),
-            },
+            System::busd(),
             System {
                 kind: Kind::Redis,
                 name: "redis-server pub/sub".into(),
@@ -88,6 +84,15 @@ impl System {
                 }),
             },
         ]
+    }
+
+    /// busd's release build.
+    fn busd() -> System {
+        System {
+            kind: Kind::Busd,
+            name: "busd".into(),
+            program: release_binary("busd", "busd").map_err(|e| e.to_string()),
+        }
     }
 
     /// Starts a fresh server on a free loopback port.
@@ -147,6 +152,33 @@ pub fn run(budget: Budget) -> Vec<Row> {
         }
     }
     rows
+}
+
+/// Consumer groups on busd: a group of 4 members against 4 plain subscribers of disjoint
+/// account sets, the same work split by hand; both decode every frame, the group's members
+/// acknowledge each.
+pub fn run_groups(budget: Budget) -> Vec<Row> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return vec![skipped("busd", "-", &e.to_string())],
+    };
+    let measure = Duration::from_secs(u64::from(budget.seconds));
+    let warmup = Duration::from_millis(if budget.smoke { 300 } else { 1000 });
+    let busd = System::busd();
+    [Shape::four_disjoint(), Shape::group_of_four()]
+        .iter()
+        .map(|shape| match busd.start() {
+            Ok((server, addr)) => {
+                let row = runtime.block_on(measure_one(&busd, &addr, shape, warmup, measure));
+                drop(server);
+                row
+            }
+            Err(note) => skipped(&busd.name, shape.name, &note),
+        })
+        .collect()
 }
 
 fn skipped(system: &str, shape: &str, note: &str) -> Row {

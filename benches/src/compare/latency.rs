@@ -328,6 +328,7 @@ async fn record_jetstream(urls: String, tally: Shared, live: tokio::sync::onesho
         filter: Filter::All,
         max_outage: Some(LIVE_WITHIN),
         resume: None,
+        group: None,
     });
     let mut live = Some(live);
     loop {

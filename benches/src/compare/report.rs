@@ -15,6 +15,8 @@ pub struct Results {
     pub smoke: bool,
     pub http: Vec<http::Row>,
     pub bus: Vec<bus::Row>,
+    /// A consumer group of 4 on busd against 4 plain subscribers of disjoint accounts.
+    pub groups: Vec<bus::Row>,
     pub latency: Vec<latency::Row>,
     pub jetstream: Vec<jetstream::Row>,
     /// ingest's default answer against `--durable`'s, per bus.
@@ -242,6 +244,26 @@ fn millions(v: Option<f64>) -> String {
     })
 }
 
+/// A table of pub/sub rows under `title`, after `intro`.
+fn bus_table(s: &mut String, title: &str, intro: &str, rows: &[bus::Row]) {
+    let _ = writeln!(
+        s,
+        "\n## {title}\n\n{intro}| shape | system | published/s | delivered/s | lost | note |\n| --- | --- | --- | --- | --- | --- |"
+    );
+    for b in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            b.shape,
+            b.system,
+            millions(b.published_per_sec),
+            millions(b.delivered_per_sec),
+            opt(&b.lost),
+            opt(&b.note)
+        );
+    }
+}
+
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Tracker benchmark results\n");
@@ -287,21 +309,12 @@ pub fn markdown(r: &Results) -> String {
             opt(&h.note)
         );
     }
-    let _ = writeln!(
-        s,
-        "\n## Pub/sub, 64-byte payloads\n\n| shape | system | published/s | delivered/s | lost | note |\n| --- | --- | --- | --- | --- | --- |"
-    );
-    for b in &r.bus {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            b.shape,
-            b.system,
-            millions(b.published_per_sec),
-            millions(b.delivered_per_sec),
-            opt(&b.lost),
-            opt(&b.note)
-        );
+    bus_table(&mut s, "Pub/sub, 64-byte payloads", "", &r.bus);
+    if !r.groups.is_empty() {
+        let intro = "The same work shared by a consumer group of 4 members (`Join`, each frame \
+            acknowledged) and split by hand over 4 plain subscribers of 250 accounts each; the \
+            clients decode every frame in both rows.\n\n";
+        bus_table(&mut s, "Consumer groups on busd", intro, &r.groups);
     }
     let _ = writeln!(
         s,

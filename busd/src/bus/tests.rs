@@ -194,9 +194,16 @@ fn a_group_shares_events_by_account_and_others_get_everything() {
     assert_eq!(got1.len() + got2.len(), 200, "each event to one member");
     assert!(!got1.is_empty() && !got2.is_empty(), "both members work");
     let of = |got: &[(u64, u64)]| got.iter().map(|e| e.1).collect::<HashSet<u64>>();
-    assert!(of(&got1).is_disjoint(&of(&got2)), "an account stays with one member");
+    assert!(
+        of(&got1).is_disjoint(&of(&got2)),
+        "an account stays with one member"
+    );
     assert_eq!(drain(&other).1.len(), 200, "another group gets everything");
-    assert_eq!(drain(&watcher).1.len(), 200, "a plain subscriber gets everything");
+    assert_eq!(
+        drain(&watcher).1.len(),
+        200,
+        "a plain subscriber gets everything"
+    );
 }
 
 #[test]
@@ -218,7 +225,10 @@ fn a_leaving_member_hands_over_its_queue_and_reports_what_it_did_not_ack() {
     let (gap, handed) = drain(&m2);
     let gap = gap.expect("what m1 was sent and did not ack is a gap");
     assert_eq!(gap.missed, sent.len() as u64 - 1);
-    assert_eq!((gap.from_seq, gap.to_seq), (sent[1].0, sent[sent.len() - 1].0));
+    assert_eq!(
+        (gap.from_seq, gap.to_seq),
+        (sent[1].0, sent[sent.len() - 1].0)
+    );
     assert_eq!(handed.len(), sent.len(), "m1's queued events went to m2");
     // From now on m2 owns every account.
     bus.publish("p", 0, batch(3, &accounts)).unwrap();

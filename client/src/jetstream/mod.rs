@@ -12,6 +12,7 @@
 //! bus with the address alone ([`crate::bus::Address`]).
 
 pub mod body;
+pub(crate) mod group;
 pub(crate) mod publisher;
 pub mod stream;
 pub(crate) mod subscriber;

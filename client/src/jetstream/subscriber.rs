@@ -85,12 +85,49 @@ pub(crate) async fn open(
 
 /// The filter subjects for `filter`: one per account up to the layout's limit, else every
 /// account's (and the filter is applied here).
-fn subjects(layout: &Layout, filter: &Filter) -> Vec<String> {
+pub(crate) fn subjects(layout: &Layout, filter: &Filter) -> Vec<String> {
     match filter {
         Filter::Accounts(ids) if ids.len() <= layout.max_filter_subjects => {
             ids.iter().map(|id| layout.subject(*id)).collect()
         }
         _ => vec![layout.all_subjects()],
+    }
+}
+
+/// A consumer config's `filter_subject` and `filter_subjects` for `filter`: one subject goes
+/// in the first, which servers before 2.10 also read.
+pub(crate) fn config_subjects(layout: &Layout, filter: &Filter) -> (String, Vec<String>) {
+    let mut subjects = subjects(layout, filter);
+    if subjects.len() == 1 {
+        (subjects.remove(0), Vec::new())
+    } else {
+        (String::new(), subjects)
+    }
+}
+
+/// The filter to apply in busctl: when it names more accounts than the server is asked to
+/// filter on.
+pub(crate) fn local_filter(layout: &Layout, filter: &Filter) -> Option<Filter> {
+    match filter {
+        Filter::Accounts(ids) if ids.len() > layout.max_filter_subjects => Some(filter.clone()),
+        _ => None,
+    }
+}
+
+/// The event in a message, if it is one of ours and passes `filter`; anything else on the
+/// stream's subjects (another program's message) is passed over.
+pub(crate) fn wanted(
+    layout: &Layout,
+    filter: Option<&Filter>,
+    message: &async_nats::Message,
+) -> Option<Event> {
+    let event = body::decode(&message.payload).ok()?;
+    if layout.account_of(message.subject.as_str()) != Some(event.account_id) {
+        return None;
+    }
+    match filter {
+        Some(filter) if !filter.matches(event.account_id) => None,
+        _ => Some(event),
     }
 }
 
@@ -101,12 +138,7 @@ pub(crate) async fn consume(
     filter: &Filter,
     start: u64,
 ) -> Result<Pull, JetstreamError> {
-    let mut filter_subjects = subjects(layout, filter);
-    let (filter_subject, filter_subjects) = if filter_subjects.len() == 1 {
-        (filter_subjects.remove(0), Vec::new())
-    } else {
-        (String::new(), filter_subjects)
-    };
+    let (filter_subject, filter_subjects) = config_subjects(layout, filter);
     let config = Config {
         filter_subject,
         filter_subjects,
@@ -132,15 +164,11 @@ pub(crate) async fn consume(
         .messages()
         .await
         .map_err(|err| unavailable(format!("cannot pull from the consumer: {err}")))?;
-    let local = match filter {
-        Filter::Accounts(ids) if ids.len() > layout.max_filter_subjects => Some(filter.clone()),
-        _ => None,
-    };
     Ok(Pull {
         stream,
         messages,
         layout: layout.clone(),
-        filter: local,
+        filter: local_filter(layout, filter),
         consumer_seq: 0,
         held: Vec::new(),
     })
@@ -173,7 +201,7 @@ impl Pull {
                 });
             }
             prev = seq;
-            if let Some(event) = self.event(&message) {
+            if let Some(event) = wanted(&self.layout, self.filter.as_ref(), &message) {
                 out.push(Item::Event(seq, event));
             }
         }
@@ -207,19 +235,6 @@ impl Pull {
             self.held.push((seq, message.split().0));
         }
         Ok(())
-    }
-
-    /// The event in a message, if it is one of ours and wanted; anything else on the
-    /// stream's subjects (another program's message) is passed over.
-    fn event(&self, message: &async_nats::Message) -> Option<Event> {
-        let event = body::decode(&message.payload).ok()?;
-        if self.layout.account_of(message.subject.as_str()) != Some(event.account_id) {
-            return None;
-        }
-        match &self.filter {
-            Some(filter) if !filter.matches(event.account_id) => None,
-            _ => Some(event),
-        }
     }
 
     async fn first_sequence(&self) -> Result<u64, String> {
