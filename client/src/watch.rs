@@ -54,7 +54,11 @@ fn options(args: &WatchArgs) -> Options {
         bus: args.bus.bus.clone(),
         layout: args.bus.layout(),
         token: args.bus.token.clone(),
-        name: format!("busctl-watch-{}", std::process::id()),
+        // A group member says which group it is in, for `busctl stats`.
+        name: match &args.group {
+            Some(group) => format!("busctl-watch-{}@{group}", std::process::id()),
+            None => format!("busctl-watch-{}", std::process::id()),
+        },
         filter,
         max_outage: args.max_outage,
         resume: None,

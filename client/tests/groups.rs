@@ -142,10 +142,15 @@ async fn busd_members_share_each_event_once_and_keep_accounts_together() {
         .output()
         .expect("busctl stats runs");
     let stats = json(String::from_utf8_lossy(&stats.stdout).trim());
+    let names: Vec<&str> = stats["subscribers"]
+        .as_array()
+        .map(|subs| subs.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names.len(), MEMBERS + 2, "{stats}");
+    let in_g = names.iter().filter(|n| n.ends_with("@g")).count();
     assert_eq!(
-        stats["subscribers"].as_array().map(Vec::len),
-        Some(MEMBERS + 2),
-        "{stats}"
+        in_g, MEMBERS,
+        "members are named after their group: {names:?}"
     );
 }
 
@@ -309,4 +314,18 @@ async fn jetstream_members_share_the_work_and_redeliver_a_killed_members_events(
         !kinds.contains(&0),
         "both survivors took part after the kill"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_refuses_a_member_with_another_filter() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    make_stream(&bus).await;
+    let _first = member(&bus, "g");
+    let mut other = support::busctl(&["watch", "--bus", &bus, "--group", "g", "--accounts", "1,2"]);
+    let status = other.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1));
+    let log = other.stderr_log();
+    assert!(log.contains("another filter"), "{log}");
 }
