@@ -129,15 +129,18 @@ impl Queue {
     pub fn push(&self, batch: &mut Vec<Entry>, when_full: WhenFull) -> bool {
         let mut inner = self.lock();
         let was_empty = inner.entries.is_empty();
-        if inner.overflowed {
-            batch.clear();
-            return false;
-        }
-        if when_full == WhenFull::Refuse && inner.entries.len() + batch.len() > self.capacity {
-            inner.overflowed = true;
+        if inner.overflowed
+            || when_full == WhenFull::Refuse && inner.entries.len() + batch.len() > self.capacity
+        {
+            // Refused events are remembered as a gap too: a consumer group member's queue
+            // is handed to the other members when it is disconnected, gap included.
             inner.dropped += batch.len() as u64;
-            batch.clear();
-            return true;
+            for entry in batch.drain(..) {
+                Gap::widen(&mut inner.gap, entry.seq);
+            }
+            let newly = !inner.overflowed;
+            inner.overflowed = true;
+            return newly;
         }
         for entry in batch.drain(..) {
             if inner.entries.len() == self.capacity {
@@ -240,7 +243,13 @@ mod tests {
         let (drained, seqs) = drain_all(&queue);
         assert!(drained.overflowed);
         assert_eq!(seqs, vec![1, 2]);
-        assert_eq!(queue.dropped(), 2);
+        assert_eq!(queue.dropped(), 3, "every refused event counts");
+        let refused = Gap {
+            from_seq: 3,
+            to_seq: 5,
+            missed: 3,
+        };
+        assert_eq!(drained.gap, Some(refused), "and is remembered as a gap");
     }
 
     #[test]
