@@ -1,0 +1,3 @@
+//! `busctl dashboard`: the bus shown as a live web page.
+
+pub mod board;
