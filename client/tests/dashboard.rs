@@ -289,3 +289,55 @@ fn pages_that_go_away_leave_nothing_behind() {
     assert_eq!(status, 200);
     assert!(page.contains("<script src=\"/page.js\">"), "{page}");
 }
+
+#[test]
+fn over_jetstream_the_page_counts_the_same_and_rides_out_a_server_restart() {
+    let Some(_) = testkit::nats::server() else {
+        eprintln!(
+            "skipped: nats-server {} is not installed (.ci/nats-server installs it)",
+            testkit::nats::VERSION
+        );
+        return;
+    };
+    let mut cluster = testkit::nats::Cluster::start(1);
+    let bus = cluster.urls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(binary("ingest", "ingest"));
+    command
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--bus", &bus]);
+    let ingest = Proc::spawn("ingest", &mut command);
+    let http = ingest.listening_addr();
+    let ready = || get_blocking(http, "/readyz").is_ok_and(|(status, _)| status == 200);
+    let deadline = Instant::now() + WAIT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "ingest never ready on {bus}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dashboard = Dashboard::start(&bus, &["--accounts", "1,2"]);
+    dashboard.wait_state("live", |s| s["link"]["state"] == "live");
+    send(http, 1, "one", 4);
+    send(http, 2, "two", 6);
+    send(http, 3, "three", 5);
+    let state = dashboard.wait_state("at 10 events", |s| s["events"] == 10);
+    let top: Vec<(u64, u64)> = state["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["account_id"].as_u64().unwrap(),
+                t["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(top, [(2, 6), (1, 4)], "account 3 is not watched: {state}");
+
+    cluster.kill(0);
+    dashboard.wait_state("down", |s| s["link"]["state"] == "down");
+    cluster.restart(0);
+    dashboard.wait_state("live again", |s| s["link"]["state"] == "live");
+    send(http, 1, "one", 3);
+    let state = dashboard.wait_state("at 13 events", |s| s["events"] == 13);
+    assert_eq!(state["gaps"], 0, "the stream kept everything: {state}");
+}
