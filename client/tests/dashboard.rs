@@ -288,6 +288,11 @@ fn pages_that_go_away_leave_nothing_behind() {
     let (status, page) = get_blocking(dashboard.addr, "/").unwrap();
     assert_eq!(status, 200);
     assert!(page.contains("<script src=\"/page.js\">"), "{page}");
+    // Ctrl-C ends it cleanly, an open page or not.
+    let _page = open_stream(dashboard.addr);
+    let mut proc = dashboard.proc;
+    proc.signal("INT");
+    assert!(proc.wait_exit(WAIT).success(), "{}", proc.stderr_log());
 }
 
 #[test]
