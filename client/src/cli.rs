@@ -10,7 +10,7 @@ pub mod exit {
     /// Done: `--count` reached, Ctrl-C, or the command finished.
     pub const OK: i32 = 0;
     /// The bus refused us for good (wrong token, wrong version, a NATS server without
-    /// JetStream or too old to filter), or stdout failed.
+    /// JetStream or too old to filter), stdout failed, or the dashboard cannot listen.
     pub const ERROR: i32 = 1;
     // 2: bad arguments, clap's own code when it refuses the command line.
     /// A gap was reported and `--exit-on-gap` was given.
@@ -22,7 +22,8 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done (--count reached, Ctrl-C, command finished)
-  1  refused by the bus (token, version, no JetStream, server too old) or output failed
+  1  refused by the bus (token, version, no JetStream, server too old) or output failed,
+     or the dashboard's --listen address cannot be taken
   2  bad arguments
   3  gap reported, with --exit-on-gap
   4  bus unreachable for longer than --max-outage
@@ -53,6 +54,10 @@ pub enum Command {
     Stats(StatsArgs),
     /// Send a canary event through ingest and confirm it arrives over the bus.
     Doctor(DoctorArgs),
+    /// Serve a live web page of the bus: rates per account, top accounts, lag, a tail of
+    /// recent events, the connection and its gaps.
+    #[command(after_help = EXIT_CODES)]
+    Dashboard(DashboardArgs),
 }
 
 /// Where the bus is and how to get in: every subcommand has these.
@@ -198,6 +203,23 @@ pub struct DoctorArgs {
     /// How long to wait for the canary on the bus.
     #[arg(long, env = "TRACKER_BUSCTL_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
+}
+
+/// `busctl dashboard`'s flags.
+#[derive(Args, Debug, Clone)]
+pub struct DashboardArgs {
+    /// Where the bus is and the token for it.
+    #[command(flatten)]
+    pub bus: BusArgs,
+    /// Where the web page is served; taken or unusable, busctl exits 1.
+    #[arg(long, env = "TRACKER_BUSCTL_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: String,
+    /// Accounts to show: ids and ranges, e.g. 1,5,10-20 [default: every account].
+    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNTS", value_parser = parse_accounts)]
+    pub accounts: Option<AccountList>,
+    /// Accounts listed in the page's top table.
+    #[arg(long, env = "TRACKER_BUSCTL_TOP", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top: u16,
 }
 
 /// The set of account ids a `--accounts` list names.

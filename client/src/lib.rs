@@ -18,6 +18,7 @@
 pub mod aggregate;
 pub mod bus;
 pub mod cli;
+pub mod dashboard;
 pub mod doctor;
 pub mod jetstream;
 pub mod outbox;

@@ -2,7 +2,7 @@
 //! stderr; `busctl --help` lists the exit codes.
 
 use client::cli::{Cli, Command, exit};
-use client::{doctor, publish, stats, status, watch};
+use client::{dashboard, doctor, publish, stats, status, watch};
 
 fn main() {
     // --help and --version print to stdout and exit 0; a bad argument exits 2 (USAGE).
@@ -26,6 +26,7 @@ fn main() {
             Command::Publish(args) => publish::run(args).await,
             Command::Stats(args) => stats::run(args).await,
             Command::Doctor(args) => doctor::run(args).await,
+            Command::Dashboard(args) => dashboard::run(args).await,
         }
     });
     // Leave the blocking stdout writer behind rather than wait for it.

@@ -4,6 +4,7 @@
 //! Test code: it panics with a message instead of returning errors.
 
 pub mod bus;
+pub mod chromium;
 pub mod http;
 pub mod nats;
 pub mod netns;

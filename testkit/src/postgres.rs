@@ -93,7 +93,7 @@ fn verdict(missing: Option<String>, ci: Option<&str>) -> Result<bool, String> {
 }
 
 /// Whether a value of the `CI` variable says this is CI: anything but empty, `false`, `0`.
-fn in_ci(value: &str) -> bool {
+pub(crate) fn in_ci(value: &str) -> bool {
     let value = value.trim();
     !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false")
 }
