@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::template::Template;
+
 /// Exit codes scripts can branch on.
 pub mod exit {
     /// Done: `--count` reached, Ctrl-C, or the command finished.
@@ -116,9 +118,16 @@ pub struct WatchArgs {
     #[arg(long, env = "TRACKER_BUSCTL_ALL")]
     pub all: bool,
     /// Output format [default: text; with --aggregate: a table on a terminal, JSON lines
-    /// when piped].
+    /// when piped; with --template: template].
     #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum)]
-    pub format: Option<Format>,
+    pub format: Option<WatchFormat>,
+    /// Each event as this line, e.g. '{timestamp} {account_id} {data}'. Fields: {seq}
+    /// {epoch} {account_id} {timestamp} {timestamp_us} {data} {origin} {id}; {{ and }} are
+    /// literal braces. {data} and {origin} are printed unquoted, with control characters
+    /// escaped (\n, \t) so an event stays one line. Gaps print as with --format text.
+    /// Implies --format template.
+    #[arg(long, env = "TRACKER_BUSCTL_TEMPLATE", value_parser = parse_template, conflicts_with = "aggregate")]
+    pub template: Option<Template>,
     /// Print per-window counts, rates, top accounts and lag instead of events (e.g. 5s).
     #[arg(long, env = "TRACKER_BUSCTL_AGGREGATE", value_parser = parse_positive_duration)]
     pub aggregate: Option<Duration>,
@@ -134,6 +143,43 @@ pub struct WatchArgs {
     /// Exit 4 when the bus stays unreachable this long (default: retry forever).
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", value_parser = parse_positive_duration)]
     pub max_outage: Option<Duration>,
+}
+
+/// `watch --format`: the formats of [`Format`], and a template of the user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchFormat {
+    /// Lines for people.
+    #[value(alias = "table")]
+    Text,
+    /// One JSON object a line, for jq and scripts.
+    Json,
+    /// Each event as --template says.
+    Template,
+}
+
+impl WatchArgs {
+    /// Refuses what clap cannot express: `--format template` without `--template`, or a
+    /// `--template` with another format.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.format, &self.template) {
+            (Some(WatchFormat::Template), None) => {
+                Err("--format template needs --template '...'".into())
+            }
+            (Some(WatchFormat::Text | WatchFormat::Json), Some(_)) => {
+                Err("--template needs --format template (or no --format)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The plain format asked for, if any (`None` for a template or no `--format`).
+    pub fn plain_format(&self) -> Option<Format> {
+        match self.format? {
+            WatchFormat::Text => Some(Format::Text),
+            WatchFormat::Json => Some(Format::Json),
+            WatchFormat::Template => None,
+        }
+    }
 }
 
 /// `busctl publish`'s flags.
@@ -231,6 +277,11 @@ pub fn parse_accounts(list: &str) -> Result<AccountList, String> {
         }
     }
     Ok(AccountList(ids))
+}
+
+/// Parses `--template`, naming the mistake (an unknown field, a brace left open).
+pub fn parse_template(template: &str) -> Result<Template, String> {
+    Template::parse(template).map_err(|e| e.to_string())
 }
 
 /// A duration above zero (`500ms`, `5s`, `2m`): windows and deadlines of zero make no sense.

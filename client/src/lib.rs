@@ -31,4 +31,5 @@ pub mod session;
 pub mod stats;
 pub mod status;
 pub mod subscriber;
+pub mod template;
 pub mod watch;

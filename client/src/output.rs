@@ -15,6 +15,7 @@ use crate::aggregate::{Aggregator, Window};
 use crate::cli::Format;
 use crate::render;
 use crate::subscriber::GapReport;
+use crate::template::Template;
 
 /// What the watch loop hands to stdout.
 pub enum Output {
@@ -30,16 +31,23 @@ pub enum Output {
 }
 
 /// Writes until the sender is dropped; an error means stdout failed (a closed pipe, say).
-/// `format` is what `--format` said, if anything: events default to text, aggregate
-/// windows to a table on a terminal and JSON lines when piped.
+/// `format` is what `--format` said, if anything: events default to text (or `template`,
+/// when there is one), aggregate windows to a table on a terminal and JSON lines when piped.
 pub async fn run(
     rx: mpsc::Receiver<Output>,
     format: Option<Format>,
+    template: Option<Template>,
     aggregate: Option<Aggregator>,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::new(tokio::io::stdout());
     match aggregate {
-        None => lines(rx, format.unwrap_or(Format::Text), &mut out).await?,
+        None => {
+            let style = match (format, template) {
+                (None, Some(template)) => Style::Template(template),
+                (format, _) => Style::Plain(format.unwrap_or(Format::Text)),
+            };
+            lines(rx, &style, &mut out).await?
+        }
         Some(aggregator) => {
             let view = match format {
                 Some(Format::Json) => View::Json,
@@ -65,20 +73,37 @@ enum View {
     Json,
 }
 
+/// How event lines are written.
+enum Style {
+    /// `--format text` or `json`.
+    Plain(Format),
+    /// `--template`; gaps as in text.
+    Template(Template),
+}
+
 async fn lines(
     mut rx: mpsc::Receiver<Output>,
-    format: Format,
+    style: &Style,
     out: &mut BufWriter<Stdout>,
 ) -> std::io::Result<()> {
     while let Some(item) = rx.recv().await {
         match item {
             Output::Events { epoch, events } => {
                 for (seq, event) in &events {
-                    let line = render::event_line(format, epoch, *seq, event);
+                    let line = match style {
+                        Style::Plain(format) => render::event_line(*format, epoch, *seq, event),
+                        Style::Template(template) => template.render(epoch, *seq, event),
+                    };
                     write_line(out, &line).await?;
                 }
             }
-            Output::Gap(gap) => write_line(out, &render::gap_line(format, &gap)).await?,
+            Output::Gap(gap) => {
+                let format = match style {
+                    Style::Plain(format) => *format,
+                    Style::Template(_) => Format::Text,
+                };
+                write_line(out, &render::gap_line(format, &gap)).await?
+            }
         }
         if rx.is_empty() {
             out.flush().await?;

@@ -24,7 +24,12 @@ pub async fn run(args: WatchArgs) -> i32 {
     let aggregator = args
         .aggregate
         .map(|window| Aggregator::new(window, args.top));
-    let output = tokio::spawn(output::run(rx, args.format, aggregator));
+    let output = tokio::spawn(output::run(
+        rx,
+        args.plain_format(),
+        args.template.clone(),
+        aggregator,
+    ));
     let mut subscriber = Subscriber::new(options(&args));
     let mut watch = Watch::new(args, tx);
     let code = tokio::select! {
