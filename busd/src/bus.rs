@@ -5,16 +5,18 @@
 //! ring and joins the index in the same critical section as publishes, a resuming subscriber
 //! can neither miss an event between the two nor see one twice.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
+use protocol::fanout::entry_head;
 use protocol::publish::RawPublish;
-use protocol::{Filter, Position, Stats, SubscriberStats, fanout, varint};
+use protocol::{Filter, Position, Start, Stats, SubscriberStats, fanout, varint};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use crate::filter::{FilterIndex, SubKey};
+use crate::filter::{FilterIndex, SubKey, origin_matches};
 use crate::queue::{Entry, Gap, Queue, WhenFull};
 use crate::ring::Ring;
 
@@ -225,6 +227,20 @@ impl Bus {
     /// Replaces the subscriber's filter and, with `resume_after`, queues what it missed
     /// (or a gap for what the ring no longer holds) ahead of any new event.
     pub fn subscribe(&self, key: SubKey, filter: Filter, resume_after: Option<Position>) {
+        let start = resume_after.map_or(Start::Head, Start::After);
+        self.subscribe_with(key, filter, &BTreeSet::new(), start);
+    }
+
+    /// Replaces the subscriber's filter and queues the history `start` asks for, of the
+    /// matching accounts and `origins` (empty: all), ahead of any new event: a `Gap` first
+    /// when the ring no longer reaches back as far as asked.
+    pub fn subscribe_with(
+        &self,
+        key: SubKey,
+        filter: Filter,
+        origins: &BTreeSet<String>,
+        start: Start,
+    ) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) else {
@@ -235,31 +251,14 @@ impl Bus {
         }
         state.index.insert(key, &filter);
         let sub = slot.sub.clone();
-        if let Some(position) = resume_after {
-            let after = if position.epoch == self.epoch {
-                position.seq
-            } else {
-                0
-            };
-            let plan = state.ring.replay_from(after, state.head);
-            if let Some((from_seq, to_seq)) = plan.evicted {
-                let missed = to_seq - from_seq + 1;
-                sub.queue.push_gap(Gap {
-                    from_seq,
-                    to_seq,
-                    missed,
-                });
-            }
-            let mut replay: Vec<Entry> = state
-                .ring
-                .iter_from(plan.index)
-                .filter(|e| filter.matches(e.account_id))
-                .cloned()
-                .collect();
-            // A replay larger than the queue keeps its newest part and reports the rest
-            // as a gap, whatever the slow policy: refusing would loop the reconnects.
-            sub.queue.push(&mut replay, WhenFull::DropOldest);
+        let wanted = |e: &Entry| filter.matches(e.account_id) && origin_matches(origins, e);
+        let (gap, mut replay) = state.history(self.epoch, start, wanted);
+        if let Some(gap) = gap {
+            sub.queue.push_gap(gap);
         }
+        // A replay larger than the queue keeps its newest part and reports the rest as a
+        // gap, whatever the slow policy: refusing would loop the reconnects.
+        sub.queue.push(&mut replay, WhenFull::DropOldest);
         if let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) {
             slot.filter = Some(filter);
         }
@@ -339,6 +338,62 @@ impl State {
                 true
             }
         }
+    }
+
+    /// The events `start` asks for that are `wanted`, oldest first, and the gap to report
+    /// before them when the ring no longer reaches back that far.
+    fn history(
+        &self,
+        epoch: u64,
+        start: Start,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> (Option<Gap>, Vec<Entry>) {
+        let evicted = || {
+            let first = self.ring.first_seq(self.head);
+            (first > 1).then(|| Gap {
+                from_seq: 1,
+                to_seq: first - 1,
+                missed: first - 1,
+            })
+        };
+        let after = match start {
+            Start::Head => return (None, Vec::new()),
+            Start::After(position) if position.epoch == epoch => position.seq,
+            Start::After(_) | Start::Beginning => 0,
+            Start::Last(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                let mut last: Vec<Entry> = self
+                    .ring
+                    .iter_newest()
+                    .filter(|e| wanted(e))
+                    .take(n)
+                    .cloned()
+                    .collect();
+                last.reverse();
+                let short = last.len() < n;
+                return (evicted().filter(|_| short), last);
+            }
+            Start::Since(since_us) => {
+                let time = |e: &Entry| entry_head(&e.bytes).map_or(0, |h| h.timestamp_us);
+                let index = self.ring.partition_point(|e| time(e) < since_us);
+                // Nothing held is older than asked: what came before may have been evicted.
+                let gap = if index == 0 { evicted() } else { None };
+                let events = self.ring.iter_from(index).filter(|e| wanted(e)).cloned();
+                return (gap, events.collect());
+            }
+        };
+        let plan = self.ring.replay_from(after, self.head);
+        let gap = plan.evicted.map(|(from_seq, to_seq)| Gap {
+            from_seq,
+            to_seq,
+            missed: to_seq - from_seq + 1,
+        });
+        let events = self
+            .ring
+            .iter_from(plan.index)
+            .filter(|e| wanted(e))
+            .cloned();
+        (gap, events.collect())
     }
 
     /// Stages `entry` for every subscriber whose filter matches it.

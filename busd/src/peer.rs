@@ -186,7 +186,7 @@ impl Kind {
     pub fn of(frame: &ClientFrame) -> Kind {
         match frame {
             ClientFrame::Hello { .. } => Kind::Hello,
-            ClientFrame::Subscribe { .. } => Kind::Subscribe,
+            ClientFrame::Subscribe { .. } | ClientFrame::SubscribeWith { .. } => Kind::Subscribe,
             ClientFrame::Publish { .. } => Kind::Publish,
             ClientFrame::Ping | ClientFrame::StatsRequest => Kind::Any,
         }

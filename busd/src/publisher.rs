@@ -107,7 +107,9 @@ fn handle(
             ));
         }
         // Refused by `permitted` above.
-        ClientFrame::Hello { .. } | ClientFrame::Subscribe { .. } => {}
+        ClientFrame::Hello { .. }
+        | ClientFrame::Subscribe { .. }
+        | ClientFrame::SubscribeWith { .. } => {}
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! keeps pushing into its bounded queue, which drops the oldest events (and reports a gap)
 //! or disconnects it, per the slow policy.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -16,7 +17,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::bus::Subscriber;
 use crate::context::Context;
-use crate::filter::SubKey;
+use crate::filter::{SubKey, origin_matches};
 use crate::peer::{Close, Kind, Outbound, Reader, permitted};
 use crate::queue::Entry;
 
@@ -36,6 +37,7 @@ pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String
         sub,
         key,
         batch: Vec::new(),
+        origins: BTreeSet::new(),
     };
     let ended = connection.serve(ctx).await;
     let Connection { reader, out, .. } = connection;
@@ -94,6 +96,8 @@ struct Connection {
     /// Entries taken from the queue: grown by the first drain, kept while busy, freed with
     /// the write buffer when idle.
     batch: Vec<Entry>,
+    /// The origins it asked for (`SubscribeWith`); empty: every origin.
+    origins: BTreeSet<String>,
 }
 
 impl Connection {
@@ -150,7 +154,7 @@ impl Connection {
             Some(Err(err)) => return Err(Ended::Close(err.into())),
             Some(Ok(body)) => body,
         };
-        match request(&body, ctx, self.key) {
+        match request(&body, ctx, self.key, &mut self.origins) {
             Ok(Some(reply)) => self.out.push(&reply),
             Ok(None) => {}
             Err(reason) => return Err(Ended::Close(reason)),
@@ -159,12 +163,24 @@ impl Connection {
     }
 
     async fn drain(&mut self, ctx: &Context) -> Result<(), DrainEnd> {
-        drain(&mut self.out, &self.sub, ctx, &mut self.batch).await
+        drain(
+            &mut self.out,
+            &self.sub,
+            ctx,
+            &mut self.batch,
+            &self.origins,
+        )
+        .await
     }
 }
 
-/// Acts on one request; returns the reply to send, if any.
-fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<ServerFrame>, Close> {
+/// Acts on one request; returns the reply to send, if any. A subscribe sets `origins`.
+fn request(
+    body: &bytes::Bytes,
+    ctx: &Context,
+    key: SubKey,
+    origins: &mut BTreeSet<String>,
+) -> Result<Option<ServerFrame>, Close> {
     if publish::is_publish(body) {
         permitted(Role::Subscriber, Kind::Publish)?;
     }
@@ -175,17 +191,27 @@ fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<Ser
             filter,
             resume_after,
         } => {
-            if let Filter::Accounts(accounts) = &filter {
-                if accounts.len() > ctx.config.max_filter {
-                    let message = format!(
-                        "filter names {} accounts; the limit is {}",
-                        accounts.len(),
-                        ctx.config.max_filter
-                    );
-                    return Err(Close::refuse(ErrorCode::FilterTooLarge, message));
-                }
-            }
+            check_filter(&filter, ctx)?;
+            origins.clear();
             ctx.bus.subscribe(key, filter, resume_after);
+            Ok(None)
+        }
+        ClientFrame::SubscribeWith {
+            filter,
+            origins: wanted,
+            start,
+        } => {
+            check_filter(&filter, ctx)?;
+            if wanted.len() > ctx.config.max_filter {
+                let message = format!(
+                    "filter names {} origins; the limit is {}",
+                    wanted.len(),
+                    ctx.config.max_filter
+                );
+                return Err(Close::refuse(ErrorCode::FilterTooLarge, message));
+            }
+            ctx.bus.subscribe_with(key, filter, &wanted, start);
+            *origins = wanted;
             Ok(None)
         }
         ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
@@ -193,6 +219,21 @@ fn request(body: &bytes::Bytes, ctx: &Context, key: SubKey) -> Result<Option<Ser
         // Refused by `permitted` above.
         ClientFrame::Hello { .. } | ClientFrame::Publish { .. } => Ok(None),
     }
+}
+
+/// Refuses a filter naming more accounts than `--max-filter`.
+fn check_filter(filter: &Filter, ctx: &Context) -> Result<(), Close> {
+    if let Filter::Accounts(accounts) = filter {
+        if accounts.len() > ctx.config.max_filter {
+            let message = format!(
+                "filter names {} accounts; the limit is {}",
+                accounts.len(),
+                ctx.config.max_filter
+            );
+            return Err(Close::refuse(ErrorCode::FilterTooLarge, message));
+        }
+    }
+    Ok(())
 }
 
 /// Why draining stopped serving.
@@ -207,6 +248,7 @@ async fn drain(
     sub: &Subscriber,
     ctx: &Context,
     batch: &mut Vec<Entry>,
+    origins: &BTreeSet<String>,
 ) -> Result<(), DrainEnd> {
     loop {
         let drained = sub.queue.drain_into(DRAIN_EVENTS, batch);
@@ -220,6 +262,10 @@ async fn drain(
                 missed: gap.missed,
             });
         }
+        let drained_count = batch.len();
+        if !origins.is_empty() {
+            batch.retain(|entry| origin_matches(origins, entry));
+        }
         let taken = batch.len();
         // Counted first, so each frame's count is written in place, never moved.
         write_frames(&mut out.buf, batch, FRAME_BYTES, |e| &e.bytes);
@@ -227,7 +273,7 @@ async fn drain(
         sub.delivered.fetch_add(taken as u64, Relaxed);
         ctx.bus.counters.delivered.fetch_add(taken as u64, Relaxed);
         out.flush().await.map_err(|_| DrainEnd::SocketFailed)?;
-        if taken < DRAIN_EVENTS {
+        if drained_count < DRAIN_EVENTS {
             return Ok(());
         }
     }

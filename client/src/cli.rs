@@ -137,12 +137,62 @@ pub struct WatchArgs {
     /// Exit 0 after this many events (at least 1).
     #[arg(long, env = "TRACKER_BUSCTL_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+    /// Start with the last N matching events the bus holds (busd's replay ring, or the
+    /// JetStream stream), then go live.
+    #[arg(long, env = "TRACKER_BUSCTL_LAST", value_parser = clap::value_parser!(u64).range(1..), group = "history")]
+    pub last: Option<u64>,
+    /// Start with the events accepted since then, then go live: a duration back from now
+    /// (10m, 1h30m) or an RFC 3339 time (2026-11-22T10:00:00Z, 2026-11-22T11:00:00+01:00).
+    #[arg(long, env = "TRACKER_BUSCTL_SINCE", value_parser = parse_since, group = "history")]
+    pub since: Option<Since>,
+    /// Start with every matching event the bus holds, then go live.
+    #[arg(long, env = "TRACKER_BUSCTL_FROM_BEGINNING", group = "history")]
+    pub from_beginning: bool,
     /// Exit 3 when events are reported missing.
     #[arg(long, env = "TRACKER_BUSCTL_EXIT_ON_GAP")]
     pub exit_on_gap: bool,
     /// Exit 4 when the bus stays unreachable this long (default: retry forever).
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", value_parser = parse_positive_duration)]
     pub max_outage: Option<Duration>,
+}
+
+/// `--since`: a point in time, in µs since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since(pub u64);
+
+/// Reads `--since`: a duration back from now (`10m`) or an RFC 3339 time with any offset.
+pub fn parse_since(value: &str) -> Result<Since, String> {
+    since_at(value, std::time::SystemTime::now())
+}
+
+/// [`parse_since`] with `now` given, for tests.
+fn since_at(value: &str, now: std::time::SystemTime) -> Result<Since, String> {
+    if let Ok(back) = humantime::parse_duration(value) {
+        let at = now.checked_sub(back).unwrap_or(std::time::UNIX_EPOCH);
+        return Ok(Since(plumbing::clock::us_at(at)));
+    }
+    let rfc3339 = time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(value, &rfc3339) {
+        Ok(at) => Ok(Since(
+            u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0),
+        )),
+        Err(_) => Err(format!(
+            "{value:?} is neither a duration (10m, 1h30m) nor an RFC 3339 time \
+             (2026-11-22T10:00:00Z)"
+        )),
+    }
+}
+
+impl WatchArgs {
+    /// Where the watch starts: the history asked for, or new events only.
+    pub fn start(&self) -> protocol::Start {
+        match (self.last, self.since, self.from_beginning) {
+            (Some(n), _, _) => protocol::Start::Last(n),
+            (_, Some(Since(us)), _) => protocol::Start::Since(us),
+            (_, _, true) => protocol::Start::Beginning,
+            _ => protocol::Start::Head,
+        }
+    }
 }
 
 /// `watch --format`: the formats of [`Format`], and a template of the user's.
@@ -329,6 +379,30 @@ mod tests {
         assert_eq!(parse_positive_duration("5s"), Ok(Duration::from_secs(5)));
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn since_is_a_duration_back_or_a_time() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            since_at("10m", now),
+            Ok(Since((1_000_000 - 600) * 1_000_000))
+        );
+        assert_eq!(
+            since_at("1970-01-01T00:00:01.5Z", now),
+            Ok(Since(1_500_000))
+        );
+        assert_eq!(
+            since_at("1970-01-01T01:00:02+01:00", now),
+            Ok(Since(2_000_000))
+        );
+        assert_eq!(
+            since_at("1000000h", now),
+            Ok(Since(0)),
+            "before 1970 is 1970"
+        );
+        assert!(since_at("yesterday", now).unwrap_err().contains("RFC 3339"));
+        assert!(since_at("2026-11-22 10:00", now).is_err());
     }
 
     #[test]

@@ -85,6 +85,8 @@ async fn subscribe(args: &DoctorArgs) -> Result<Subscriber, String> {
         filter: Filter::Accounts(BTreeSet::from([args.account])),
         max_outage: Some(Duration::from_secs(5)),
         resume: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     });
     let live = async {
         loop {

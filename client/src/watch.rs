@@ -63,6 +63,8 @@ fn options(args: &WatchArgs) -> Options {
         filter,
         max_outage: args.max_outage,
         resume: None,
+        start: args.start(),
+        origins: Default::default(),
     }
 }
 

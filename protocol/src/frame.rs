@@ -100,6 +100,33 @@ pub enum ClientFrame {
     Ping,
     /// Asks for `Stats`.
     StatsRequest,
+    /// `Subscribe` with a start in the past and an origin filter (protocol 3): sets (or
+    /// replaces) the filter, queues the history `start` asks for from the replay ring (a
+    /// `Gap` first when the ring no longer reaches back that far), then live events.
+    SubscribeWith {
+        /// The accounts wanted from now on.
+        filter: Filter,
+        /// Only events from these origins; empty means every origin. busd applies it as
+        /// it writes to this subscriber, so it costs other subscribers nothing.
+        origins: BTreeSet<String>,
+        /// Where the subscription starts.
+        start: Start,
+    },
+}
+
+/// Where a [`ClientFrame::SubscribeWith`] starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Start {
+    /// New events only, as a `Subscribe` without `resume_after`.
+    Head,
+    /// After this position, as `Subscribe`'s `resume_after`.
+    After(Position),
+    /// The last N matching events the ring holds, then live.
+    Last(u64),
+    /// The events accepted at or after this time (µs since the Unix epoch), then live.
+    Since(u64),
+    /// Every matching event the ring holds, then live.
+    Beginning,
 }
 
 /// Frames busd sends to its clients.

@@ -331,6 +331,8 @@ pub fn subscribe(addr: &str, filter: Filter) -> client::subscriber::Subscriber {
         filter,
         max_outage: Some(Duration::from_secs(60)),
         resume: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     })
 }
 

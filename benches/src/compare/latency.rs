@@ -328,6 +328,8 @@ async fn record_jetstream(urls: String, tally: Shared, live: tokio::sync::onesho
         filter: Filter::All,
         max_outage: Some(LIVE_WITHIN),
         resume: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     });
     let mut live = Some(live);
     loop {
