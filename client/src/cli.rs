@@ -137,6 +137,17 @@ pub struct WatchArgs {
     /// Exit 0 after this many events (at least 1).
     #[arg(long, env = "TRACKER_BUSCTL_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+    /// Only events from these origins (publisher names, as ingest's --origin), comma
+    /// separated or repeated. busd filters them before they cross the network (history
+    /// included); on JetStream busctl filters them.
+    #[arg(long = "origin", env = "TRACKER_BUSCTL_ORIGIN", value_name = "NAME", value_delimiter = ',', value_parser = parse_origin)]
+    pub origins: Vec<String>,
+    /// Only events whose data matches this regular expression (Rust regex syntax, e.g.
+    /// '^order-\d+' or '(?i)error'), with --accounts and --origin. Applied in busctl, on
+    /// every bus: busd would have to decode every event's data on its hot path. --count
+    /// and --aggregate count only matching events; --last N counts before it.
+    #[arg(long = "match", env = "TRACKER_BUSCTL_MATCH", value_name = "REGEX", value_parser = parse_regex, allow_hyphen_values = true)]
+    pub matches: Option<regex::Regex>,
     /// Start with the last N matching events the bus holds (busd's replay ring, or the
     /// JetStream stream), then go live.
     #[arg(long, env = "TRACKER_BUSCTL_LAST", value_parser = clap::value_parser!(u64).range(1..), group = "history")]
@@ -154,6 +165,24 @@ pub struct WatchArgs {
     /// Exit 4 when the bus stays unreachable this long (default: retry forever).
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", value_parser = parse_positive_duration)]
     pub max_outage: Option<Duration>,
+}
+
+/// Reads `--match`, refusing a pattern that does not compile (with the regex crate's
+/// explanation) or that would take more than 10 MiB compiled.
+pub fn parse_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(10 << 20)
+        .build()
+        .map_err(|e| format!("not a usable regular expression:\n{e}"))
+}
+
+/// Reads one `--origin` name; an empty name matches nothing ingest publishes.
+pub fn parse_origin(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("an origin name cannot be empty".into());
+    }
+    Ok(name.to_owned())
 }
 
 /// `--since`: a point in time, in µs since the Unix epoch.

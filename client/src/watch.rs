@@ -64,7 +64,7 @@ fn options(args: &WatchArgs) -> Options {
         max_outage: args.max_outage,
         resume: None,
         start: args.start(),
-        origins: Default::default(),
+        origins: args.origins.iter().cloned().collect(),
     }
 }
 
@@ -125,6 +125,9 @@ impl Watch {
                 self.args.exit_on_gap.then_some(exit::GAP)
             }
             Delivery::Events { epoch, mut events } => {
+                if let Some(pattern) = &self.args.matches {
+                    events.retain(|(_, event)| pattern.is_match(&event.data));
+                }
                 if let Some(count) = self.args.count {
                     let left = count.saturating_sub(self.events);
                     events.truncate(usize::try_from(left).unwrap_or(usize::MAX));
@@ -219,6 +222,26 @@ mod tests {
         ];
         let out = replay(args(&["--exit-on-gap"]), vec![(welcome(10), frames)]).await;
         assert_eq!(out.len(), 1, "the gap, and nothing after it");
+    }
+
+    #[tokio::test]
+    async fn match_filters_before_count() {
+        let frames = vec![ServerFrame::Events(
+            (1..=6).map(|id| (id, event(id))).collect(),
+        )];
+        let out = replay(
+            args(&["--match", "^o-[246]$", "--count", "2"]),
+            vec![(welcome(10), frames)],
+        )
+        .await;
+        let printed: Vec<u64> = out
+            .iter()
+            .flat_map(|o| match o {
+                Output::Events { events, .. } => events.iter().map(|(seq, _)| *seq).collect(),
+                Output::Gap(_) => vec![],
+            })
+            .collect();
+        assert_eq!(printed, [2, 4]);
     }
 
     #[tokio::test]

@@ -1032,3 +1032,49 @@ async fn history_the_stream_no_longer_holds_is_a_gap_first() {
         assert_eq!(lines[1]["seq"], stream.first_seq, "{args:?}");
     }
 }
+
+#[tokio::test]
+async fn origin_and_match_filter_in_busctl() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let one = Ingest::start(&bus, &["--origin", "one"]).await;
+    let two = Ingest::start(&bus, &["--origin", "two"]).await;
+    one.send(&numbered("a", |i| 1 + (i % 2) as u64, 4)).await;
+    two.send(&numbered("b", |i| 1 + (i % 2) as u64, 4)).await;
+    wait_last_seq(&bus, 8).await;
+    let watcher = watch(
+        &bus,
+        &[
+            "--origin",
+            "two",
+            "--match",
+            "-[023]$",
+            "--accounts",
+            "1",
+            "--from-beginning",
+        ],
+    );
+    // Origin two, account 1 (even i), data ending in 0, 2 or 3.
+    let lines = watcher.stdout_lines(2, WAIT);
+    let got: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            let line = json(l);
+            (
+                line["origin"].as_str().unwrap().into(),
+                line["data"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("two".into(), "b-0".into()), ("two".into(), "b-2".into())]
+    );
+    one.send(&numbered("c", |_| 1, 1)).await;
+    two.send(&numbered("d", |_| 1, 4)).await;
+    let live = watcher.stdout_lines(3, WAIT);
+    let data: Vec<Value> = live.iter().map(|l| json(l)["data"].clone()).collect();
+    assert_eq!(data, ["d-0", "d-2", "d-3"], "not c-0: origin one");
+    assert!(next_line(&watcher, Duration::from_millis(300)).is_none());
+}
