@@ -167,6 +167,28 @@ pub struct WatchArgs {
     pub max_outage: Option<Duration>,
 }
 
+/// `--rate`: events a second, above zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(pub f64);
+
+impl Rate {
+    /// The time between two events.
+    pub fn interval(self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.0)
+    }
+}
+
+/// Reads `--rate`: `N/s` or `N`, N above zero and at most a million.
+pub fn parse_rate(value: &str) -> Result<Rate, String> {
+    let number = value.strip_suffix("/s").unwrap_or(value);
+    match number.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 && n <= 1e6 => Ok(Rate(n)),
+        _ => Err(format!(
+            "{value:?} is not a rate: expected events a second above 0 and at most 1000000, e.g. 100/s"
+        )),
+    }
+}
+
 /// Reads `--match`, refusing a pattern that does not compile (with the regex crate's
 /// explanation) or that would take more than 10 MiB compiled.
 pub fn parse_regex(pattern: &str) -> Result<regex::Regex, String> {
@@ -267,15 +289,22 @@ pub struct PublishArgs {
     /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
-    /// The account the event is for.
-    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT")]
-    pub account: u64,
-    /// The event's data.
-    #[arg(long, env = "TRACKER_BUSCTL_DATA")]
-    pub data: String,
+    /// The account the event is for (with --data).
+    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT", requires = "data")]
+    pub account: Option<u64>,
+    /// The event's data. Without --account and --data, events are read from stdin, one a
+    /// line: account<TAB>data, or a JSON object {"account_id":5,"data":"..."} (other
+    /// fields, as `watch --format json` prints them, are ignored). A malformed line is
+    /// reported on stderr with its line number and skipped; the rest are published.
+    #[arg(long, env = "TRACKER_BUSCTL_DATA", requires = "account")]
+    pub data: Option<String>,
     /// Publish the event this many times (held a window of batches at a time).
-    #[arg(long, env = "TRACKER_BUSCTL_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TRACKER_BUSCTL_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), requires = "data")]
     pub repeat: u64,
+    /// At most this many events a second, e.g. 100/s (or 100; 0.5/s for one every two
+    /// seconds). Default: as fast as the bus acknowledges.
+    #[arg(long, env = "TRACKER_BUSCTL_RATE", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
     /// Give up (exit 4) when the bus stays unreachable this long.
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]
     pub max_outage: Duration,
@@ -408,6 +437,19 @@ mod tests {
         assert_eq!(parse_positive_duration("5s"), Ok(Duration::from_secs(5)));
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn rates_are_events_a_second() {
+        assert_eq!(parse_rate("100/s"), Ok(Rate(100.0)));
+        assert_eq!(
+            parse_rate("0.5/s").map(Rate::interval),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(parse_rate("20"), Ok(Rate(20.0)));
+        for bad in ["0/s", "-1/s", "fast", "100/m", "NaN", "inf", "2000000"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod aggregate;
 pub mod bus;
 pub mod cli;
 pub mod doctor;
+pub mod event_line;
 pub mod jetstream;
 pub mod outbox;
 pub mod output;
