@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::BytesMut;
 use protocol::fanout::entry_head;
 use protocol::publish::RawPublish;
-use protocol::{Filter, Position, Start, Stats, SubscriberStats, fanout, varint};
+use protocol::{Filter, Position, PublisherStats, Start, Stats, SubscriberStats, fanout, varint};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
@@ -91,13 +91,23 @@ struct State {
     slots: Vec<Option<Slot>>,
     free: Vec<SubKey>,
     next_id: u64,
-    /// Highest batch id seen per publisher, to drop resent batches: per name, the few most
-    /// recent instances (process) with their last id, newest last. Ids are only comparable
-    /// within one instance.
-    last_batch: FxHashMap<String, Vec<(u64, u64)>>,
+    /// Per publisher name: the highest batch id seen, to drop resent batches (the few most
+    /// recent instances (process) with their last id, newest last; ids are only comparable
+    /// within one instance), and its counts for stats.
+    last_batch: FxHashMap<String, Record>,
     /// Per-slot staging for one publish, kept to reuse its allocations.
     scratch: Vec<Vec<Entry>>,
     touched: Vec<SubKey>,
+}
+
+/// What the bus knows of one publisher name.
+#[derive(Default)]
+struct Record {
+    /// Recent instances with their last batch id, newest last.
+    instances: Vec<(u64, u64)>,
+    batches: u64,
+    events: u64,
+    duplicates: u64,
 }
 
 impl Bus {
@@ -156,9 +166,12 @@ impl Bus {
         if state.closed {
             return Err(Closed);
         }
-        if !publisher.is_empty() && !state.is_new_batch(publisher, instance, batch.batch_id) {
-            self.counters.duplicate_batches.fetch_add(1, Relaxed);
-            return Ok(Published::Duplicate);
+        if !publisher.is_empty() {
+            let events = batch.events.len() as u64;
+            if !state.is_new_batch(publisher, instance, batch.batch_id, events) {
+                self.counters.duplicate_batches.fetch_add(1, Relaxed);
+                return Ok(Published::Duplicate);
+            }
         }
         let first = state.head + 1;
         let size: usize = batch.events.iter().map(|e| e.bytes.len()).sum();
@@ -265,6 +278,30 @@ impl Bus {
         sub.notify.notify_one();
     }
 
+    /// Every publisher name this run has had batches from, by name, with its counts;
+    /// `connected` says whether a name has a connection now.
+    pub fn publisher_stats(&self, connected: impl Fn(&str) -> bool) -> Vec<PublisherStats> {
+        let state = self.lock();
+        let mut publishers: Vec<PublisherStats> = state
+            .last_batch
+            .iter()
+            .map(|(name, record)| PublisherStats {
+                name: name.clone(),
+                connected: false,
+                batches: record.batches,
+                events: record.events,
+                duplicate_batches: record.duplicates,
+            })
+            .collect();
+        // Asked after the bus lock is released: no lock is ever taken inside it.
+        drop(state);
+        for publisher in &mut publishers {
+            publisher.connected = connected(&publisher.name);
+        }
+        publishers.sort_by(|a, b| a.name.cmp(&b.name));
+        publishers
+    }
+
     /// Stops all publishing and returns the last seq this epoch will ever have.
     pub fn close(&self) -> u64 {
         let mut state = self.lock();
@@ -316,15 +353,16 @@ const INSTANCES_PER_NAME: usize = 8;
 
 impl State {
     /// Whether `batch_id` is above every id this publisher instance sent before; if so it
-    /// becomes the new mark.
-    fn is_new_batch(&mut self, name: &str, instance: u64, batch_id: u64) -> bool {
+    /// becomes the new mark. Counts the batch (of `events`) or the duplicate for stats.
+    fn is_new_batch(&mut self, name: &str, instance: u64, batch_id: u64, events: u64) -> bool {
         if !self.last_batch.contains_key(name) {
-            self.last_batch.insert(name.to_owned(), Vec::new());
+            self.last_batch.insert(name.to_owned(), Record::default());
         }
-        let Some(instances) = self.last_batch.get_mut(name) else {
+        let Some(record) = self.last_batch.get_mut(name) else {
             return true;
         };
-        match instances.iter_mut().find(|(i, _)| *i == instance) {
+        let instances = &mut record.instances;
+        let new = match instances.iter_mut().find(|(i, _)| *i == instance) {
             Some((_, last)) if batch_id <= *last => false,
             Some((_, last)) => {
                 *last = batch_id;
@@ -337,7 +375,14 @@ impl State {
                 instances.push((instance, batch_id));
                 true
             }
+        };
+        if new {
+            record.batches += 1;
+            record.events += events;
+        } else {
+            record.duplicates += 1;
         }
+        new
     }
 
     /// The events `start` asks for that are `wanted`, oldest first, and the gap to report

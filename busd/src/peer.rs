@@ -177,7 +177,7 @@ pub enum Kind {
     Subscribe,
     /// `Publish`, a publisher's.
     Publish,
-    /// `Ping` or `StatsRequest`, anyone's.
+    /// `Ping`, `StatsRequest` or `PublisherStatsRequest`, anyone's.
     Any,
 }
 
@@ -188,7 +188,9 @@ impl Kind {
             ClientFrame::Hello { .. } => Kind::Hello,
             ClientFrame::Subscribe { .. } | ClientFrame::SubscribeWith { .. } => Kind::Subscribe,
             ClientFrame::Publish { .. } => Kind::Publish,
-            ClientFrame::Ping | ClientFrame::StatsRequest => Kind::Any,
+            ClientFrame::Ping | ClientFrame::StatsRequest | ClientFrame::PublisherStatsRequest => {
+                Kind::Any
+            }
         }
     }
 }

@@ -216,6 +216,7 @@ fn request(
         }
         ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
         ClientFrame::StatsRequest => Ok(Some(ServerFrame::Stats(ctx.bus.stats()))),
+        ClientFrame::PublisherStatsRequest => Ok(Some(ctx.publisher_stats())),
         // Refused by `permitted` above.
         ClientFrame::Hello { .. } | ClientFrame::Publish { .. } => Ok(None),
     }

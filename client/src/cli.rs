@@ -316,12 +316,18 @@ pub struct StatsArgs {
     /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
-    /// Output format: a table for people, or one JSON object for scripts.
-    #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format: a table for people, or one JSON object for scripts [default: text;
+    /// with --watch: a table redrawn on a terminal, JSON lines when piped].
+    #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum)]
+    pub format: Option<Format>,
     /// Time between the two samples that rates are computed from; 0s for no rates.
     #[arg(long, env = "TRACKER_BUSCTL_SAMPLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sample: Duration,
+    /// Refresh every INTERVAL (2s when none is given) until Ctrl-C: a table redrawn in place
+    /// on a terminal, one JSON object a line when piped; rates are over each interval. A
+    /// lost bus is reported on stderr and retried every interval.
+    #[arg(long, env = "TRACKER_BUSCTL_WATCH", value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = parse_positive_duration)]
+    pub watch: Option<Duration>,
 }
 
 /// `busctl doctor`'s flags.

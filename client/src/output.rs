@@ -48,29 +48,37 @@ pub async fn run(
             };
             lines(rx, &style, &mut out).await?
         }
-        Some(aggregator) => {
-            let view = match format {
-                Some(Format::Json) => View::Json,
-                Some(Format::Text) if std::io::stdout().is_terminal() => View::Redrawn,
-                Some(Format::Text) => View::Table,
-                None if std::io::stdout().is_terminal() => View::Redrawn,
-                None => View::Json,
-            };
-            windows(rx, aggregator, view, &mut out).await?;
-        }
+        Some(aggregator) => windows(rx, aggregator, View::for_stdout(format), &mut out).await?,
     }
     out.flush().await
 }
 
-/// How aggregate windows are shown.
+/// How a view that refreshes (aggregate windows, `stats --watch`) is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum View {
+pub enum View {
     /// The table, redrawn in place on a terminal.
     Redrawn,
     /// The table, one after the other (text piped somewhere).
     Table,
-    /// One JSON object a window.
+    /// One JSON object a refresh.
     Json,
+}
+
+/// Clears the terminal and homes the cursor, before a table is redrawn.
+pub const CLEAR: &[u8] = b"\x1b[2J\x1b[H";
+
+impl View {
+    /// The view `--format` asks for: text is a table (redrawn on a terminal), JSON is JSON
+    /// lines, and without `--format` a redrawn table on a terminal and JSON lines otherwise.
+    pub fn for_stdout(format: Option<Format>) -> View {
+        let terminal = std::io::stdout().is_terminal();
+        match format {
+            Some(Format::Json) => View::Json,
+            Some(Format::Text) | None if terminal => View::Redrawn,
+            Some(Format::Text) => View::Table,
+            None => View::Json,
+        }
+    }
 }
 
 /// How event lines are written.
@@ -162,8 +170,7 @@ fn close_window(aggregator: &mut Aggregator, started: &mut Instant) -> Window {
 async fn show(out: &mut BufWriter<Stdout>, window: &Window, view: View) -> std::io::Result<()> {
     match view {
         View::Redrawn => {
-            // Clear the screen and home the cursor, then redraw the table.
-            out.write_all(b"\x1b[2J\x1b[H").await?;
+            out.write_all(CLEAR).await?;
             out.write_all(window.table().as_bytes()).await?;
         }
         View::Table => {

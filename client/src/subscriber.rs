@@ -769,7 +769,8 @@ impl Cursor {
             | ServerFrame::Pong
             | ServerFrame::Welcome { .. }
             | ServerFrame::PubAck { .. }
-            | ServerFrame::Stats(_) => None,
+            | ServerFrame::Stats(_)
+            | ServerFrame::PublisherStats(_) => None,
         }
     }
 

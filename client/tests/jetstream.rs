@@ -633,6 +633,21 @@ async fn busctl_stats_shows_the_stream() {
     let mut elsewhere = busctl(&["stats", "--bus", &bus, "--stream", "NOPE"]);
     assert_eq!(elsewhere.wait_exit(WAIT).code(), Some(1));
     assert!(elsewhere.stderr_log().contains("NOPE"), "names the stream");
+
+    // --watch: one JSON line a refresh when piped, the newest figures each time.
+    let mut refreshing = busctl(&["stats", "--bus", &bus, "--watch", "200ms"]);
+    let first = json(&refreshing.stdout_lines(1, WAIT)[0]);
+    assert_eq!(first["last_seq"], 37, "{first}");
+    ingest.send(&numbered("t", |_| 1, 3)).await;
+    let newer = loop {
+        let line = json(&refreshing.stdout_lines(1, WAIT)[0]);
+        if line["last_seq"] != 37 {
+            break line;
+        }
+    };
+    assert_eq!(newer["last_seq"], 40, "{newer}");
+    refreshing.signal("INT");
+    assert!(refreshing.wait_exit(WAIT).success());
 }
 
 #[tokio::test]

@@ -112,6 +112,8 @@ pub enum ClientFrame {
         /// Where the subscription starts.
         start: Start,
     },
+    /// Asks for `PublisherStats` (protocol 3).
+    PublisherStatsRequest,
 }
 
 /// Where a [`ClientFrame::SubscribeWith`] starts reading.
@@ -188,6 +190,9 @@ pub enum ServerFrame {
         /// What a person reads.
         message: String,
     },
+    /// The answer to `PublisherStatsRequest` (protocol 3): every publisher name this busd
+    /// run has had batches from. A frame of its own, so `Stats` keeps its version 2 shape.
+    PublisherStats(Vec<PublisherStats>),
 }
 
 /// Why busd refused or closed a connection; clients branch on this, people read `message`.
@@ -264,6 +269,22 @@ pub struct SubscriberStats {
     pub delivered: u64,
     /// Events dropped from its queue because it read too slowly.
     pub dropped: u64,
+}
+
+/// One publisher in [`ServerFrame::PublisherStats`]: its name is the origin its events
+/// carry (ingest's `--origin`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublisherStats {
+    /// The name from its `Hello`.
+    pub name: String,
+    /// Whether a connection under this name is open now.
+    pub connected: bool,
+    /// Batches published (duplicates not counted).
+    pub batches: u64,
+    /// Events published.
+    pub events: u64,
+    /// Resent batches recognised and dropped.
+    pub duplicate_batches: u64,
 }
 
 impl ServerFrame {

@@ -15,13 +15,14 @@ pub mod varint;
 
 pub use codec::{CodecError, FrameCodec, RawCodec, encode_frame};
 pub use frame::{
-    ClientFrame, ErrorCode, Event, Filter, Position, Role, ServerFrame, Start, Stats,
-    SubscriberStats,
+    ClientFrame, ErrorCode, Event, Filter, Position, PublisherStats, Role, ServerFrame, Start,
+    Stats, SubscriberStats,
 };
 
 /// Bumped whenever an existing frame changes shape, or a frame is added; peers with a
 /// version outside [`OLDEST_VERSION`]`..=PROTOCOL_VERSION` are refused with an `Error`
-/// frame naming both versions. Version 3 added `SubscribeWith` (history, origin filter).
+/// frame naming both versions. Version 3 added `SubscribeWith` (history, origin filter) and
+/// `PublisherStatsRequest`/`PublisherStats`.
 pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest version busd still serves: every frame of version 2 is unchanged in 3, so a

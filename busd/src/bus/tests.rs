@@ -255,3 +255,27 @@ fn origins_filter_the_history() {
     bus.subscribe_with(key, Filter::All, &origins(&["c"]), Start::Head);
     assert_eq!(drain(&sub), (None, vec![]));
 }
+
+#[test]
+fn publishers_are_counted_with_their_duplicates() {
+    let bus = bus();
+    bus.publish("a", 1, batch(1, &[1, 2])).unwrap();
+    bus.publish("a", 1, batch(1, &[1, 2])).unwrap();
+    bus.publish("a", 1, batch(2, &[1])).unwrap();
+    bus.publish("b", 1, batch(1, &[3])).unwrap();
+    bus.publish("", 1, batch(1, &[3])).unwrap();
+    let stats = bus.publisher_stats(|name| name == "b");
+    let seen: Vec<_> = stats
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.connected,
+                p.batches,
+                p.events,
+                p.duplicate_batches,
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("a", false, 2, 3, 1), ("b", true, 1, 1, 0)]);
+}

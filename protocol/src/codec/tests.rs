@@ -78,6 +78,7 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 origins,
                 start
             }),
+        Just(ClientFrame::PublisherStatsRequest),
     ]
 }
 
@@ -149,6 +150,20 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(epoch, last_seq)| ServerFrame::Goodbye { epoch, last_seq }),
         (code, ".{0,40}").prop_map(|(code, message)| ServerFrame::Error { code, message }),
+        proptest::collection::vec((".{0,10}", any::<bool>(), any::<u64>()), 0..4).prop_map(
+            |publishers| ServerFrame::PublisherStats(
+                publishers
+                    .into_iter()
+                    .map(|(name, connected, events)| PublisherStats {
+                        name,
+                        connected,
+                        batches: events / 3,
+                        events,
+                        duplicate_batches: events % 5,
+                    })
+                    .collect()
+            )
+        ),
     ]
 }
 
