@@ -293,7 +293,7 @@ pub struct PublishArgs {
     #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT", requires = "data")]
     pub account: Option<u64>,
     /// The event's data. Without --account and --data, events are read from stdin, one a
-    /// line: account<TAB>data, or a JSON object {"account_id":5,"data":"..."} (other
+    /// line: `account<TAB>data`, or a JSON object {"account_id":5,"data":"..."} (other
     /// fields, as `watch --format json` prints them, are ignored). A malformed line is
     /// reported on stderr with its line number and skipped; the rest are published.
     #[arg(long, env = "TRACKER_BUSCTL_DATA", requires = "account")]
