@@ -148,8 +148,9 @@ pub struct WatchArgs {
     /// and --aggregate count only matching events; --last N counts before it.
     #[arg(long = "match", env = "TRACKER_BUSCTL_MATCH", value_name = "REGEX", value_parser = parse_regex, allow_hyphen_values = true)]
     pub matches: Option<regex::Regex>,
-    /// Start with the last N matching events the bus holds (busd's replay ring, or the
-    /// JetStream stream), then go live.
+    /// Start with the last N events of the watched accounts (and origins, on busd) the bus
+    /// holds (busd's replay ring, or the JetStream stream), then go live. Counted on the
+    /// bus, so --match may print fewer.
     #[arg(long, env = "TRACKER_BUSCTL_LAST", value_parser = clap::value_parser!(u64).range(1..), group = "history")]
     pub last: Option<u64>,
     /// Start with the events accepted since then, then go live: a duration back from now

@@ -132,6 +132,9 @@ async fn from_stdin(
     pace: &mut Pace,
     tally: &Tally,
 ) -> std::io::Result<()> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        status!("reading events from stdin, one a line (account<TAB>data or JSON); Ctrl-D ends");
+    }
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = Vec::new();
     for number in 1.. {

@@ -68,7 +68,9 @@ pub struct Position {
 pub enum ClientFrame {
     /// Must be the first frame; busd answers `Welcome` or `Error`.
     Hello {
-        /// [`crate::PROTOCOL_VERSION`] of the sender; first, so any version can read it.
+        /// The protocol version the sender speaks on this connection: the oldest that has
+        /// every frame it will send (at most [`crate::PROTOCOL_VERSION`]); first, so any
+        /// version can read it.
         version: u32,
         /// What the connection is for, for its whole life.
         role: Role,
