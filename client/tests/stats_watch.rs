@@ -135,3 +135,32 @@ fn a_zero_interval_is_refused() {
         "{help}"
     );
 }
+
+/// On a terminal the table is redrawn in place: the screen is cleared before each one.
+#[test]
+fn on_a_terminal_the_table_is_redrawn() {
+    let busd = Busd::start(&[]);
+    let busctl = env!("CARGO_BIN_EXE_busctl");
+    let command = format!(
+        "timeout -s INT 1 {busctl} stats --bus {} --watch 200ms",
+        busd.addr
+    );
+    // util-linux script gives the command a terminal and copies what it wrote.
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("TRACKER_BUS")
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let redraws = text.matches("\x1b[2J\x1b[H").count();
+    assert!(redraws >= 2, "cleared before each table: {text:?}");
+    assert_eq!(
+        text.matches("PUBLISHER (ORIGIN)").count(),
+        redraws,
+        "{text:?}"
+    );
+    assert!(
+        !text.contains("\"epoch\""),
+        "no JSON on a terminal: {text:?}"
+    );
+}

@@ -82,3 +82,30 @@ fn template_mistakes_are_bad_arguments() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("{timestamp} {account_id} {data}"), "{help}");
 }
+
+/// A gap prints as the text line, before the templated events after it.
+#[tokio::test]
+async fn a_gap_prints_as_the_text_line() {
+    let busd = Busd::start(&["--replay-bytes", "1KiB"]);
+    let events: Vec<(u64, String)> = (0..60).map(|i| (1, format!("e{i}"))).collect();
+    publish_events(busd.addr, "tests", &events).await;
+    let addr = busd.addr.to_string();
+    let watcher = busctl(&[
+        "watch",
+        "--bus",
+        &addr,
+        "--from-beginning",
+        "--template",
+        "{seq} {data}",
+        "--count",
+        "1",
+    ]);
+    let lines = watcher.stdout_lines(2, WAIT);
+    assert!(lines[0].starts_with("GAP  missed "), "{lines:?}");
+    assert!(
+        lines[1].ends_with(" e59") || lines[1].contains(" e"),
+        "{lines:?}"
+    );
+    let seq: u64 = lines[1].split(' ').next().unwrap().parse().unwrap();
+    assert!(lines[0].contains(&format!("and {}", seq - 1)), "{lines:?}");
+}
