@@ -5,16 +5,18 @@
 //! ring and joins the index in the same critical section as publishes, a resuming subscriber
 //! can neither miss an event between the two nor see one twice.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
+use protocol::fanout::entry_head;
 use protocol::publish::RawPublish;
-use protocol::{Filter, Position, Stats, SubscriberStats, fanout, varint};
+use protocol::{Filter, Position, PublisherStats, Start, Stats, SubscriberStats, fanout, varint};
 use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
-use crate::filter::{FilterIndex, SubKey};
+use crate::filter::{FilterIndex, SubKey, origin_matches};
 use crate::group::{Groups, Left, Unacked};
 use crate::queue::{Entry, Gap, Queue, WhenFull};
 use crate::ring::Ring;
@@ -105,13 +107,23 @@ struct State {
     slots: Vec<Option<Slot>>,
     free: Vec<SubKey>,
     next_id: u64,
-    /// Highest batch id seen per publisher, to drop resent batches: per name, the few most
-    /// recent instances (process) with their last id, newest last. Ids are only comparable
-    /// within one instance.
-    last_batch: FxHashMap<String, Vec<(u64, u64)>>,
+    /// Per publisher name: the highest batch id seen, to drop resent batches (the few most
+    /// recent instances (process) with their last id, newest last; ids are only comparable
+    /// within one instance), and its counts for stats.
+    last_batch: FxHashMap<String, Record>,
     /// Per-slot staging for one publish, kept to reuse its allocations.
     scratch: Vec<Vec<Entry>>,
     touched: Vec<SubKey>,
+}
+
+/// What the bus knows of one publisher name.
+#[derive(Default)]
+struct Record {
+    /// Recent instances with their last batch id, newest last.
+    instances: Vec<(u64, u64)>,
+    batches: u64,
+    events: u64,
+    duplicates: u64,
 }
 
 impl Bus {
@@ -172,9 +184,12 @@ impl Bus {
         if state.closed {
             return Err(Closed);
         }
-        if !publisher.is_empty() && !state.is_new_batch(publisher, instance, batch.batch_id) {
-            self.counters.duplicate_batches.fetch_add(1, Relaxed);
-            return Ok(Published::Duplicate);
+        if !publisher.is_empty() {
+            let events = batch.events.len() as u64;
+            if !state.is_new_batch(publisher, instance, batch.batch_id, events) {
+                self.counters.duplicate_batches.fetch_add(1, Relaxed);
+                return Ok(Published::Duplicate);
+            }
         }
         let first = state.head + 1;
         let size: usize = batch.events.iter().map(|e| e.bytes.len()).sum();
@@ -266,7 +281,16 @@ impl Bus {
             if let Some(gap) = left.gap {
                 sub.queue.push_gap(gap);
             }
-            state.replay_into(&sub, &filter, left.after);
+            let after = Start::After(Position {
+                epoch: self.epoch,
+                seq: left.after,
+            });
+            let (gap, mut replay) =
+                state.history(self.epoch, after, |e| filter.matches(e.account_id));
+            if let Some(gap) = gap {
+                sub.queue.push_gap(gap);
+            }
+            sub.queue.push(&mut replay, WhenFull::DropOldest);
         }
         sub.notify.notify_one();
         Ok(())
@@ -282,6 +306,20 @@ impl Bus {
     /// Replaces the subscriber's filter and, with `resume_after`, queues what it missed
     /// (or a gap for what the ring no longer holds) ahead of any new event.
     pub fn subscribe(&self, key: SubKey, filter: Filter, resume_after: Option<Position>) {
+        let start = resume_after.map_or(Start::Head, Start::After);
+        self.subscribe_with(key, filter, &BTreeSet::new(), start);
+    }
+
+    /// Replaces the subscriber's filter and queues the history `start` asks for, of the
+    /// matching accounts and `origins` (empty: all), ahead of any new event: a `Gap` first
+    /// when the ring no longer reaches back as far as asked.
+    pub fn subscribe_with(
+        &self,
+        key: SubKey,
+        filter: Filter,
+        origins: &BTreeSet<String>,
+        start: Start,
+    ) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) else {
@@ -292,18 +330,42 @@ impl Bus {
         }
         state.index.insert(key, &filter);
         let sub = slot.sub.clone();
-        if let Some(position) = resume_after {
-            let after = if position.epoch == self.epoch {
-                position.seq
-            } else {
-                0
-            };
-            state.replay_into(&sub, &filter, after);
+        let wanted = |e: &Entry| filter.matches(e.account_id) && origin_matches(origins, e);
+        let (gap, mut replay) = state.history(self.epoch, start, wanted);
+        if let Some(gap) = gap {
+            sub.queue.push_gap(gap);
         }
+        // A replay larger than the queue keeps its newest part and reports the rest as a
+        // gap, whatever the slow policy: refusing would loop the reconnects.
+        sub.queue.push(&mut replay, WhenFull::DropOldest);
         if let Some(slot) = state.slots.get_mut(key).and_then(Option::as_mut) {
             slot.filter = Some(filter);
         }
         sub.notify.notify_one();
+    }
+
+    /// Every publisher name this run has had batches from, by name, with its counts;
+    /// `connected` says whether a name has a connection now.
+    pub fn publisher_stats(&self, connected: impl Fn(&str) -> bool) -> Vec<PublisherStats> {
+        let state = self.lock();
+        let mut publishers: Vec<PublisherStats> = state
+            .last_batch
+            .iter()
+            .map(|(name, record)| PublisherStats {
+                name: name.clone(),
+                connected: false,
+                batches: record.batches,
+                events: record.events,
+                duplicate_batches: record.duplicates,
+            })
+            .collect();
+        // Asked after the bus lock is released: no lock is ever taken inside it.
+        drop(state);
+        for publisher in &mut publishers {
+            publisher.connected = connected(&publisher.name);
+        }
+        publishers.sort_by(|a, b| a.name.cmp(&b.name));
+        publishers
     }
 
     /// Stops all publishing and returns the last seq this epoch will ever have.
@@ -357,15 +419,16 @@ const INSTANCES_PER_NAME: usize = 8;
 
 impl State {
     /// Whether `batch_id` is above every id this publisher instance sent before; if so it
-    /// becomes the new mark.
-    fn is_new_batch(&mut self, name: &str, instance: u64, batch_id: u64) -> bool {
+    /// becomes the new mark. Counts the batch (of `events`) or the duplicate for stats.
+    fn is_new_batch(&mut self, name: &str, instance: u64, batch_id: u64, events: u64) -> bool {
         if !self.last_batch.contains_key(name) {
-            self.last_batch.insert(name.to_owned(), Vec::new());
+            self.last_batch.insert(name.to_owned(), Record::default());
         }
-        let Some(instances) = self.last_batch.get_mut(name) else {
+        let Some(record) = self.last_batch.get_mut(name) else {
             return true;
         };
-        match instances.iter_mut().find(|(i, _)| *i == instance) {
+        let instances = &mut record.instances;
+        let new = match instances.iter_mut().find(|(i, _)| *i == instance) {
             Some((_, last)) if batch_id <= *last => false,
             Some((_, last)) => {
                 *last = batch_id;
@@ -378,7 +441,70 @@ impl State {
                 instances.push((instance, batch_id));
                 true
             }
+        };
+        if new {
+            record.batches += 1;
+            record.events += events;
+        } else {
+            record.duplicates += 1;
         }
+        new
+    }
+
+    /// The events `start` asks for that are `wanted`, oldest first, and the gap to report
+    /// before them when the ring no longer reaches back that far.
+    fn history(
+        &self,
+        epoch: u64,
+        start: Start,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> (Option<Gap>, Vec<Entry>) {
+        let evicted = || {
+            let first = self.ring.first_seq(self.head);
+            (first > 1).then(|| Gap {
+                from_seq: 1,
+                to_seq: first - 1,
+                missed: first - 1,
+            })
+        };
+        let after = match start {
+            Start::Head => return (None, Vec::new()),
+            Start::After(position) if position.epoch == epoch => position.seq,
+            Start::After(_) | Start::Beginning => 0,
+            Start::Last(n) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                let mut last: Vec<Entry> = self
+                    .ring
+                    .iter_newest()
+                    .filter(|e| wanted(e))
+                    .take(n)
+                    .cloned()
+                    .collect();
+                last.reverse();
+                let short = last.len() < n;
+                return (evicted().filter(|_| short), last);
+            }
+            Start::Since(since_us) => {
+                let time = |e: &Entry| entry_head(&e.bytes).map_or(0, |h| h.timestamp_us);
+                let index = self.ring.partition_point(|e| time(e) < since_us);
+                // Nothing held is older than asked: what came before may have been evicted.
+                let gap = if index == 0 { evicted() } else { None };
+                let events = self.ring.iter_from(index).filter(|e| wanted(e)).cloned();
+                return (gap, events.collect());
+            }
+        };
+        let plan = self.ring.replay_from(after, self.head);
+        let gap = plan.evicted.map(|(from_seq, to_seq)| Gap {
+            from_seq,
+            to_seq,
+            missed: to_seq - from_seq + 1,
+        });
+        let events = self
+            .ring
+            .iter_from(plan.index)
+            .filter(|e| wanted(e))
+            .cloned();
+        (gap, events.collect())
     }
 
     /// Stages `entry` for every subscriber whose filter matches it, and for the member of
@@ -394,29 +520,6 @@ impl State {
                 stage(&mut self.scratch, &mut self.touched, key, entry);
             }
         }
-    }
-
-    /// Queues for `sub` what `filter` matches after seq `after` from the ring, behind a gap
-    /// for what the ring no longer holds.
-    fn replay_into(&self, sub: &Subscriber, filter: &Filter, after: u64) {
-        let plan = self.ring.replay_from(after, self.head);
-        if let Some((from_seq, to_seq)) = plan.evicted {
-            let missed = to_seq - from_seq + 1;
-            sub.queue.push_gap(Gap {
-                from_seq,
-                to_seq,
-                missed,
-            });
-        }
-        let mut replay: Vec<Entry> = self
-            .ring
-            .iter_from(plan.index)
-            .filter(|e| filter.matches(e.account_id))
-            .cloned()
-            .collect();
-        // A replay larger than the queue keeps its newest part and reports the rest as a
-        // gap, whatever the slow policy: refusing would loop the reconnects.
-        sub.queue.push(&mut replay, WhenFull::DropOldest);
     }
 
     /// A member left group `group`: what it was sent and never acknowledged is a gap for

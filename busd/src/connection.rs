@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use protocol::codec::decode_body;
 use protocol::frame::peek_hello_version;
-use protocol::{ClientFrame, ErrorCode, PROTOCOL_VERSION, Role, ServerFrame};
+use protocol::{ClientFrame, ErrorCode, OLDEST_VERSION, PROTOCOL_VERSION, Role, ServerFrame};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -153,12 +153,15 @@ async fn read_hello(reader: &mut Reader, config: &Config) -> Result<Hello, Close
 }
 
 fn check_version(version: u32) -> Result<(), Close> {
-    if version == PROTOCOL_VERSION {
+    if (OLDEST_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Ok(());
     }
     Err(Close::refuse(
         ErrorCode::VersionMismatch,
-        format!("client speaks protocol version {version}, busd speaks version {PROTOCOL_VERSION}"),
+        format!(
+            "client speaks protocol version {version}, busd speaks versions \
+             {OLDEST_VERSION} to {PROTOCOL_VERSION}"
+        ),
     ))
 }
 

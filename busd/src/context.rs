@@ -32,3 +32,14 @@ pub struct Context {
     /// Bytes of partly received frames all connections may hold together.
     pub budget: ReadBudget,
 }
+
+impl Context {
+    /// The answer to `PublisherStatsRequest`: the bus's counts per publisher name, each
+    /// marked connected or not by the names held now.
+    pub fn publisher_stats(&self) -> protocol::ServerFrame {
+        let publishers = self
+            .bus
+            .publisher_stats(|name| self.publishers.is_live(name));
+        protocol::ServerFrame::PublisherStats(publishers)
+    }
+}

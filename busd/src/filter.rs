@@ -4,8 +4,20 @@
 //! it (plus those that take everything), so the cost of a publish does not grow with the
 //! number of subscribers that filter it out.
 
+use std::collections::BTreeSet;
+
 use protocol::Filter;
+use protocol::fanout::entry_head;
 use rustc_hash::FxHashMap;
+
+use crate::queue::Entry;
+
+/// Whether `entry` comes from one of `origins` (empty: every origin). Not part of the
+/// routing index: a subscriber's writer applies it as it drains, so it costs the publish
+/// path and other subscribers nothing.
+pub fn origin_matches(origins: &BTreeSet<String>, entry: &Entry) -> bool {
+    origins.is_empty() || entry_head(&entry.bytes).is_some_and(|head| origins.contains(head.origin))
+}
 
 /// A subscriber's slot in the bus; small and dense so per-publish scratch space can be a `Vec`.
 pub type SubKey = usize;

@@ -177,7 +177,7 @@ pub enum Kind {
     Subscribe,
     /// `Publish`, a publisher's.
     Publish,
-    /// `Ping` or `StatsRequest`, anyone's.
+    /// `Ping`, `StatsRequest` or `PublisherStatsRequest`, anyone's.
     Any,
 }
 
@@ -186,11 +186,14 @@ impl Kind {
     pub fn of(frame: &ClientFrame) -> Kind {
         match frame {
             ClientFrame::Hello { .. } => Kind::Hello,
-            ClientFrame::Subscribe { .. } | ClientFrame::Join { .. } | ClientFrame::Ack { .. } => {
-                Kind::Subscribe
-            }
+            ClientFrame::Subscribe { .. }
+            | ClientFrame::SubscribeWith { .. }
+            | ClientFrame::Join { .. }
+            | ClientFrame::Ack { .. } => Kind::Subscribe,
             ClientFrame::Publish { .. } => Kind::Publish,
-            ClientFrame::Ping | ClientFrame::StatsRequest => Kind::Any,
+            ClientFrame::Ping | ClientFrame::StatsRequest | ClientFrame::PublisherStatsRequest => {
+                Kind::Any
+            }
         }
     }
 }

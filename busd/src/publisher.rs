@@ -98,6 +98,7 @@ fn handle(
     match frame {
         ClientFrame::Ping => out.push(&ServerFrame::Pong),
         ClientFrame::StatsRequest => out.push(&ServerFrame::Stats(ctx.bus.stats())),
+        ClientFrame::PublisherStatsRequest => out.push(&ctx.publisher_stats()),
         // The fast path above reads every Publish postcard reads; one that only postcard
         // reads would be busd's bug, not the peer's, but is refused all the same.
         ClientFrame::Publish { .. } => {
@@ -109,6 +110,7 @@ fn handle(
         // Refused by `permitted` above.
         ClientFrame::Hello { .. }
         | ClientFrame::Subscribe { .. }
+        | ClientFrame::SubscribeWith { .. }
         | ClientFrame::Join { .. }
         | ClientFrame::Ack { .. } => {}
     }

@@ -39,6 +39,11 @@ pub struct Claim<'a> {
 }
 
 impl Publishers {
+    /// Whether a connection holds `name` now.
+    pub fn is_live(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
     /// Claims `name` for `connection` of process `instance`; an empty name claims nothing
     /// (it also opts out of duplicate detection).
     pub fn claim(

@@ -77,6 +77,24 @@ impl Ring {
         }
     }
 
+    /// The oldest seq held, or `head + 1` when nothing is: above 1, the epoch's first
+    /// events have been evicted.
+    pub fn first_seq(&self, head: u64) -> u64 {
+        self.entries.front().map_or(head + 1, |e| e.seq)
+    }
+
+    /// The index of the first event for which `before` is false, the events being ordered
+    /// so that it is true of a prefix (a time read from each: accepted times grow with seqs
+    /// up to the clock skew between publishers, which may misplace a start by that much).
+    pub fn partition_point(&self, before: impl FnMut(&Entry) -> bool) -> usize {
+        self.entries.partition_point(before)
+    }
+
+    /// The events held, newest first.
+    pub fn iter_newest(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().rev()
+    }
+
     /// The events from ring index `index` on.
     pub fn iter_from(&self, index: usize) -> impl Iterator<Item = &Entry> {
         self.entries.range(index.min(self.entries.len())..)

@@ -6,6 +6,7 @@
 //! keeps pushing into its bounded queue, which drops the oldest events (and reports a gap)
 //! or disconnects it, per the slow policy.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -16,7 +17,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::bus::Subscriber;
 use crate::context::Context;
-use crate::filter::SubKey;
+use crate::filter::{SubKey, origin_matches};
 use crate::peer::{Close, Kind, Outbound, Reader, permitted};
 use crate::queue::Entry;
 
@@ -36,6 +37,7 @@ pub async fn run(reader: Reader, out: Outbound, ctx: &Arc<Context>, name: String
         sub,
         key,
         batch: Vec::new(),
+        origins: BTreeSet::new(),
     };
     let ended = connection.serve(ctx).await;
     let Connection { reader, out, .. } = connection;
@@ -94,6 +96,8 @@ struct Connection {
     /// Entries taken from the queue: grown by the first drain, kept while busy, freed with
     /// the write buffer when idle.
     batch: Vec<Entry>,
+    /// The origins it asked for (`SubscribeWith`); empty: every origin.
+    origins: BTreeSet<String>,
 }
 
 impl Connection {
@@ -150,7 +154,7 @@ impl Connection {
             Some(Err(err)) => return Err(Ended::Close(err.into())),
             Some(Ok(body)) => body,
         };
-        match request(&body, ctx, self.key, &self.sub) {
+        match request(&body, ctx, self.key, &self.sub, &mut self.origins) {
             Ok(Some(reply)) => self.out.push(&reply),
             Ok(None) => {}
             Err(reason) => return Err(Ended::Close(reason)),
@@ -159,16 +163,24 @@ impl Connection {
     }
 
     async fn drain(&mut self, ctx: &Context) -> Result<(), DrainEnd> {
-        drain(&mut self.out, &self.sub, ctx, &mut self.batch).await
+        drain(
+            &mut self.out,
+            &self.sub,
+            ctx,
+            &mut self.batch,
+            &self.origins,
+        )
+        .await
     }
 }
 
-/// Acts on one request; returns the reply to send, if any.
+/// Acts on one request; returns the reply to send, if any. A subscribe sets `origins`.
 fn request(
     body: &bytes::Bytes,
     ctx: &Context,
     key: SubKey,
     sub: &Subscriber,
+    origins: &mut BTreeSet<String>,
 ) -> Result<Option<ServerFrame>, Close> {
     if publish::is_publish(body) {
         permitted(Role::Subscriber, Kind::Publish)?;
@@ -181,6 +193,8 @@ fn request(
             resume_after,
         } => {
             check_filter(&filter, ctx)?;
+            not_a_member(sub)?;
+            origins.clear();
             ctx.bus.subscribe(key, filter, resume_after);
             Ok(None)
         }
@@ -194,6 +208,7 @@ fn request(
                 );
                 return Err(Close::refuse(ErrorCode::Malformed, message));
             }
+            origins.clear();
             ctx.bus
                 .join(key, group, filter)
                 .map_err(|e| Close::refuse(ErrorCode::NotPermitted, e.to_string()))?;
@@ -203,8 +218,28 @@ fn request(
             ctx.bus.ack(sub, seq);
             Ok(None)
         }
+        ClientFrame::SubscribeWith {
+            filter,
+            origins: wanted,
+            start,
+        } => {
+            check_filter(&filter, ctx)?;
+            if wanted.len() > ctx.config.max_filter {
+                let message = format!(
+                    "filter names {} origins; the limit is {}",
+                    wanted.len(),
+                    ctx.config.max_filter
+                );
+                return Err(Close::refuse(ErrorCode::FilterTooLarge, message));
+            }
+            not_a_member(sub)?;
+            ctx.bus.subscribe_with(key, filter, &wanted, start);
+            *origins = wanted;
+            Ok(None)
+        }
         ClientFrame::Ping => Ok(Some(ServerFrame::Pong)),
         ClientFrame::StatsRequest => Ok(Some(ServerFrame::Stats(ctx.bus.stats()))),
+        ClientFrame::PublisherStatsRequest => Ok(Some(ctx.publisher_stats())),
         // Refused by `permitted` above.
         ClientFrame::Hello { .. } | ClientFrame::Publish { .. } => Ok(None),
     }
@@ -225,6 +260,18 @@ fn check_filter(filter: &Filter, ctx: &Context) -> Result<(), Close> {
     }
 }
 
+/// Refuses a subscription on a connection that joined a consumer group: it would get its
+/// share of the group's events and every event besides.
+fn not_a_member(sub: &Subscriber) -> Result<(), Close> {
+    match sub.member.get() {
+        Some(_) => Err(Close::refuse(
+            ErrorCode::NotPermitted,
+            "this connection joined a consumer group; it cannot subscribe as well",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Why draining stopped serving.
 enum DrainEnd {
     Overflowed,
@@ -237,6 +284,7 @@ async fn drain(
     sub: &Subscriber,
     ctx: &Context,
     batch: &mut Vec<Entry>,
+    origins: &BTreeSet<String>,
 ) -> Result<(), DrainEnd> {
     loop {
         // A group member is written at most MAX_UNACKED events ahead of its acks; its
@@ -256,6 +304,10 @@ async fn drain(
                 missed: gap.missed,
             });
         }
+        let drained_count = batch.len();
+        if !origins.is_empty() {
+            batch.retain(|entry| origin_matches(origins, entry));
+        }
         let taken = batch.len();
         if let Some(member) = sub.member.get() {
             member.record(batch.iter().map(|e| (e.seq, e.account_id)));
@@ -266,7 +318,7 @@ async fn drain(
         sub.delivered.fetch_add(taken as u64, Relaxed);
         ctx.bus.counters.delivered.fetch_add(taken as u64, Relaxed);
         out.flush().await.map_err(|_| DrainEnd::SocketFailed)?;
-        if max == 0 || taken < max {
+        if max == 0 || drained_count < max {
             return Ok(());
         }
     }

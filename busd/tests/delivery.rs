@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::SinkExt;
-use protocol::{ClientFrame, Filter, Position, Role, ServerFrame};
+use protocol::{ClientFrame, Filter, Position, Role, ServerFrame, Start};
 use testkit::bus::*;
 
 #[tokio::test]
@@ -245,4 +245,58 @@ async fn welcome_is_sent_at_once_so_a_client_can_subscribe() {
     publish(&mut publisher, 1, vec![event(5, "first")]).await;
     let (got, _) = collect(&mut sub, 1).await;
     assert_eq!(got[0].1.data, "first");
+}
+
+/// Protocol 3 added `SubscribeWith` and changed nothing else: a client that says version 2
+/// is served exactly as before, and one that says 3 can ask for history and origins.
+#[tokio::test]
+async fn version_2_clients_are_served_and_version_3_asks_for_history() {
+    let busd = Busd::start(&[]);
+    let (mut publisher, _, _) = join(busd.addr, Role::Publisher, "p").await;
+    let mut events: Vec<_> = (0..6).map(|i| event(1, &format!("e{i}"))).collect();
+    for (i, e) in events.iter_mut().enumerate() {
+        e.origin = if i % 2 == 0 { "even" } else { "odd" }.into();
+    }
+    publish(&mut publisher, 1, events.clone()).await;
+
+    let mut old = connect(busd.addr).await;
+    let mut hello = hello(Role::Subscriber, "old", None);
+    if let ClientFrame::Hello { version, .. } = &mut hello {
+        *version = 2;
+    }
+    old.send(hello).await.unwrap();
+    let ServerFrame::Welcome { epoch, .. } = next(&mut old).await else {
+        panic!("a version 2 client is welcomed");
+    };
+    let resume_after = Some(Position { epoch, seq: 4 });
+    old.send(ClientFrame::Subscribe {
+        filter: Filter::All,
+        resume_after,
+    })
+    .await
+    .unwrap();
+    let (got, _) = collect(&mut old, 2).await;
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [5, 6]);
+
+    let mut new = connect(busd.addr).await;
+    new.send(testkit::bus::hello(Role::Subscriber, "new", None))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut new).await, ServerFrame::Welcome { .. }));
+    new.send(ClientFrame::SubscribeWith {
+        filter: Filter::All,
+        origins: ["odd".to_owned()].into(),
+        start: Start::Last(2),
+    })
+    .await
+    .unwrap();
+    let (got, gaps) = collect(&mut new, 2).await;
+    assert!(gaps.is_empty());
+    let data: Vec<&str> = got.iter().map(|(_, e)| e.data.as_str()).collect();
+    assert_eq!(data, ["e3", "e5"], "the last two of origin odd");
+    publish(&mut publisher, 2, events).await;
+    let (live, _) = collect(&mut new, 3).await;
+    let data: Vec<&str> = live.iter().map(|(_, e)| e.data.as_str()).collect();
+    assert_eq!(data, ["e1", "e3", "e5"], "live events of origin odd only");
+    assert_quiet(&mut new, Duration::from_millis(300)).await;
 }

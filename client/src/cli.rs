@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::template::Template;
+
 /// Exit codes scripts can branch on.
 pub mod exit {
     /// Done: `--count` reached, Ctrl-C, or the command finished.
@@ -121,9 +123,16 @@ pub struct WatchArgs {
     #[arg(long, env = "TRACKER_BUSCTL_ALL")]
     pub all: bool,
     /// Output format [default: text; with --aggregate: a table on a terminal, JSON lines
-    /// when piped].
+    /// when piped; with --template: template].
     #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum)]
-    pub format: Option<Format>,
+    pub format: Option<WatchFormat>,
+    /// Each event as this line, e.g. '{timestamp} {account_id} {data}'. Fields: {seq}
+    /// {epoch} {account_id} {timestamp} {timestamp_us} {data} {origin} {id}; {{ and }} are
+    /// literal braces. {data} and {origin} are printed unquoted, with control characters
+    /// escaped (\n, \t) so an event stays one line. Gaps print as with --format text.
+    /// Implies --format template.
+    #[arg(long, env = "TRACKER_BUSCTL_TEMPLATE", value_parser = parse_template, conflicts_with = "aggregate")]
+    pub template: Option<Template>,
     /// Print per-window counts, rates, top accounts and lag instead of events (e.g. 5s).
     #[arg(long, env = "TRACKER_BUSCTL_AGGREGATE", value_parser = parse_positive_duration)]
     pub aggregate: Option<Duration>,
@@ -133,6 +142,29 @@ pub struct WatchArgs {
     /// Exit 0 after this many events (at least 1).
     #[arg(long, env = "TRACKER_BUSCTL_COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+    /// Only events from these origins (publisher names, as ingest's --origin), comma
+    /// separated or repeated. busd filters them before they cross the network (history
+    /// included); on JetStream busctl filters them.
+    #[arg(long = "origin", env = "TRACKER_BUSCTL_ORIGIN", value_name = "NAME", value_delimiter = ',', value_parser = parse_origin)]
+    pub origins: Vec<String>,
+    /// Only events whose data matches this regular expression (Rust regex syntax, e.g.
+    /// '^order-\d+' or '(?i)error'), with --accounts and --origin. Applied in busctl, on
+    /// every bus: busd would have to decode every event's data on its hot path. --count
+    /// and --aggregate count only matching events; --last N counts before it.
+    #[arg(long = "match", env = "TRACKER_BUSCTL_MATCH", value_name = "REGEX", value_parser = parse_regex, allow_hyphen_values = true)]
+    pub matches: Option<regex::Regex>,
+    /// Start with the last N events of the watched accounts (and origins, on busd) the bus
+    /// holds (busd's replay ring, or the JetStream stream), then go live. Counted on the
+    /// bus, so --match may print fewer.
+    #[arg(long, env = "TRACKER_BUSCTL_LAST", value_parser = clap::value_parser!(u64).range(1..), group = "history")]
+    pub last: Option<u64>,
+    /// Start with the events accepted since then, then go live: a duration back from now
+    /// (10m, 1h30m) or an RFC 3339 time (2026-11-22T10:00:00Z, 2026-11-22T11:00:00+01:00).
+    #[arg(long, env = "TRACKER_BUSCTL_SINCE", value_parser = parse_since, group = "history")]
+    pub since: Option<Since>,
+    /// Start with every matching event the bus holds, then go live.
+    #[arg(long, env = "TRACKER_BUSCTL_FROM_BEGINNING", group = "history")]
+    pub from_beginning: bool,
     /// Exit 3 when events are reported missing.
     #[arg(long, env = "TRACKER_BUSCTL_EXIT_ON_GAP")]
     pub exit_on_gap: bool,
@@ -145,9 +177,127 @@ pub struct WatchArgs {
     /// hands its queued events to the others, and what it was sent but had not printed is
     /// reported to them as a gap. On JetStream the group is a durable consumer: an event
     /// not acknowledged within 10 s goes to another member (at least once; order per
-    /// account is not kept there). Names: 1 to 64 of A-Z a-z 0-9 _ -.
-    #[arg(long, env = "TRACKER_BUSCTL_GROUP", value_parser = parse_group)]
+    /// account is not kept there). Names: 1 to 64 of A-Z a-z 0-9 _ -. A member starts live
+    /// (the group keeps the position), so --last, --since, --from-beginning and --origin do
+    /// not combine with it.
+    #[arg(long, env = "TRACKER_BUSCTL_GROUP", value_parser = parse_group, conflicts_with_all = ["history", "origins"])]
     pub group: Option<String>,
+}
+
+/// `--rate`: events a second, above zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(pub f64);
+
+impl Rate {
+    /// The time between two events.
+    pub fn interval(self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.0)
+    }
+}
+
+/// Reads `--rate`: `N/s` or `N`, N above zero and at most a million.
+pub fn parse_rate(value: &str) -> Result<Rate, String> {
+    let number = value.strip_suffix("/s").unwrap_or(value);
+    match number.trim().parse::<f64>() {
+        Ok(n) if n > 0.0 && n <= 1e6 => Ok(Rate(n)),
+        _ => Err(format!(
+            "{value:?} is not a rate: expected events a second above 0 and at most 1000000, e.g. 100/s"
+        )),
+    }
+}
+
+/// Reads `--match`, refusing a pattern that does not compile (with the regex crate's
+/// explanation) or that would take more than 10 MiB compiled.
+pub fn parse_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(10 << 20)
+        .build()
+        .map_err(|e| format!("not a usable regular expression:\n{e}"))
+}
+
+/// Reads one `--origin` name; an empty name matches nothing ingest publishes.
+pub fn parse_origin(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("an origin name cannot be empty".into());
+    }
+    Ok(name.to_owned())
+}
+
+/// `--since`: a point in time, in µs since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since(pub u64);
+
+/// Reads `--since`: a duration back from now (`10m`) or an RFC 3339 time with any offset.
+pub fn parse_since(value: &str) -> Result<Since, String> {
+    since_at(value, std::time::SystemTime::now())
+}
+
+/// [`parse_since`] with `now` given, for tests.
+fn since_at(value: &str, now: std::time::SystemTime) -> Result<Since, String> {
+    if let Ok(back) = humantime::parse_duration(value) {
+        let at = now.checked_sub(back).unwrap_or(std::time::UNIX_EPOCH);
+        return Ok(Since(plumbing::clock::us_at(at)));
+    }
+    let rfc3339 = time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(value, &rfc3339) {
+        Ok(at) => Ok(Since(
+            u64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(0),
+        )),
+        Err(_) => Err(format!(
+            "{value:?} is neither a duration (10m, 1h30m) nor an RFC 3339 time \
+             (2026-11-22T10:00:00Z)"
+        )),
+    }
+}
+
+impl WatchArgs {
+    /// Where the watch starts: the history asked for, or new events only.
+    pub fn start(&self) -> protocol::Start {
+        match (self.last, self.since, self.from_beginning) {
+            (Some(n), _, _) => protocol::Start::Last(n),
+            (_, Some(Since(us)), _) => protocol::Start::Since(us),
+            (_, _, true) => protocol::Start::Beginning,
+            _ => protocol::Start::Head,
+        }
+    }
+}
+
+/// `watch --format`: the formats of [`Format`], and a template of the user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchFormat {
+    /// Lines for people.
+    #[value(alias = "table")]
+    Text,
+    /// One JSON object a line, for jq and scripts.
+    Json,
+    /// Each event as --template says.
+    Template,
+}
+
+impl WatchArgs {
+    /// Refuses what clap cannot express: `--format template` without `--template`, or a
+    /// `--template` with another format.
+    pub fn check(&self) -> Result<(), String> {
+        match (self.format, &self.template) {
+            (Some(WatchFormat::Template), None) => {
+                Err("--format template needs --template '...'".into())
+            }
+            (Some(WatchFormat::Text | WatchFormat::Json), Some(_)) => {
+                Err("--template needs --format template (or no --format)".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The plain format asked for, if any (`None` for a template or no `--format`).
+    pub fn plain_format(&self) -> Option<Format> {
+        match self.format? {
+            WatchFormat::Text => Some(Format::Text),
+            WatchFormat::Json => Some(Format::Json),
+            WatchFormat::Template => None,
+        }
+    }
 }
 
 /// `busctl publish`'s flags.
@@ -156,15 +306,22 @@ pub struct PublishArgs {
     /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
-    /// The account the event is for.
-    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT")]
-    pub account: u64,
-    /// The event's data.
-    #[arg(long, env = "TRACKER_BUSCTL_DATA")]
-    pub data: String,
+    /// The account the event is for (with --data).
+    #[arg(long, env = "TRACKER_BUSCTL_ACCOUNT", requires = "data")]
+    pub account: Option<u64>,
+    /// The event's data. Without --account and --data, events are read from stdin, one a
+    /// line: `account<TAB>data`, or a JSON object {"account_id":5,"data":"..."} (other
+    /// fields, as `watch --format json` prints them, are ignored). A malformed line is
+    /// reported on stderr with its line number and skipped; the rest are published.
+    #[arg(long, env = "TRACKER_BUSCTL_DATA", requires = "account")]
+    pub data: Option<String>,
     /// Publish the event this many times (held a window of batches at a time).
-    #[arg(long, env = "TRACKER_BUSCTL_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "TRACKER_BUSCTL_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), requires = "data")]
     pub repeat: u64,
+    /// At most this many events a second, e.g. 100/s (or 100; 0.5/s for one every two
+    /// seconds). Default: as fast as the bus acknowledges.
+    #[arg(long, env = "TRACKER_BUSCTL_RATE", value_parser = parse_rate)]
+    pub rate: Option<Rate>,
     /// Give up (exit 4) when the bus stays unreachable this long.
     #[arg(long, env = "TRACKER_BUSCTL_MAX_OUTAGE", default_value = "10s", value_parser = parse_positive_duration)]
     pub max_outage: Duration,
@@ -176,12 +333,18 @@ pub struct StatsArgs {
     /// Where the bus is and the token for it.
     #[command(flatten)]
     pub bus: BusArgs,
-    /// Output format: a table for people, or one JSON object for scripts.
-    #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    /// Output format: a table for people, or one JSON object for scripts [default: text;
+    /// with --watch: a table redrawn on a terminal, JSON lines when piped].
+    #[arg(long, env = "TRACKER_BUSCTL_FORMAT", value_enum)]
+    pub format: Option<Format>,
     /// Time between the two samples that rates are computed from; 0s for no rates.
     #[arg(long, env = "TRACKER_BUSCTL_SAMPLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub sample: Duration,
+    /// Refresh every INTERVAL (2s when none is given) until Ctrl-C: a table redrawn in place
+    /// on a terminal, one JSON object a line when piped; rates are over each interval. A
+    /// lost bus is reported on stderr and retried every interval.
+    #[arg(long, env = "TRACKER_BUSCTL_WATCH", value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = parse_positive_duration)]
+    pub watch: Option<Duration>,
 }
 
 /// `busctl doctor`'s flags.
@@ -264,6 +427,11 @@ pub fn parse_accounts(list: &str) -> Result<AccountList, String> {
     Ok(AccountList(ids))
 }
 
+/// Parses `--template`, naming the mistake (an unknown field, a brace left open).
+pub fn parse_template(template: &str) -> Result<Template, String> {
+    Template::parse(template).map_err(|e| e.to_string())
+}
+
 /// A duration above zero (`500ms`, `5s`, `2m`): windows and deadlines of zero make no sense.
 pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
@@ -339,6 +507,43 @@ mod tests {
         assert_eq!(parse_positive_duration("5s"), Ok(Duration::from_secs(5)));
         assert!(parse_positive_duration("0s").is_err());
         assert!(parse_positive_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn rates_are_events_a_second() {
+        assert_eq!(parse_rate("100/s"), Ok(Rate(100.0)));
+        assert_eq!(
+            parse_rate("0.5/s").map(Rate::interval),
+            Ok(Duration::from_secs(2))
+        );
+        assert_eq!(parse_rate("20"), Ok(Rate(20.0)));
+        for bad in ["0/s", "-1/s", "fast", "100/m", "NaN", "inf", "2000000"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn since_is_a_duration_back_or_a_time() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            since_at("10m", now),
+            Ok(Since((1_000_000 - 600) * 1_000_000))
+        );
+        assert_eq!(
+            since_at("1970-01-01T00:00:01.5Z", now),
+            Ok(Since(1_500_000))
+        );
+        assert_eq!(
+            since_at("1970-01-01T01:00:02+01:00", now),
+            Ok(Since(2_000_000))
+        );
+        assert_eq!(
+            since_at("1000000h", now),
+            Ok(Since(0)),
+            "before 1970 is 1970"
+        );
+        assert!(since_at("yesterday", now).unwrap_err().contains("RFC 3339"));
+        assert!(since_at("2026-11-22 10:00", now).is_err());
     }
 
     #[test]

@@ -86,6 +86,8 @@ async fn subscribe(args: &DoctorArgs) -> Result<Subscriber, String> {
         max_outage: Some(Duration::from_secs(5)),
         resume: None,
         group: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     });
     let live = async {
         loop {

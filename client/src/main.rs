@@ -7,6 +7,15 @@ use client::{dashboard, doctor, publish, stats, status, watch};
 fn main() {
     // --help and --version print to stdout and exit 0; a bad argument exits 2 (USAGE).
     let (cli, warnings) = plumbing::env::parse::<Cli>();
+    if let Command::Watch(args) = &cli.command
+        && let Err(message) = args.check()
+    {
+        use clap::CommandFactory as _;
+        let mut command = Cli::command();
+        command
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     for warning in warnings {
         status!("warning: {warning}");
     }

@@ -15,6 +15,7 @@ use crate::aggregate::{Aggregator, Window};
 use crate::cli::Format;
 use crate::render;
 use crate::subscriber::GapReport;
+use crate::template::Template;
 
 /// What the watch loop hands to stdout.
 pub enum Output {
@@ -34,55 +35,87 @@ pub enum Output {
 }
 
 /// Writes until the sender is dropped; an error means stdout failed (a closed pipe, say).
-/// `format` is what `--format` said, if anything: events default to text, aggregate
-/// windows to a table on a terminal and JSON lines when piped.
+/// `format` is what `--format` said, if anything: events default to text (or `template`,
+/// when there is one), aggregate windows to a table on a terminal and JSON lines when piped.
 pub async fn run(
     rx: mpsc::Receiver<Output>,
     format: Option<Format>,
+    template: Option<Template>,
     aggregate: Option<Aggregator>,
 ) -> std::io::Result<()> {
     let mut out = BufWriter::new(tokio::io::stdout());
     match aggregate {
-        None => lines(rx, format.unwrap_or(Format::Text), &mut out).await?,
-        Some(aggregator) => {
-            let view = match format {
-                Some(Format::Json) => View::Json,
-                Some(Format::Text) if std::io::stdout().is_terminal() => View::Redrawn,
-                Some(Format::Text) => View::Table,
-                None if std::io::stdout().is_terminal() => View::Redrawn,
-                None => View::Json,
+        None => {
+            let style = match (format, template) {
+                (None, Some(template)) => Style::Template(template),
+                (format, _) => Style::Plain(format.unwrap_or(Format::Text)),
             };
-            windows(rx, aggregator, view, &mut out).await?;
+            lines(rx, &style, &mut out).await?
         }
+        Some(aggregator) => windows(rx, aggregator, View::for_stdout(format), &mut out).await?,
     }
     out.flush().await
 }
 
-/// How aggregate windows are shown.
+/// How a view that refreshes (aggregate windows, `stats --watch`) is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum View {
+pub enum View {
     /// The table, redrawn in place on a terminal.
     Redrawn,
     /// The table, one after the other (text piped somewhere).
     Table,
-    /// One JSON object a window.
+    /// One JSON object a refresh.
     Json,
+}
+
+/// Clears the terminal and homes the cursor, before a table is redrawn.
+pub const CLEAR: &[u8] = b"\x1b[2J\x1b[H";
+
+impl View {
+    /// The view `--format` asks for: text is a table (redrawn on a terminal), JSON is JSON
+    /// lines, and without `--format` a redrawn table on a terminal and JSON lines otherwise.
+    pub fn for_stdout(format: Option<Format>) -> View {
+        let terminal = std::io::stdout().is_terminal();
+        match format {
+            Some(Format::Json) => View::Json,
+            Some(Format::Text) | None if terminal => View::Redrawn,
+            Some(Format::Text) => View::Table,
+            None => View::Json,
+        }
+    }
+}
+
+/// How event lines are written.
+enum Style {
+    /// `--format text` or `json`.
+    Plain(Format),
+    /// `--template`; gaps as in text.
+    Template(Template),
 }
 
 async fn lines(
     mut rx: mpsc::Receiver<Output>,
-    format: Format,
+    style: &Style,
     out: &mut BufWriter<Stdout>,
 ) -> std::io::Result<()> {
     while let Some(item) = rx.recv().await {
         match item {
             Output::Events { epoch, events } => {
                 for (seq, event) in &events {
-                    let line = render::event_line(format, epoch, *seq, event);
+                    let line = match style {
+                        Style::Plain(format) => render::event_line(*format, epoch, *seq, event),
+                        Style::Template(template) => template.render(epoch, *seq, event),
+                    };
                     write_line(out, &line).await?;
                 }
             }
-            Output::Gap(gap) => write_line(out, &render::gap_line(format, &gap)).await?,
+            Output::Gap(gap) => {
+                let format = match style {
+                    Style::Plain(format) => *format,
+                    Style::Template(_) => Format::Text,
+                };
+                write_line(out, &render::gap_line(format, &gap)).await?
+            }
             Output::Synced(done) => {
                 out.flush().await?;
                 let _ = done.send(());
@@ -148,8 +181,7 @@ fn close_window(aggregator: &mut Aggregator, started: &mut Instant) -> Window {
 async fn show(out: &mut BufWriter<Stdout>, window: &Window, view: View) -> std::io::Result<()> {
     match view {
         View::Redrawn => {
-            // Clear the screen and home the cursor, then redraw the table.
-            out.write_all(b"\x1b[2J\x1b[H").await?;
+            out.write_all(CLEAR).await?;
             out.write_all(window.table().as_bytes()).await?;
         }
         View::Table => {

@@ -1,16 +1,21 @@
-//! `busctl publish`: events by hand, through the same [`Publisher`] ingest uses, so they are
-//! delivered at least once to busd and never twice.
+//! `busctl publish`: events by hand or from stdin, through the same [`Publisher`] ingest
+//! uses, so they are delivered at least once to busd and never twice.
 //!
-//! The events go into a small outbox (a window of batches, whatever `--repeat` says) and the
-//! command waits whenever it is full; it ends when busd has acknowledged every event, when
-//! busd refuses it, or when busd stays away for `--max-outage`.
+//! The events go into a small outbox (a window of batches, whatever `--repeat` says or
+//! stdin holds) and the command waits whenever it is full, and between events as `--rate`
+//! says; it ends when busd has acknowledged every event, when busd refuses it, or when busd
+//! stays away for `--max-outage`.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::publish::max_event_len;
+use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
 
-use crate::cli::{PublishArgs, exit};
+use crate::cli::{PublishArgs, Rate, exit};
+use crate::event_line::{self, EventLine};
 use crate::outbox::{Full, Limits, Outbox};
 use crate::publisher::{PublishError, Publisher, Report, Settings};
 use crate::status;
@@ -22,14 +27,19 @@ const BATCH_BYTES: usize = 512 * 1024;
 const WINDOW: usize = 16;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a run has handed the outbox, and what it passed over.
+#[derive(Default)]
+struct Tally {
+    given: Cell<u64>,
+    skipped: Cell<u64>,
+}
+
 /// Runs `busctl publish`; returns the exit code.
 pub async fn run(args: PublishArgs) -> i32 {
     // Unique per run: busd keeps one live process per publisher name.
     let name = format!("busctl-{}-{:08x}", std::process::id(), fastrand::u32(..));
-    let outbox = Arc::new(Outbox::new(
-        limits(&args.data, &name),
-        plumbing::clock::now_ns(),
-    ));
+    let data = args.data.as_deref().unwrap_or_default();
+    let outbox = Arc::new(Outbox::new(limits(data, &name), plumbing::clock::now_ns()));
     let settings = Settings {
         bus: args.bus.bus.clone(),
         layout: args.bus.layout(),
@@ -43,25 +53,31 @@ pub async fn run(args: PublishArgs) -> i32 {
     };
     let mut publisher = Publisher::start(settings, outbox, Arc::new(say));
     let outbox = publisher.outbox().clone();
-    let given = std::cell::Cell::new(0);
+    let tally = Tally::default();
     let published = tokio::select! {
         err = publisher.failed() => Err(err),
-        () = publish_all(&outbox, &args, &name, &given) => Ok(()),
+        read = publish_all(&outbox, &args, &name, &tally) => Ok(read),
     };
-    let acked = given
-        .get()
-        .saturating_sub(publisher.outbox().depth() as u64);
+    let given = tally.given.get();
+    let acked = given.saturating_sub(publisher.outbox().depth() as u64);
     publisher.stop().await;
+    let skipped = match tally.skipped.get() {
+        0 => String::new(),
+        n => format!(", skipped {n} malformed lines"),
+    };
     match published {
-        Ok(()) => {
-            status!("published {} events to {}", args.repeat, args.bus.bus);
+        Ok(Ok(())) => {
+            status!("published {given} events to {}{skipped}", args.bus.bus);
             exit::OK
+        }
+        Ok(Err(err)) => {
+            status!("cannot read stdin: {err}; published the {given} events before it");
+            exit::ERROR
         }
         Err(PublishError::Outage(outage)) => {
             status!(
-                "giving up after {}s: {acked} of {} events acknowledged",
+                "giving up after {}s: {acked} of {given} events acknowledged",
                 outage.down.as_secs(),
-                args.repeat
             );
             exit::OUTAGE
         }
@@ -83,28 +99,114 @@ fn limits(data: &str, origin: &str) -> Limits {
     }
 }
 
-/// Gives the outbox `--repeat` events, counting them in `given`, waiting for room whenever
-/// it is full; then waits until busd has them all.
+/// Gives the outbox the events asked for (`--repeat` copies of `--data`, or stdin's
+/// lines), counting them in `tally`; then waits until the bus has them all. An error is
+/// stdin failing (what was read before it is published).
 async fn publish_all(
     outbox: &Outbox,
     args: &PublishArgs,
     origin: &str,
-    given: &std::cell::Cell<u64>,
-) {
-    let timestamp_us = plumbing::clock::now_us();
-    for _ in 0..args.repeat {
-        loop {
-            let room = outbox.room.notified();
-            match outbox.push(args.account, timestamp_us, &args.data, origin) {
-                Ok(_) => {
-                    given.set(given.get() + 1);
-                    break;
-                }
-                Err(Full) => room.await,
+    tally: &Tally,
+) -> std::io::Result<()> {
+    let mut pace = Pace::new(args.rate);
+    let read = match (args.account, &args.data) {
+        (Some(account_id), Some(data)) => {
+            for _ in 0..args.repeat {
+                pace.wait().await;
+                push(outbox, account_id, data, origin).await;
+                tally.given.set(tally.given.get() + 1);
             }
+            Ok(())
+        }
+        _ => from_stdin(outbox, origin, &mut pace, tally).await,
+    };
+    while outbox.drain(Duration::from_secs(3600)).await.is_err() {}
+    read
+}
+
+/// Publishes stdin's events, a line each; a malformed line is reported with its number
+/// and skipped.
+async fn from_stdin(
+    outbox: &Outbox,
+    origin: &str,
+    pace: &mut Pace,
+    tally: &Tally,
+) -> std::io::Result<()> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        status!("reading events from stdin, one a line (account<TAB>data or JSON); Ctrl-D ends");
+    }
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    for number in 1.. {
+        line.clear();
+        if stdin.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let event = match event_line::parse(text).map(|e| e.and_then(fits(origin))) {
+            None => continue,
+            Some(Ok(event)) => event,
+            Some(Err(reason)) => {
+                status!("line {number}: {reason}; skipped");
+                tally.skipped.set(tally.skipped.get() + 1);
+                continue;
+            }
+        };
+        pace.wait().await;
+        push(outbox, event.account_id, &event.data, origin).await;
+        tally.given.set(tally.given.get() + 1);
+    }
+    Ok(())
+}
+
+/// Refuses an event too large for a batch of this outbox.
+fn fits(origin: &str) -> impl Fn(EventLine) -> Result<EventLine, event_line::LineError> + '_ {
+    move |event| {
+        if max_event_len(event.data.len(), origin.len()) > BATCH_BYTES {
+            return Err(event_line::LineError::TooLarge(
+                event.data.len(),
+                BATCH_BYTES,
+            ));
+        }
+        Ok(event)
+    }
+}
+
+/// Hands one event to the outbox, waiting for room.
+async fn push(outbox: &Outbox, account_id: u64, data: &str, origin: &str) {
+    loop {
+        let room = outbox.room.notified();
+        match outbox.push(account_id, plumbing::clock::now_us(), data, origin) {
+            Ok(_) => return,
+            Err(Full) => room.await,
         }
     }
-    while outbox.drain(Duration::from_secs(3600)).await.is_err() {}
+}
+
+/// `--rate`: event n waits until n intervals after the first, so a slow moment is caught
+/// up and the average holds.
+struct Pace {
+    every: Option<Duration>,
+    next: Option<Instant>,
+}
+
+impl Pace {
+    fn new(rate: Option<Rate>) -> Self {
+        Pace {
+            every: rate.map(Rate::interval),
+            next: None,
+        }
+    }
+
+    async fn wait(&mut self) {
+        let Some(every) = self.every else {
+            return;
+        };
+        let now = Instant::now();
+        let at = self.next.unwrap_or(now);
+        tokio::time::sleep_until(at).await;
+        self.next = Some(at + every);
+    }
 }
 
 /// The publisher's story on stderr.
@@ -132,6 +234,18 @@ mod tests {
         outbox.push(1, 2, &data, "o").unwrap();
         let batch = outbox.take_batch().unwrap();
         assert_eq!(batch.count, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pace_keeps_the_average_rate() {
+        let mut pace = Pace::new(Some(Rate(10.0)));
+        let start = Instant::now();
+        for _ in 0..11 {
+            pace.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        let mut free = Pace::new(None);
+        free.wait().await;
     }
 
     #[test]

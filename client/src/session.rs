@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use protocol::{ClientFrame, ErrorCode, FrameCodec, PROTOCOL_VERSION, Position, Role, ServerFrame};
+use protocol::{ClientFrame, ErrorCode, FrameCodec, OLDEST_VERSION, Position, Role, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -12,7 +12,7 @@ pub type Conn = Framed<TcpStream, FrameCodec<ServerFrame, ClientFrame>>;
 
 /// Largest frame busctl accepts: generous, since busd bounds its own frames.
 const MAX_FRAME: usize = 64 << 20;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// busd's answer to `Hello`.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +98,20 @@ pub async fn open_within(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<(Conn, Welcome), SessionError> {
+    open_speaking(addr, role, name, token, timeout, OLDEST_VERSION).await
+}
+
+/// [`open_within`], saying protocol `version` in `Hello`: the oldest version that has
+/// every frame this connection will send, so a busd of that version or newer serves it
+/// (a subscriber asking for history says 3; everything else says 2 and works with busd 2).
+pub async fn open_speaking(
+    addr: &str,
+    role: Role,
+    name: &str,
+    token: Option<&str>,
+    timeout: Duration,
+    version: u32,
+) -> Result<(Conn, Welcome), SessionError> {
     let connect_error = |reason: String| SessionError::Connect {
         addr: addr.to_owned(),
         reason,
@@ -109,7 +123,7 @@ pub async fn open_within(
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::new(stream, FrameCodec::new(MAX_FRAME));
     let hello = ClientFrame::Hello {
-        version: PROTOCOL_VERSION,
+        version,
         role,
         name: name.to_owned(),
         token: token.filter(|t| !t.is_empty()).map(str::to_owned),

@@ -22,18 +22,21 @@
 //! the subscriber pings; silence for [`DEAD_AFTER`] more and the connection is taken for
 //! dead, which a half-open TCP connection would otherwise hide forever.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use plumbing::backoff::Backoff;
-use protocol::{ClientFrame, Event, Filter, Position, Role, ServerFrame};
+use protocol::{
+    ClientFrame, Event, Filter, OLDEST_VERSION, PROTOCOL_VERSION, Position, Role, ServerFrame,
+    Start,
+};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::bus::Address;
 use crate::jetstream::group::GroupPull;
-use crate::jetstream::subscriber::{Item, Pull};
+use crate::jetstream::subscriber::{From, Item, Pull};
 use crate::jetstream::{self, JetstreamError, Layout};
 use crate::position::Resume;
 use crate::reconnect::{Outage, Reconnect, Retry};
@@ -66,6 +69,14 @@ pub struct Options {
     /// one member (see `busd`'s `group` module). A member does not resume; the group keeps
     /// the position, and losses are reported as gaps.
     pub group: Option<String>,
+    /// Where the first subscription starts when there is no `resume`: `Start::Head` for
+    /// new events only, or history (the last N, since a time, all the bus holds) first.
+    /// busd serves it from its replay ring, JetStream from the stream; a start older than
+    /// what the bus holds is a gap first.
+    pub start: Start,
+    /// Only events from these origins; empty means every origin. busd filters them; on
+    /// JetStream the subscriber does.
+    pub origins: BTreeSet<String>,
 }
 
 /// Events lost between two points, as the subscriber reports them.
@@ -335,7 +346,8 @@ impl Subscriber {
                 let after = self.cursor.position.map_or(0, |p| p.seq);
                 match pull.next(after).await {
                     Ok(items) => {
-                        self.cursor.on_items(items, &mut self.pending);
+                        let origins = &self.options.origins;
+                        self.cursor.on_items(items, origins, &mut self.pending);
                         return Ok(());
                     }
                     Err(reason) => End::Lost(reason),
@@ -356,11 +368,20 @@ impl Subscriber {
         if let Ok(Address::Jetstream(servers)) = Address::parse(&self.options.bus) {
             return self.connect_jetstream(&servers).await;
         }
-        let opened = session::open(
+        // `SubscribeWith`, `Join` and `Ack` are protocol 3; a plain watch says 2, so an
+        // older busd still serves it.
+        let version = if self.needs_subscribe_with() || self.options.group.is_some() {
+            PROTOCOL_VERSION
+        } else {
+            OLDEST_VERSION
+        };
+        let opened = session::open_speaking(
             &self.options.bus,
             Role::Subscriber,
             &self.options.name,
             self.options.token.as_deref(),
+            session::HANDSHAKE_TIMEOUT,
+            version,
         )
         .await;
         match opened {
@@ -403,9 +424,19 @@ impl Subscriber {
             return self.joined(joined.await, epoch, info.state.last_sequence);
         }
         let held = (info.state.first_sequence, info.state.last_sequence);
-        let start = self.cursor.resume_stream(epoch, held, &mut self.pending);
-        let pull =
-            jetstream::subscriber::consume(stream, &options.layout, &options.filter, start).await;
+        let from = if first && self.options.start != Start::Head {
+            match self.history_start(&stream, &info).await {
+                Ok(from) => from,
+                Err(err) => {
+                    self.state = State::Lost(err.to_string());
+                    return Ok(());
+                }
+            }
+        } else {
+            From::Seq(self.cursor.resume_stream(epoch, held, &mut self.pending))
+        };
+        let (layout, filter) = (&self.options.layout, &self.options.filter);
+        let pull = jetstream::subscriber::consume(stream, layout, filter, from).await;
         let pull = match pull {
             Ok(pull) => pull,
             Err(err) => {
@@ -459,19 +490,87 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Subscribes on a fresh connection, resuming where the cursor stands.
+    /// Whether busd must be asked with `SubscribeWith` (protocol 3): for history or
+    /// origins. Anything else is a plain `Subscribe`, which every busd serves.
+    fn needs_subscribe_with(&self) -> bool {
+        self.options.start != Start::Head || !self.options.origins.is_empty()
+    }
+
+    /// Where a JetStream watch with history starts, the cursor placed just before it and
+    /// any part of the history the stream no longer holds reported as a gap.
+    async fn history_start(
+        &mut self,
+        stream: &async_nats::jetstream::stream::Stream,
+        info: &async_nats::jetstream::stream::Info,
+    ) -> Result<From, JetstreamError> {
+        let epoch = jetstream::stream::epoch(info);
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let evicted = first > 1;
+        let (before, from, short) = match self.options.start {
+            Start::Last(n) => {
+                let layout = &self.options.layout;
+                let filter = &self.options.filter;
+                let (start, short) =
+                    jetstream::subscriber::last_start(stream, layout, filter, n, (first, last))
+                        .await?;
+                (start - 1, From::Seq(start), short)
+            }
+            Start::Since(us) => {
+                let oldest =
+                    u64::try_from(info.state.first_timestamp.unix_timestamp_nanos() / 1000)
+                        .unwrap_or(0);
+                (first.saturating_sub(1), From::Time(us), us < oldest)
+            }
+            Start::Beginning => (first.saturating_sub(1), From::Seq(first), true),
+            Start::After(at) => (at.seq, From::Seq(at.seq + 1), false),
+            Start::Head => (last, From::Seq(last + 1), false),
+        };
+        if short && evicted {
+            self.pending.push_back(Delivery::Gap(GapReport {
+                from_seq: 1,
+                to_seq: Some(first - 1),
+                missed: Some(first - 1),
+                epoch,
+            }));
+        }
+        self.cursor.position = Some(Position { epoch, seq: before });
+        Ok(from)
+    }
+
+    /// Subscribes on a fresh connection, resuming where the cursor stands (or, the first
+    /// time, starting where the options say).
     async fn subscribe(&mut self, mut conn: Conn, welcome: Welcome) {
         let first = self.cursor.position.is_none();
-        let resume = self.cursor.resume_point(welcome, &mut self.pending);
-        let subscribe = match &self.options.group {
-            Some(group) => ClientFrame::Join {
+        // A group member starts live: the group holds the position, not the member.
+        let history = first && self.options.start != Start::Head && self.options.group.is_none();
+        let (resume, start) = if history {
+            let resume = Position {
+                epoch: welcome.epoch,
+                seq: 0,
+            };
+            self.cursor.position = Some(resume);
+            (resume, self.options.start)
+        } else {
+            let resume = self.cursor.resume_point(welcome, &mut self.pending);
+            (resume, Start::After(resume))
+        };
+        let filter = self.options.filter.clone();
+        let subscribe = if let Some(group) = &self.options.group {
+            ClientFrame::Join {
                 group: group.clone(),
-                filter: self.options.filter.clone(),
-            },
-            None => ClientFrame::Subscribe {
-                filter: self.options.filter.clone(),
+                filter,
+            }
+        } else if self.needs_subscribe_with() {
+            ClientFrame::SubscribeWith {
+                filter,
+                origins: self.options.origins.clone(),
+                start,
+            }
+        } else {
+            ClientFrame::Subscribe {
+                filter,
                 resume_after: Some(resume),
-            },
+            }
         };
         if let Err(err) = conn.send(subscribe).await {
             self.state = State::Lost(err.to_string());
@@ -698,7 +797,13 @@ impl Cursor {
     /// Hands out what a JetStream consumer read. The stream drops copies by message id,
     /// and a resent event may be stored after a later one of its origin (a leader change
     /// between them), so ids are not compared here: that would drop the late one.
-    fn on_items(&mut self, items: Vec<Item>, out: &mut VecDeque<Delivery>) {
+    /// Events of other `origins` (when it names any) are passed over.
+    fn on_items(
+        &mut self,
+        items: Vec<Item>,
+        origins: &BTreeSet<String>,
+        out: &mut VecDeque<Delivery>,
+    ) {
         let Some(position) = self.position.as_mut() else {
             return;
         };
@@ -707,7 +812,9 @@ impl Cursor {
             match item {
                 Item::Event(seq, event) => {
                     position.seq = seq;
-                    events.push((seq, event));
+                    if origins.is_empty() || origins.contains(&event.origin) {
+                        events.push((seq, event));
+                    }
                 }
                 Item::Evicted { from, to } => {
                     if !events.is_empty() {
@@ -776,7 +883,8 @@ impl Cursor {
             | ServerFrame::Pong
             | ServerFrame::Welcome { .. }
             | ServerFrame::PubAck { .. }
-            | ServerFrame::Stats(_) => None,
+            | ServerFrame::Stats(_)
+            | ServerFrame::PublisherStats(_) => None,
         }
     }
 
@@ -999,7 +1107,7 @@ mod tests {
             Item::Evicted { from: 12, to: 19 },
             Item::Event(20, event("a", 1)),
         ];
-        cursor.on_items(items, &mut out);
+        cursor.on_items(items, &BTreeSet::new(), &mut out);
         let shapes: Vec<String> = out
             .iter()
             .map(|d| match d {

@@ -24,7 +24,12 @@ pub async fn run(args: WatchArgs) -> i32 {
     let aggregator = args
         .aggregate
         .map(|window| Aggregator::new(window, args.top));
-    let output = tokio::spawn(output::run(rx, args.format, aggregator));
+    let output = tokio::spawn(output::run(
+        rx,
+        args.plain_format(),
+        args.template.clone(),
+        aggregator,
+    ));
     let mut subscriber = Subscriber::new(options(&args));
     let mut watch = Watch::new(args, tx);
     let code = tokio::select! {
@@ -63,6 +68,8 @@ fn options(args: &WatchArgs) -> Options {
         max_outage: args.max_outage,
         resume: None,
         group: args.group.clone(),
+        start: args.start(),
+        origins: args.origins.iter().cloned().collect(),
     }
 }
 
@@ -123,6 +130,9 @@ impl Watch {
                 self.args.exit_on_gap.then_some(exit::GAP)
             }
             Delivery::Events { epoch, mut events } => {
+                if let Some(pattern) = &self.args.matches {
+                    events.retain(|(_, event)| pattern.is_match(&event.data));
+                }
                 if let Some(count) = self.args.count {
                     let left = count.saturating_sub(self.events);
                     events.truncate(usize::try_from(left).unwrap_or(usize::MAX));
@@ -228,6 +238,26 @@ mod tests {
         ];
         let out = replay(args(&["--exit-on-gap"]), vec![(welcome(10), frames)]).await;
         assert_eq!(out.len(), 1, "the gap, and nothing after it");
+    }
+
+    #[tokio::test]
+    async fn match_filters_before_count() {
+        let frames = vec![ServerFrame::Events(
+            (1..=6).map(|id| (id, event(id))).collect(),
+        )];
+        let out = replay(
+            args(&["--match", "^o-[246]$", "--count", "2"]),
+            vec![(welcome(10), frames)],
+        )
+        .await;
+        let printed: Vec<u64> = out
+            .iter()
+            .flat_map(|o| match o {
+                Output::Events { events, .. } => events.iter().map(|(seq, _)| *seq).collect(),
+                Output::Gap(_) | Output::Synced(_) => vec![],
+            })
+            .collect();
+        assert_eq!(printed, [2, 4]);
     }
 
     #[tokio::test]

@@ -218,13 +218,19 @@ async fn busd_members_take_over_from_one_killed_under_load_losing_nothing_unsaid
 }
 
 #[test]
-fn a_bad_group_name_exits_2() {
+fn a_bad_group_name_or_a_start_in_the_past_exits_2() {
     let out = busctl_command(&["watch", "--group", "a.b"])
         .output()
         .expect("busctl runs");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("group name"), "{stderr}");
+    for extra in [["--last", "5"], ["--origin", "ingest-1"]] {
+        let mut args = vec!["watch", "--group", "g"];
+        args.extend(extra);
+        let out = busctl_command(&args).output().expect("busctl runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
 }
 
 /// The pinned nats-server, or a skip message and `return` from the test.

@@ -633,6 +633,21 @@ async fn busctl_stats_shows_the_stream() {
     let mut elsewhere = busctl(&["stats", "--bus", &bus, "--stream", "NOPE"]);
     assert_eq!(elsewhere.wait_exit(WAIT).code(), Some(1));
     assert!(elsewhere.stderr_log().contains("NOPE"), "names the stream");
+
+    // --watch: one JSON line a refresh when piped, the newest figures each time.
+    let mut refreshing = busctl(&["stats", "--bus", &bus, "--watch", "200ms"]);
+    let first = json(&refreshing.stdout_lines(1, WAIT)[0]);
+    assert_eq!(first["last_seq"], 37, "{first}");
+    ingest.send(&numbered("t", |_| 1, 3)).await;
+    let newer = loop {
+        let line = json(&refreshing.stdout_lines(1, WAIT)[0]);
+        if line["last_seq"] != 37 {
+            break line;
+        }
+    };
+    assert_eq!(newer["last_seq"], 40, "{newer}");
+    refreshing.signal("INT");
+    assert!(refreshing.wait_exit(WAIT).success());
 }
 
 #[tokio::test]
@@ -949,4 +964,132 @@ async fn a_cluster_without_quorum_is_waited_out_losing_nothing() {
         data, expected,
         "every event accepted without quorum, once, in order"
     );
+}
+
+/// The first `n` stdout lines of a `busctl watch --format json` on `bus` with `args`.
+fn watch_history(bus: &str, args: &[&str], n: usize) -> Vec<Value> {
+    let mut argv = vec!["watch", "--bus", bus, "--format", "json"];
+    argv.extend_from_slice(args);
+    let proc = busctl(&argv);
+    proc.stdout_lines(n, WAIT).iter().map(|l| json(l)).collect()
+}
+
+fn data_of(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["data"].as_str().unwrap_or("GAP").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn history_is_read_from_the_stream() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &[]).await;
+    let first = numbered("a", |i| 1 + (i % 3) as u64, 12);
+    ingest.send(&first).await;
+    wait_last_seq(&bus, 12).await;
+    std::thread::sleep(Duration::from_millis(1100));
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    let second = numbered("b", |i| 1 + (i % 3) as u64, 3);
+    ingest.send(&second).await;
+    wait_last_seq(&bus, 15).await;
+
+    let last = watch_history(&bus, &["--accounts", "1", "--last", "2"], 2);
+    assert_eq!(
+        data_of(&last),
+        ["a-9", "b-0"],
+        "filtered: found by the server's counts"
+    );
+    let last_all = watch_history(&bus, &["--last", "3"], 3);
+    assert_eq!(data_of(&last_all), ["b-0", "b-1", "b-2"]);
+    let everything = watch_history(&bus, &["--from-beginning"], 15);
+    assert_eq!(everything[0]["data"], "a-0");
+    assert_eq!(everything[14]["data"], "b-2");
+    let recent = watch_history(&bus, &["--since", &since], 3);
+    assert_eq!(data_of(&recent), ["b-0", "b-1", "b-2"]);
+    let more = watch_history(&bus, &["--accounts", "2", "--last", "100"], 5);
+    assert_eq!(
+        data_of(&more),
+        ["a-1", "a-4", "a-7", "a-10", "b-1"],
+        "all it holds, no gap"
+    );
+
+    // Then live: history and new events in one watch.
+    let watcher = busctl(&["watch", "--bus", &bus, "--format", "json", "--last", "1"]);
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "b-2");
+    watcher.wait_stderr("live (epoch", WAIT);
+    ingest.send(&numbered("c", |_| 1, 1)).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "c-0");
+}
+
+#[tokio::test]
+async fn history_the_stream_no_longer_holds_is_a_gap_first() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &["--retain-bytes", "64KiB"]).await;
+    ingest
+        .send(&numbered("e", |i| 1 + (i % 7) as u64, 2000))
+        .await;
+    let stream = wait_last_seq(&bus, 2000).await;
+    assert!(stream.first_seq > 1, "evicted: {stream:?}");
+    for args in [
+        &["--from-beginning"][..],
+        &["--last", "100000"],
+        &["--since", "1h"],
+    ] {
+        let lines = watch_history(&bus, args, 2);
+        assert_eq!(lines[0]["gap"]["from_seq"], 1, "{args:?}: {lines:?}");
+        assert_eq!(lines[0]["gap"]["to_seq"], stream.first_seq - 1, "{args:?}");
+        assert_eq!(lines[1]["seq"], stream.first_seq, "{args:?}");
+    }
+}
+
+#[tokio::test]
+async fn origin_and_match_filter_in_busctl() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let one = Ingest::start(&bus, &["--origin", "one"]).await;
+    let two = Ingest::start(&bus, &["--origin", "two"]).await;
+    one.send(&numbered("a", |i| 1 + (i % 2) as u64, 4)).await;
+    two.send(&numbered("b", |i| 1 + (i % 2) as u64, 4)).await;
+    wait_last_seq(&bus, 8).await;
+    let watcher = watch(
+        &bus,
+        &[
+            "--origin",
+            "two",
+            "--match",
+            "-[023]$",
+            "--accounts",
+            "1",
+            "--from-beginning",
+        ],
+    );
+    // Origin two, account 1 (even i), data ending in 0, 2 or 3.
+    let lines = watcher.stdout_lines(2, WAIT);
+    let got: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| {
+            let line = json(l);
+            (
+                line["origin"].as_str().unwrap().into(),
+                line["data"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("two".into(), "b-0".into()), ("two".into(), "b-2".into())]
+    );
+    one.send(&numbered("c", |_| 1, 1)).await;
+    two.send(&numbered("d", |_| 1, 4)).await;
+    let live = watcher.stdout_lines(3, WAIT);
+    let data: Vec<Value> = live.iter().map(|l| json(l)["data"].clone()).collect();
+    assert_eq!(data, ["d-0", "d-2", "d-3"], "not c-0: origin one");
+    assert!(next_line(&watcher, Duration::from_millis(300)).is_none());
 }

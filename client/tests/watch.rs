@@ -392,3 +392,24 @@ async fn publish_streams_a_large_repeat() {
     publish.wait_stderr("published 100000 events", WAIT);
     assert!(watcher.wait_exit(WAIT).success(), "all 100,000 arrived");
 }
+
+/// Every status line on stderr starts with the time it was written (RFC 3339, UTC).
+#[tokio::test]
+async fn status_lines_start_with_their_time() {
+    let busd = Busd::start(&[]);
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+    let mut watcher = watch(&busd.addr.to_string(), &[]);
+    watcher.signal("INT");
+    assert!(watcher.wait_exit(WAIT).success());
+    watcher.wait_stderr("events,", WAIT);
+    let after = std::time::SystemTime::now() + Duration::from_secs(1);
+    let log = watcher.stderr_log();
+    assert!(log.lines().count() >= 3, "{log}");
+    for line in log.lines() {
+        let (stamp, rest) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(rest.starts_with("busctl: "), "{line:?}");
+        assert!(stamp.ends_with('Z'), "UTC: {line:?}");
+        let at = humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(before <= at && at <= after, "{line:?} is now");
+    }
+}

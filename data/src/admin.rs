@@ -54,30 +54,67 @@ pub fn set_key(conn: &Connection, account_id: u64, key: Option<&KeyHash>) -> Res
     Ok(())
 }
 
-/// Writes every account as a [`line()`], one a line, in id order.
-pub fn list(conn: &Connection, out: &mut impl Write) -> Result<u64> {
+/// Deletes an account; the running ingest answers its events 404 from its next sync. The
+/// deletion is recorded (`account_deletions`), so every sync sees it.
+pub fn delete(conn: &Connection, account_id: u64) -> Result<()> {
+    let deleted = conn.execute(
+        "DELETE FROM accounts WHERE account_id = ?1",
+        params![id(account_id)?],
+    )?;
+    if deleted == 0 {
+        return Err(DataError::NotFound(account_id));
+    }
+    Ok(())
+}
+
+/// One account as `list` reads it, for every store alike; the caller chooses how it is
+/// written (text or JSON), so the stores read rows and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The account id.
+    pub id: i64,
+    /// Its name, for people.
+    pub name: String,
+    /// Whether its events are accepted.
+    pub active: bool,
+    /// Whether its events need a write key.
+    pub keyed: bool,
+}
+
+impl Listed {
+    /// The text line `list` prints: `id<TAB>name<TAB>active|inactive<TAB>key|no-key`.
+    pub fn line(&self) -> String {
+        let state = if self.active { "active" } else { "inactive" };
+        let key = if self.keyed { "key" } else { "no-key" };
+        format!("{}\t{}\t{state}\t{key}", self.id, self.name)
+    }
+}
+
+/// Writes every account, one a line as `render` makes it, in id order; stops early when
+/// `out` fails (a closed pipe). Returns how many were written.
+pub fn list(
+    conn: &Connection,
+    out: &mut impl Write,
+    render: impl Fn(&Listed) -> String,
+) -> Result<u64> {
     let mut stmt = conn.prepare(
         "SELECT account_id, account_name, is_active, key_hash IS NOT NULL FROM accounts ORDER BY account_id",
     )?;
     let mut rows = stmt.query([])?;
     let mut count = 0;
     while let Some(row) = rows.next()? {
-        let (id, name, active, keyed): (i64, String, bool, bool) =
-            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        if writeln!(out, "{}", line(id, &name, active, keyed)).is_err() {
+        let listed = Listed {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            active: row.get(2)?,
+            keyed: row.get(3)?,
+        };
+        if writeln!(out, "{}", render(&listed)).is_err() {
             break;
         }
         count += 1;
     }
     Ok(count)
-}
-
-/// One account as `list` prints it, for every store alike:
-/// `id<TAB>name<TAB>active|inactive<TAB>key|no-key`.
-pub fn line(id: i64, name: &str, active: bool, keyed: bool) -> String {
-    let state = if active { "active" } else { "inactive" };
-    let key = if keyed { "key" } else { "no-key" };
-    format!("{id}\t{name}\t{state}\t{key}")
 }
 
 #[cfg(test)]
@@ -104,12 +141,20 @@ mod tests {
             Err(DataError::IdOutOfRange(_))
         ));
         let mut out = Vec::new();
-        assert_eq!(list(&conn, &mut out).unwrap(), 1001);
+        assert_eq!(list(&conn, &mut out, Listed::line).unwrap(), 1001);
         assert!(
             String::from_utf8(out)
                 .unwrap()
                 .ends_with("2000\tacme\tactive\tno-key\n")
         );
+        delete(&conn, 2000).unwrap();
+        assert!(matches!(
+            delete(&conn, 2000),
+            Err(DataError::NotFound(2000))
+        ));
+        let mut out = Vec::new();
+        assert_eq!(list(&conn, &mut out, |a| a.id.to_string()).unwrap(), 1000);
+        assert!(String::from_utf8(out).unwrap().ends_with("\n1000\n"));
     }
 
     #[test]
@@ -151,7 +196,7 @@ mod tests {
             Err(DataError::NotFound(99_999))
         ));
         let mut out = Vec::new();
-        list(&conn, &mut out).unwrap();
+        list(&conn, &mut out, Listed::line).unwrap();
         assert!(
             String::from_utf8(out)
                 .unwrap()

@@ -191,12 +191,26 @@ async fn the_admin_functions_need_the_table_and_keep_to_it() {
     postgres::admin::set_active(&admin, 9, true).await.unwrap();
     assert_eq!(postgres::admin::seed(&admin, 5).await.unwrap(), 2);
     let mut out = Vec::new();
-    assert_eq!(postgres::admin::list(&admin, &mut out).await.unwrap(), 6);
+    let line = data::admin::Listed::line;
+    assert_eq!(
+        postgres::admin::list(&admin, &mut out, line).await.unwrap(),
+        6
+    );
     let out = String::from_utf8(out).unwrap();
     assert!(out.starts_with("1\taccount-1\tactive\tno-key\n"), "{out}");
     assert!(
         out.ends_with("5\taccount-5\tactive\tno-key\n9\tnine\tactive\tno-key\n"),
         "{out}"
+    );
+    postgres::admin::delete(&admin, 9).await.unwrap();
+    assert!(matches!(
+        postgres::admin::delete(&admin, 9).await,
+        Err(DataError::NotFound(9))
+    ));
+    let mut out = Vec::new();
+    assert_eq!(
+        postgres::admin::list(&admin, &mut out, line).await.unwrap(),
+        5
     );
 }
 

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use crate::cli::{AccountsArgs, AccountsCommand, Db};
+use data::admin::Listed;
+
+use crate::cli::{AccountsArgs, AccountsCommand, Db, ListFormat};
 
 /// An open accounts store. PostgreSQL's client is async: its commands run on a small
 /// runtime of their own.
@@ -49,7 +51,17 @@ pub fn run(args: AccountsArgs) -> anyhow::Result<()> {
             );
             writeln!(out, "{key}")?;
         }
-        AccountsCommand::List => store()?.list(&mut out)?,
+        AccountsCommand::Delete { id } => {
+            store()?.delete(id)?;
+            writeln!(out, "deleted account {id}")?;
+        }
+        AccountsCommand::List { format } => {
+            let render = match format {
+                ListFormat::Text => Listed::line,
+                ListFormat::Json => json_line,
+            };
+            store()?.list(&mut out, render)?;
+        }
     }
     Ok(())
 }
@@ -101,10 +113,19 @@ impl Store {
         }
     }
 
-    fn list(&self, out: &mut impl Write) -> data::Result<()> {
+    fn delete(&self, id: u64) -> data::Result<()> {
         match self {
-            Store::Sqlite(conn) => data::admin::list(conn, out)?,
-            Store::Postgres(client, rt) => rt.block_on(data::postgres::admin::list(client, out))?,
+            Store::Sqlite(conn) => data::admin::delete(conn, id),
+            Store::Postgres(client, rt) => rt.block_on(data::postgres::admin::delete(client, id)),
+        }
+    }
+
+    fn list(&self, out: &mut impl Write, render: fn(&Listed) -> String) -> data::Result<()> {
+        match self {
+            Store::Sqlite(conn) => data::admin::list(conn, out, render)?,
+            Store::Postgres(client, rt) => {
+                rt.block_on(data::postgres::admin::list(client, out, render))?
+            }
         };
         Ok(())
     }
@@ -146,6 +167,37 @@ async fn seed_postgres(config: &data::postgres::Config, count: u64) -> anyhow::R
     Ok(data::postgres::admin::seed(&client, count).await?)
 }
 
+/// One account as `list --format json` prints it.
+fn json_line(account: &Listed) -> String {
+    serde_json::json!({
+        "account_id": account.id,
+        "name": account.name,
+        "active": account.active,
+        "key": account.keyed,
+    })
+    .to_string()
+}
+
 fn state(active: bool) -> &'static str {
     if active { "active" } else { "inactive" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_line_reads_back_with_every_field() {
+        let account = Listed {
+            id: 5,
+            name: "a \"quoted\"\tname".into(),
+            active: false,
+            keyed: true,
+        };
+        let value: serde_json::Value = serde_json::from_str(&json_line(&account)).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"account_id": 5, "name": "a \"quoted\"\tname", "active": false, "key": true})
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The whole command line; `--help` shows the `about` text.
 #[derive(Parser, Debug)]
@@ -266,8 +266,28 @@ pub enum AccountsCommand {
         #[arg(long)]
         revoke: bool,
     },
-    /// Print every account: id, name, active|inactive, key|no-key (tab-separated).
-    List,
+    /// Delete an account; ingest answers its events 404 within a second.
+    Delete {
+        /// The account id.
+        id: u64,
+    },
+    /// Print every account: id, name, active|inactive, key|no-key (tab-separated), or with
+    /// --format json one object a line:
+    /// {"account_id":5,"active":true,"key":false,"name":"account-5"}.
+    List {
+        /// text: tab-separated lines; json: one JSON object a line, for jq and scripts.
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
+}
+
+/// How `ingest accounts list` writes each account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    /// `id<TAB>name<TAB>active|inactive<TAB>key|no-key`.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 #[cfg(test)]

@@ -223,3 +223,50 @@ fn seed_on_a_new_path_gives_exactly_the_count() {
         "{listed}"
     );
 }
+
+/// `delete` says what it did and the running ingest answers the account 404 within a
+/// second; `list --format json` prints one object a line that reads back.
+#[tokio::test]
+async fn a_deleted_account_is_404_and_list_speaks_json() {
+    let ingest = Ingest::start(&[]);
+    let at = ingest.http;
+    assert_eq!(status(at, 5).await, 202);
+
+    let deleted = ingest.accounts(&["delete", "5"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(stdout(&deleted), "deleted account 5\n");
+    let start = Instant::now();
+    while status(at, 5).await != 404 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the deletion was applied within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let again = ingest.accounts(&["delete", "5"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("account 5 does not exist"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(stdout(&again).is_empty());
+
+    let listed = ingest.accounts(&["list", "--format", "json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let rows: Vec<serde_json::Value> = stdout(&listed)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 999, "1,000 seeded, one deleted");
+    assert_eq!(
+        rows[3],
+        serde_json::json!({"account_id": 4, "name": "account-4", "active": true, "key": false})
+    );
+    assert_eq!(rows[4]["account_id"], 6, "5 is gone");
+    assert_eq!(rows[8]["active"], false, "account 10 is inactive");
+
+    let refused = ingest.accounts(&["list", "--format", "yaml"]);
+    assert_eq!(refused.status.code(), Some(2), "bad arguments");
+}

@@ -331,6 +331,15 @@ fn the_accounts_commands_work_on_postgres() {
     assert!(list.contains("3\taccount-3\tinactive\tno-key\n"), "{list}");
     assert!(list.ends_with("100\thundred\tinactive\tno-key\n"), "{list}");
     assert_eq!(pg.psql("SELECT count(*) FROM accounts"), "8");
+    assert_eq!(run(&["delete", "100"]), "deleted account 100\n");
+    assert_eq!(pg.psql("SELECT count(*) FROM accounts"), "7");
+    let json = run(&["list", "--format", "json"]);
+    let last: serde_json::Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        last,
+        serde_json::json!({"account_id": 7, "name": "account-7", "active": true, "key": false}),
+        "{json}"
+    );
 
     let output = accounts(
         std::path::Path::new("postgres://ingest:secret@127.0.0.1:1/tracker"),

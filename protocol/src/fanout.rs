@@ -15,6 +15,36 @@ pub fn encode_entry(dst: &mut BytesMut, seq: u64, event_bytes: &[u8]) {
     dst.extend_from_slice(event_bytes);
 }
 
+/// The fields of an entry made by [`encode_entry`] that busd reads to serve a history
+/// request or an origin filter, without decoding the event's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHead<'a> {
+    /// When the event was accepted, µs since the Unix epoch.
+    pub timestamp_us: u64,
+    /// Who published it.
+    pub origin: &'a str,
+}
+
+/// Reads an entry's timestamp and origin (`None` for bytes that are no entry).
+pub fn entry_head(entry: &[u8]) -> Option<EntryHead<'_>> {
+    let mut pos = 0;
+    varint::take(entry, &mut pos)?; // seq
+    varint::take(entry, &mut pos)?; // account_id
+    let timestamp_us = varint::take(entry, &mut pos)?;
+    let skip = |pos: &mut usize| -> Option<&[u8]> {
+        let len = usize::try_from(varint::take(entry, pos)?).ok()?;
+        let bytes = entry.get(*pos..pos.checked_add(len)?)?;
+        *pos += len;
+        Some(bytes)
+    };
+    skip(&mut pos)?; // data
+    let origin = std::str::from_utf8(skip(&mut pos)?).ok()?;
+    Some(EntryHead {
+        timestamp_us,
+        origin,
+    })
+}
+
 /// An `Events` frame being assembled at the end of a write buffer.
 pub struct EventsFrame {
     start: usize,
@@ -135,6 +165,20 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #[test]
+        fn entry_heads_read_what_postcard_wrote(
+            seq: u64, account_id: u64, timestamp_us: u64, data in ".{0,80}", origin in ".{0,20}", id: u64,
+        ) {
+            let event = Event { account_id, timestamp_us, data, origin, id };
+            let mut entry = BytesMut::new();
+            encode_entry(&mut entry, seq, &postcard::to_allocvec(&event).unwrap());
+            let head = entry_head(&entry).unwrap();
+            prop_assert_eq!(head, EntryHead { timestamp_us, origin: &event.origin });
+            let id_len = crate::varint::len(id);
+            let cut = entry.len() - id_len - 1;
+            prop_assert!(entry_head(&entry[..cut]).is_none(), "a cut origin is no origin");
+        }
+
         #[test]
         fn a_hand_built_frame_decodes_like_one_encoded_from_values(
             events in proptest::collection::vec(

@@ -68,7 +68,9 @@ pub struct Position {
 pub enum ClientFrame {
     /// Must be the first frame; busd answers `Welcome` or `Error`.
     Hello {
-        /// [`crate::PROTOCOL_VERSION`] of the sender; first, so any version can read it.
+        /// The protocol version the sender speaks on this connection: the oldest that has
+        /// every frame it will send (at most [`crate::PROTOCOL_VERSION`]); first, so any
+        /// version can read it.
         version: u32,
         /// What the connection is for, for its whole life.
         role: Role,
@@ -100,7 +102,21 @@ pub enum ClientFrame {
     Ping,
     /// Asks for `Stats`.
     StatsRequest,
-    /// Joins the consumer group `group` instead of subscribing: busd hands each event that
+    /// `Subscribe` with a start in the past and an origin filter (protocol 3): sets (or
+    /// replaces) the filter, queues the history `start` asks for from the replay ring (a
+    /// `Gap` first when the ring no longer reaches back that far), then live events.
+    SubscribeWith {
+        /// The accounts wanted from now on.
+        filter: Filter,
+        /// Only events from these origins; empty means every origin. busd applies it as
+        /// it writes to this subscriber, so it costs other subscribers nothing.
+        origins: BTreeSet<String>,
+        /// Where the subscription starts.
+        start: Start,
+    },
+    /// Asks for `PublisherStats` (protocol 3).
+    PublisherStatsRequest,
+    /// Joins the consumer group `group` instead of subscribing (protocol 3): busd hands each event that
     /// matches `filter` to one member of the group, every event of an account to the same
     /// member while the membership stays the same. A member starts live (no resume: the
     /// group, not the member, holds the position).
@@ -119,6 +135,21 @@ pub enum ClientFrame {
         /// The seq of the last event handed to the application.
         seq: u64,
     },
+}
+
+/// Where a [`ClientFrame::SubscribeWith`] starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Start {
+    /// New events only, as a `Subscribe` without `resume_after`.
+    Head,
+    /// After this position, as `Subscribe`'s `resume_after`.
+    After(Position),
+    /// The last N matching events the ring holds, then live.
+    Last(u64),
+    /// The events accepted at or after this time (µs since the Unix epoch), then live.
+    Since(u64),
+    /// Every matching event the ring holds, then live.
+    Beginning,
 }
 
 /// Frames busd sends to its clients.
@@ -180,6 +211,9 @@ pub enum ServerFrame {
         /// What a person reads.
         message: String,
     },
+    /// The answer to `PublisherStatsRequest` (protocol 3): every publisher name this busd
+    /// run has had batches from. A frame of its own, so `Stats` keeps its version 2 shape.
+    PublisherStats(Vec<PublisherStats>),
 }
 
 /// Why busd refused or closed a connection; clients branch on this, people read `message`.
@@ -256,6 +290,22 @@ pub struct SubscriberStats {
     pub delivered: u64,
     /// Events dropped from its queue because it read too slowly.
     pub dropped: u64,
+}
+
+/// One publisher in [`ServerFrame::PublisherStats`]: its name is the origin its events
+/// carry (ingest's `--origin`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublisherStats {
+    /// The name from its `Hello`.
+    pub name: String,
+    /// Whether a connection under this name is open now.
+    pub connected: bool,
+    /// Batches published (duplicates not counted).
+    pub batches: u64,
+    /// Events published.
+    pub events: u64,
+    /// Resent batches recognised and dropped.
+    pub duplicate_batches: u64,
 }
 
 impl ServerFrame {

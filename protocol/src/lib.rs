@@ -15,12 +15,19 @@ pub mod varint;
 
 pub use codec::{CodecError, FrameCodec, RawCodec, encode_frame};
 pub use frame::{
-    ClientFrame, ErrorCode, Event, Filter, Position, Role, ServerFrame, Stats, SubscriberStats,
+    ClientFrame, ErrorCode, Event, Filter, Position, PublisherStats, Role, ServerFrame, Start,
+    Stats, SubscriberStats,
 };
 
-/// Bumped whenever an existing frame changes shape; peers with another version are refused
-/// with an `Error` frame naming both versions.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Bumped whenever an existing frame changes shape, or a frame is added; peers with a
+/// version outside [`OLDEST_VERSION`]`..=PROTOCOL_VERSION` are refused with an `Error`
+/// frame naming both versions. Version 3 added `SubscribeWith` (history, origin filter) and
+/// `PublisherStatsRequest`/`PublisherStats`.
+pub const PROTOCOL_VERSION: u32 = 3;
+
+/// The oldest version busd still serves: every frame of version 2 is unchanged in 3, so a
+/// version 2 client works as it did (it never sends what 3 added).
+pub const OLDEST_VERSION: u32 = 2;
 
 /// Most events busd writes to a consumer group member beyond its last `Ack`: a member that
 /// stops acknowledging stops receiving (its queue then fills, as any subscriber's), and

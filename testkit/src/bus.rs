@@ -339,6 +339,8 @@ pub fn subscribe(addr: &str, filter: Filter) -> client::subscriber::Subscriber {
         max_outage: Some(Duration::from_secs(60)),
         resume: None,
         group: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     })
 }
 

@@ -329,6 +329,8 @@ async fn record_jetstream(urls: String, tally: Shared, live: tokio::sync::onesho
         max_outage: Some(LIVE_WITHIN),
         resume: None,
         group: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     });
     let mut live = Some(live);
     loop {

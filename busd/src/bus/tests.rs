@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use protocol::publish::{self, RawPublish};
-use protocol::{ClientFrame, Event, Filter, Position, ServerFrame};
+use protocol::{ClientFrame, Event, Filter, Position, ServerFrame, Start};
 
 use super::*;
 
@@ -163,6 +163,123 @@ fn a_closed_bus_refuses_publishes() {
     bus.publish("p", 0, batch(1, &[1])).unwrap();
     assert_eq!(bus.close(), 1);
     assert_eq!(bus.publish("p", 0, batch(2, &[1])), Err(Closed));
+}
+
+/// A batch of events for account 1 with these `(timestamp_us, origin)`.
+fn stamped(batch_id: u64, events: &[(u64, &str)]) -> RawPublish {
+    let events = events
+        .iter()
+        .map(|&(timestamp_us, origin)| Event {
+            account_id: 1,
+            timestamp_us,
+            data: String::new(),
+            origin: origin.into(),
+            id: timestamp_us,
+        })
+        .collect();
+    let body =
+        Bytes::from(postcard::to_allocvec(&ClientFrame::Publish { batch_id, events }).unwrap());
+    publish::parse(&body).unwrap()
+}
+
+fn origins(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn last_n_takes_the_newest_matching_events() {
+    let bus = bus();
+    bus.publish("p", 0, batch(1, &[1, 2, 1, 2, 1, 2])).unwrap();
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe_with(key, accounts(&[1]), &BTreeSet::new(), Start::Last(2));
+    assert_eq!(drain(&sub), (None, vec![(3, 1), (5, 1)]));
+    bus.subscribe_with(key, accounts(&[2]), &BTreeSet::new(), Start::Last(10));
+    assert_eq!(
+        drain(&sub),
+        (None, vec![(2, 2), (4, 2), (6, 2)]),
+        "fewer than asked, but the whole epoch is held: no gap"
+    );
+}
+
+#[test]
+fn history_older_than_the_ring_is_a_gap_first() {
+    let bus = Bus::new(7, 300, 1000, WhenFull::DropOldest);
+    for id in 1..=20 {
+        bus.publish("p", 0, batch(id, &[1])).unwrap();
+    }
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe_with(key, Filter::All, &BTreeSet::new(), Start::Last(100));
+    let (gap, events) = drain(&sub);
+    let gap = gap.expect("a gap: the ring holds fewer than 100");
+    assert_eq!((gap.from_seq, gap.to_seq + 1), (1, events[0].0));
+    bus.subscribe_with(key, Filter::All, &BTreeSet::new(), Start::Last(2));
+    assert_eq!(drain(&sub), (None, vec![(19, 1), (20, 1)]), "held: no gap");
+    bus.subscribe_with(key, Filter::All, &BTreeSet::new(), Start::Beginning);
+    let (gap, events) = drain(&sub);
+    assert_eq!(gap.map(|g| g.from_seq), Some(1));
+    assert_eq!(events.last().map(|e| e.0), Some(20));
+    bus.subscribe_with(key, Filter::All, &BTreeSet::new(), Start::Since(0));
+    assert!(drain(&sub).0.is_some(), "since the dawn of time: a gap");
+}
+
+#[test]
+fn since_starts_at_the_first_event_stamped_then() {
+    let bus = bus();
+    bus.publish(
+        "p",
+        0,
+        stamped(1, &[(10, "a"), (20, "b"), (30, "a"), (40, "b")]),
+    )
+    .unwrap();
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe_with(key, Filter::All, &BTreeSet::new(), Start::Since(20));
+    assert_eq!(drain(&sub), (None, vec![(2, 1), (3, 1), (4, 1)]));
+    bus.subscribe_with(key, Filter::All, &BTreeSet::new(), Start::Since(41));
+    assert_eq!(drain(&sub), (None, vec![]));
+    bus.subscribe_with(key, Filter::All, &origins(&["a"]), Start::Since(0));
+    assert_eq!(
+        drain(&sub),
+        (None, vec![(1, 1), (3, 1)]),
+        "the whole epoch is held"
+    );
+}
+
+#[test]
+fn origins_filter_the_history() {
+    let bus = bus();
+    bus.publish("p", 0, stamped(1, &[(10, "a"), (20, "b"), (30, "a")]))
+        .unwrap();
+    let (key, sub) = bus.register("s".into());
+    bus.subscribe_with(key, Filter::All, &origins(&["b"]), Start::Beginning);
+    assert_eq!(drain(&sub), (None, vec![(2, 1)]));
+    bus.subscribe_with(key, Filter::All, &origins(&["a", "b"]), Start::Last(2));
+    assert_eq!(drain(&sub), (None, vec![(2, 1), (3, 1)]));
+    bus.subscribe_with(key, Filter::All, &origins(&["c"]), Start::Head);
+    assert_eq!(drain(&sub), (None, vec![]));
+}
+
+#[test]
+fn publishers_are_counted_with_their_duplicates() {
+    let bus = bus();
+    bus.publish("a", 1, batch(1, &[1, 2])).unwrap();
+    bus.publish("a", 1, batch(1, &[1, 2])).unwrap();
+    bus.publish("a", 1, batch(2, &[1])).unwrap();
+    bus.publish("b", 1, batch(1, &[3])).unwrap();
+    bus.publish("", 1, batch(1, &[3])).unwrap();
+    let stats = bus.publisher_stats(|name| name == "b");
+    let seen: Vec<_> = stats
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.connected,
+                p.batches,
+                p.events,
+                p.duplicate_batches,
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("a", false, 2, 3, 1), ("b", true, 1, 1, 0)]);
 }
 
 fn join(bus: &Bus, name: &str, group: &str) -> (SubKey, Arc<Subscriber>) {

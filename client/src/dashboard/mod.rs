@@ -79,6 +79,8 @@ fn options(args: &DashboardArgs) -> Options {
         max_outage: None,
         resume: None,
         group: None,
+        start: protocol::Start::Head,
+        origins: Default::default(),
     }
 }
 

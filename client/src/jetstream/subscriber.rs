@@ -131,29 +131,100 @@ pub(crate) fn wanted(
     }
 }
 
-/// Starts a consumer at stream sequence `start`.
-pub(crate) async fn consume(
-    stream: Stream,
-    layout: &Layout,
-    filter: &Filter,
-    start: u64,
-) -> Result<Pull, JetstreamError> {
+/// Where a consumer starts: a stream sequence, or the first message stored at or after a
+/// time (µs since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum From {
+    /// This stream sequence.
+    Seq(u64),
+    /// The first message stored at or after this time.
+    Time(u64),
+}
+
+/// A consumer's configuration: filtered on `filter`'s subjects, starting at `from`.
+fn config(layout: &Layout, filter: &Filter, from: From) -> Config {
     let (filter_subject, filter_subjects) = config_subjects(layout, filter);
-    let config = Config {
+    let deliver_policy = match from {
+        From::Seq(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq.max(1),
+        },
+        From::Time(us) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        },
+    };
+    Config {
         filter_subject,
         filter_subjects,
-        deliver_policy: DeliverPolicy::ByStartSequence {
-            start_sequence: start.max(1),
-        },
+        deliver_policy,
         ack_policy: AckPolicy::None,
         inactive_threshold: INACTIVE,
         memory_storage: true,
         num_replicas: 1,
         ..Config::default()
-    };
+    }
+}
+
+/// The stream sequence from which the last `n` messages on `filter`'s subjects follow,
+/// within `first..=last` (what the stream holds): the sequences themselves when every
+/// account is watched, else found by asking the server how many messages a consumer
+/// starting at a sequence would have pending (a binary search of a few dozen probes).
+/// Returns the start and whether the stream holds fewer than `n`.
+pub(crate) async fn last_start(
+    stream: &Stream,
+    layout: &Layout,
+    filter: &Filter,
+    n: u64,
+    (first, last): (u64, u64),
+) -> Result<(u64, bool), JetstreamError> {
+    let held = (last + 1).saturating_sub(first);
+    if subjects(layout, filter) == [layout.all_subjects()] || held == 0 {
+        return Ok(((last + 1).saturating_sub(n).max(first), held < n));
+    }
+    let total = pending(stream, layout, filter, first).await?;
+    if total <= n {
+        return Ok((first, total < n));
+    }
+    // pending(lo) > n >= pending(hi): the start is the highest sequence with pending >= n.
+    let (mut lo, mut hi) = (first, last + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if pending(stream, layout, filter, mid).await? >= n {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok((lo, false))
+}
+
+/// How many messages on `filter`'s subjects the stream holds from `seq` on.
+async fn pending(
+    stream: &Stream,
+    layout: &Layout,
+    filter: &Filter,
+    seq: u64,
+) -> Result<u64, JetstreamError> {
     let unavailable = |err: String| JetstreamError::Unavailable(err);
     let consumer = stream
-        .create_consumer(config)
+        .create_consumer(config(layout, filter, From::Seq(seq)))
+        .await
+        .map_err(|err| unavailable(format!("cannot create a consumer: {err}")))?;
+    let info = consumer.cached_info();
+    let _ = stream.delete_consumer(&info.name).await;
+    Ok(info.num_pending)
+}
+
+/// Starts a consumer at `from`.
+pub(crate) async fn consume(
+    stream: Stream,
+    layout: &Layout,
+    filter: &Filter,
+    from: From,
+) -> Result<Pull, JetstreamError> {
+    let unavailable = |err: String| JetstreamError::Unavailable(err);
+    let consumer = stream
+        .create_consumer(config(layout, filter, from))
         .await
         .map_err(|err| unavailable(format!("cannot create a consumer: {err}")))?;
     let messages = consumer

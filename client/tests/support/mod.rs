@@ -1,5 +1,6 @@
 //! What the busctl integration tests share: the binary with the bus variables cleared, a
 //! live watcher, and JSON lines.
+#![allow(dead_code)]
 
 use std::process::Command;
 use std::time::Duration;

@@ -7,7 +7,7 @@ use std::io::Write;
 use futures::TryStreamExt;
 
 use super::{Client, Config, describe, initialise, is_there, within};
-use crate::admin::{id, line};
+use crate::admin::{Listed, id};
 use crate::key::KeyHash;
 use crate::{DataError, Result};
 
@@ -87,8 +87,26 @@ pub async fn set_key(client: &Client, account_id: u64, key: Option<&KeyHash>) ->
     Ok(())
 }
 
+/// Deletes an account, as [`crate::admin::delete`] does; the trigger records the deletion.
+pub async fn delete(client: &Client, account_id: u64) -> Result<()> {
+    let deleted = client
+        .execute(
+            "DELETE FROM accounts WHERE account_id = $1",
+            &[&id(account_id)?],
+        )
+        .await?;
+    if deleted == 0 {
+        return Err(DataError::NotFound(account_id));
+    }
+    Ok(())
+}
+
 /// Writes every account as [`crate::admin::list`] does, streaming the rows.
-pub async fn list(client: &Client, out: &mut impl Write) -> Result<u64> {
+pub async fn list(
+    client: &Client,
+    out: &mut impl Write,
+    render: impl Fn(&Listed) -> String,
+) -> Result<u64> {
     let params: [i64; 0] = [];
     let rows = client
         .query_raw(
@@ -100,8 +118,13 @@ pub async fn list(client: &Client, out: &mut impl Write) -> Result<u64> {
     futures::pin_mut!(rows);
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
-        let text = line(row.get(0), row.get(1), row.get(2), row.get(3));
-        if writeln!(out, "{text}").is_err() {
+        let listed = Listed {
+            id: row.try_get(0)?,
+            name: row.try_get(1)?,
+            active: row.try_get(2)?,
+            keyed: row.try_get(3)?,
+        };
+        if writeln!(out, "{}", render(&listed)).is_err() {
             break;
         }
         count += 1;

@@ -61,6 +61,31 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(batch_id, events)| ClientFrame::Publish { batch_id, events }),
         Just(ClientFrame::Ping),
         Just(ClientFrame::StatsRequest),
+        (
+            filter_again(),
+            proptest::collection::btree_set(".{0,10}", 0..4),
+            prop_oneof![
+                Just(Start::Head),
+                (any::<u64>(), any::<u64>())
+                    .prop_map(|(epoch, seq)| Start::After(Position { epoch, seq })),
+                any::<u64>().prop_map(Start::Last),
+                any::<u64>().prop_map(Start::Since),
+                Just(Start::Beginning),
+            ],
+        )
+            .prop_map(|(filter, origins, start)| ClientFrame::SubscribeWith {
+                filter,
+                origins,
+                start
+            }),
+        Just(ClientFrame::PublisherStatsRequest),
+    ]
+}
+
+fn filter_again() -> impl Strategy<Value = Filter> {
+    prop_oneof![
+        Just(Filter::All),
+        proptest::collection::btree_set(any::<u64>(), 0..50).prop_map(Filter::Accounts),
     ]
 }
 
@@ -125,6 +150,20 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(epoch, last_seq)| ServerFrame::Goodbye { epoch, last_seq }),
         (code, ".{0,40}").prop_map(|(code, message)| ServerFrame::Error { code, message }),
+        proptest::collection::vec((".{0,10}", any::<bool>(), any::<u64>()), 0..4).prop_map(
+            |publishers| ServerFrame::PublisherStats(
+                publishers
+                    .into_iter()
+                    .map(|(name, connected, events)| PublisherStats {
+                        name,
+                        connected,
+                        batches: events / 3,
+                        events,
+                        duplicate_batches: events % 5,
+                    })
+                    .collect()
+            )
+        ),
     ]
 }
 
