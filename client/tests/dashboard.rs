@@ -14,8 +14,6 @@ use testkit::chromium::{Browser, Tab, skip_without_chromium};
 use testkit::http::get_blocking;
 use testkit::{Proc, binary, free_port};
 
-// Shared with the watch tests, whose helpers (`watch`, `json`) this file has no use for.
-#[allow(dead_code)]
 mod support;
 use support::{WAIT, busctl, busctl_command};
 
