@@ -17,7 +17,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::filter::{FilterIndex, SubKey, origin_matches};
-use crate::group::{Groups, Left, Unacked};
+use crate::group::{Groups, Left, Sent, Unacked};
 use crate::queue::{Entry, Gap, Queue, WhenFull};
 use crate::ring::Ring;
 
@@ -287,7 +287,13 @@ impl Bus {
             });
             let (gap, mut replay) =
                 state.history(self.epoch, after, |e| filter.matches(e.account_id));
-            if let Some(gap) = gap {
+            // What the group's earlier members took and this one does not is theirs to
+            // have missed: it is reported, not dropped unsaid.
+            let (_, others) = state.history(self.epoch, after, |e| !filter.matches(e.account_id));
+            let others = others
+                .iter()
+                .fold(None, |g, e| merge(g, Some(Gap::one(e.seq))));
+            if let Some(gap) = merge(gap, others) {
                 sub.queue.push_gap(gap);
             }
             sub.queue.push(&mut replay, WhenFull::DropOldest);
@@ -522,49 +528,57 @@ impl State {
         }
     }
 
-    /// A member left group `group`: what it was sent and never acknowledged is a gap for
-    /// the members now owning those accounts, and what was still queued for it goes to them,
-    /// ahead of anything newer. With no member left, the group remembers where it stopped.
+    /// A member left group `group`. What was still queued for it goes to the members now
+    /// owning those accounts, ahead of anything newer; what it was written and never
+    /// acknowledged is a gap for them; gaps it had (lost from its queue, or written and
+    /// not acknowledged) and events of accounts no remaining member takes are a gap for
+    /// every member, since their accounts are not known or nobody owns them. With no member
+    /// left, all of that is the gap the next member hears first, and the group remembers
+    /// the head: what comes after it is replayed to that member.
     fn hand_over(&mut self, group: &str, key: SubKey, sub: &Subscriber, when_full: WhenFull) {
-        let unacked = sub.member.get().map(Unacked::take).unwrap_or_default();
-        let mut queued = Vec::new();
-        let lost = sub.queue.drain_into(usize::MAX, &mut queued).gap;
-        let after = queued.first().map_or(self.head, |e| e.seq - 1);
-        let mut gaps: FxHashMap<SubKey, Gap> = FxHashMap::default();
-        let mut all_lost = lost;
-        for &(seq, _) in &unacked {
-            Gap::widen(&mut all_lost, seq);
-        }
+        let sent = sub.member.get().map(Unacked::take).unwrap_or_default();
+        let (queued, lost) = sub.queue.take_all();
+        let everything = sent
+            .iter()
+            .map(|s| match *s {
+                Sent::Event(seq, _) => Some(Gap::one(seq)),
+                Sent::Gap(gap) => Some(gap),
+            })
+            .chain(queued.iter().map(|e| Some(Gap::one(e.seq))))
+            .fold(lost, merge);
         let left = Left {
-            after,
-            gap: all_lost,
+            after: self.head,
+            gap: everything,
         };
         if !self.groups.leave(group, key, left) {
             return;
         }
-        for &(seq, account) in &unacked {
-            if let Some(owner) = self.groups.owner(group, account) {
-                let mut gap = gaps.remove(&owner);
-                Gap::widen(&mut gap, seq);
-                gaps.extend(gap.map(|g| (owner, g)));
+        let mut gaps: FxHashMap<SubKey, Gap> = FxHashMap::default();
+        let mut shared = lost;
+        for s in &sent {
+            match *s {
+                Sent::Gap(gap) => shared = merge(shared, Some(gap)),
+                Sent::Event(seq, account) => match self.groups.owner(group, account) {
+                    Some(owner) => add_gap(&mut gaps, owner, Gap::one(seq)),
+                    None => Gap::widen(&mut shared, seq),
+                },
             }
         }
-        if let Some(gap) = lost {
-            // Which accounts the lost events were of is not known: every member hears of it.
+        for entry in &queued {
+            match self.groups.owner(group, entry.account_id) {
+                Some(owner) => stage(&mut self.scratch, &mut self.touched, owner, entry),
+                None => Gap::widen(&mut shared, entry.seq),
+            }
+        }
+        if let Some(gap) = shared {
             for member in self.groups.members(group) {
-                let merged = gaps.remove(&member).map_or(gap, |g| g.merge(gap));
-                gaps.insert(member, merged);
+                add_gap(&mut gaps, member, gap);
             }
         }
         for (owner, gap) in gaps {
             if let Some(slot) = &self.slots[owner] {
                 slot.sub.queue.push_gap(gap);
                 slot.sub.notify.notify_one();
-            }
-        }
-        for entry in &queued {
-            if let Some(owner) = self.groups.owner(group, entry.account_id) {
-                stage(&mut self.scratch, &mut self.touched, owner, entry);
             }
         }
         self.deliver(when_full);
@@ -584,6 +598,20 @@ impl State {
             }
         }
     }
+}
+
+/// Two optional gaps as one.
+fn merge(a: Option<Gap>, b: Option<Gap>) -> Option<Gap> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.merge(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Adds `gap` to what `member` will be told.
+fn add_gap(gaps: &mut FxHashMap<SubKey, Gap>, member: SubKey, gap: Gap) {
+    let merged = gaps.remove(&member).map_or(gap, |g| g.merge(gap));
+    gaps.insert(member, merged);
 }
 
 /// Adds `entry` to subscriber `key`'s staging, noting the subscriber as touched.

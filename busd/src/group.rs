@@ -23,6 +23,9 @@ use crate::queue::Gap;
 
 /// Empty groups remembered, oldest forgotten first.
 pub const REMEMBERED_EMPTY: usize = 1024;
+/// Accounts whose owner a group caches; publishers choose account ids, so the cache is
+/// emptied when it reaches this, and owners are computed again as events arrive.
+pub const CACHED_OWNERS: usize = 65_536;
 
 /// One member as routing sees it.
 struct Member {
@@ -50,6 +53,9 @@ struct Group {
 
 impl Group {
     fn owner(&mut self, account_id: u64) -> Option<SubKey> {
+        if self.owners.len() >= CACHED_OWNERS && !self.owners.contains_key(&account_id) {
+            self.owners.clear();
+        }
         let members = &self.members;
         *self.owners.entry(account_id).or_insert_with(|| {
             members
@@ -138,16 +144,25 @@ impl Groups {
     }
 }
 
-/// What a member was sent and has not acknowledged: `(seq, account)` in the order written,
-/// at most [`protocol::MAX_UNACKED`]. The writer records, `Ack` retires, and a member that
+/// One thing a member was written and has not acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// An event: its seq and account.
+    Event(u64, u64),
+    /// A gap line: lost with the member unless an event written after it is acknowledged.
+    Gap(Gap),
+}
+
+/// What a member was written and has not acknowledged, in the order written, at most
+/// [`protocol::MAX_UNACKED`] events. The writer records, `Ack` retires, and a member that
 /// leaves hands the rest to the bus to report.
 #[derive(Default)]
 pub struct Unacked {
-    sent: std::sync::Mutex<VecDeque<(u64, u64)>>,
+    sent: std::sync::Mutex<VecDeque<Sent>>,
 }
 
 impl Unacked {
-    fn sent(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, u64)>> {
+    fn sent(&self) -> std::sync::MutexGuard<'_, VecDeque<Sent>> {
         // Every critical section is a single push, pop or take: a poisoned lock is usable.
         self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -157,9 +172,19 @@ impl Unacked {
         protocol::MAX_UNACKED.saturating_sub(self.sent().len())
     }
 
-    /// Notes events just written.
+    /// Notes events just written, as `(seq, account)`.
     pub fn record(&self, written: impl IntoIterator<Item = (u64, u64)>) {
-        self.sent().extend(written);
+        let mut sent = self.sent();
+        sent.extend(
+            written
+                .into_iter()
+                .map(|(seq, account)| Sent::Event(seq, account)),
+        );
+    }
+
+    /// Notes a gap line just written.
+    pub fn record_gap(&self, gap: Gap) {
+        self.sent().push_back(Sent::Gap(gap));
     }
 
     /// Retires the event `seq` and everything written before it (seqs are not in order
@@ -169,14 +194,17 @@ impl Unacked {
     pub fn ack(&self, seq: u64) -> bool {
         let mut sent = self.sent();
         let was_full = sent.len() >= protocol::MAX_UNACKED;
-        if let Some(at) = sent.iter().position(|&(s, _)| s == seq) {
+        if let Some(at) = sent
+            .iter()
+            .position(|s| matches!(s, Sent::Event(s, _) if *s == seq))
+        {
             sent.drain(..=at);
         }
         was_full && sent.len() < protocol::MAX_UNACKED
     }
 
     /// Everything still unacknowledged, leaving none.
-    pub fn take(&self) -> VecDeque<(u64, u64)> {
+    pub fn take(&self) -> VecDeque<Sent> {
         std::mem::take(&mut *self.sent())
     }
 }
@@ -269,14 +297,49 @@ mod tests {
         assert!(unacked.ack(10), "room again after a full log");
         assert_eq!(unacked.room(), 10);
         assert!(!unacked.ack(5), "an old ack changes nothing");
-        assert_eq!(unacked.take().front(), Some(&(11, 7)));
+        assert_eq!(unacked.take().front(), Some(&Sent::Event(11, 7)));
         assert_eq!(unacked.room(), protocol::MAX_UNACKED);
         unacked.record([(100, 1), (3, 2), (101, 1)]);
         assert!(
             !unacked.ack(3),
             "handed over after a newer one, acknowledged by its own seq"
         );
-        assert_eq!(unacked.take(), VecDeque::from([(101, 1)]));
+        assert_eq!(unacked.take(), VecDeque::from([Sent::Event(101, 1)]));
+    }
+
+    #[test]
+    fn a_gap_line_is_kept_until_an_event_after_it_is_acknowledged() {
+        let unacked = Unacked::default();
+        let gap = Gap {
+            from_seq: 1,
+            to_seq: 4,
+            missed: 4,
+        };
+        unacked.record([(5, 1)]);
+        unacked.record_gap(gap);
+        unacked.record([(9, 1)]);
+        unacked.ack(5);
+        assert_eq!(
+            unacked.take(),
+            VecDeque::from([Sent::Gap(gap), Sent::Event(9, 1)])
+        );
+        unacked.record_gap(gap);
+        unacked.record([(10, 1)]);
+        unacked.ack(10);
+        assert!(unacked.take().is_empty());
+    }
+
+    #[test]
+    fn the_owner_cache_is_bounded_and_owners_stay_the_same() {
+        let mut groups = Groups::default();
+        groups.join("g", 0, 10, Filter::All);
+        groups.join("g", 1, 11, Filter::All);
+        let first = owners(&mut groups, "g", 100);
+        for account in 0..(CACHED_OWNERS as u64 + 10) {
+            groups.owner("g", account);
+        }
+        assert!(groups.live["g"].owners.len() <= CACHED_OWNERS);
+        assert_eq!(owners(&mut groups, "g", 100), first);
     }
 
     #[test]

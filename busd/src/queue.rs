@@ -43,6 +43,15 @@ pub struct Gap {
 }
 
 impl Gap {
+    /// One event at `seq`.
+    pub fn one(seq: u64) -> Gap {
+        Gap {
+            from_seq: seq,
+            to_seq: seq,
+            missed: 1,
+        }
+    }
+
     /// The range spanning both, their counts added (an upper bound where they overlap).
     pub fn merge(self, other: Gap) -> Gap {
         Gap {
@@ -52,11 +61,12 @@ impl Gap {
         }
     }
 
-    /// `gap` grown by one more event at `seq`, later than any it holds.
+    /// `gap` grown by one more event at `seq` (earlier or later than those it holds).
     pub fn widen(gap: &mut Option<Gap>, seq: u64) {
         match gap {
             Some(gap) => {
-                gap.to_seq = seq;
+                gap.from_seq = gap.from_seq.min(seq);
+                gap.to_seq = gap.to_seq.max(seq);
                 gap.missed += 1;
             }
             None => {
@@ -161,15 +171,31 @@ impl Queue {
         inner.gap = Some(inner.gap.map_or(gap, |old| old.merge(gap)));
     }
 
-    /// Moves up to `max` of the oldest events into `out`.
+    /// Moves up to `max` of the oldest events into `out`. An overflowed queue gives nothing
+    /// out: its subscriber is about to be disconnected, and a consumer group member's queue
+    /// and gap are then handed over whole.
     pub fn drain_into(&self, max: usize, out: &mut Vec<Entry>) -> Drained {
         let mut inner = self.lock();
+        if inner.overflowed {
+            return Drained {
+                gap: None,
+                overflowed: true,
+            };
+        }
         let take = inner.entries.len().min(max);
         out.extend(inner.entries.drain(..take));
         Drained {
             gap: inner.gap.take(),
             overflowed: inner.overflowed,
         }
+    }
+
+    /// Everything queued and the gap, leaving the queue empty, overflowed or not: what a
+    /// consumer group member that left hands to the others.
+    pub fn take_all(&self) -> (Vec<Entry>, Option<Gap>) {
+        let mut inner = self.lock();
+        let entries = inner.entries.drain(..).collect();
+        (entries, inner.gap.take())
     }
 
     /// Events waiting, for stats.
@@ -242,14 +268,19 @@ mod tests {
         assert!(!queue.push(&mut entries(5..=5), WhenFull::Refuse));
         let (drained, seqs) = drain_all(&queue);
         assert!(drained.overflowed);
-        assert_eq!(seqs, vec![1, 2]);
+        assert!(
+            seqs.is_empty(),
+            "nothing more is written to an overflowed subscriber"
+        );
         assert_eq!(queue.dropped(), 3, "every refused event counts");
+        let (kept, gap) = queue.take_all();
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
         let refused = Gap {
             from_seq: 3,
             to_seq: 5,
             missed: 3,
         };
-        assert_eq!(drained.gap, Some(refused), "and is remembered as a gap");
+        assert_eq!(gap, Some(refused), "and is remembered as a gap");
     }
 
     #[test]
@@ -343,7 +374,9 @@ mod loom_tests {
             let delivered = out.len() as u64;
             if rest.overflowed {
                 assert!(woke);
-                assert_eq!(delivered + queue.dropped(), 3);
+                // Nothing more is drained; what stayed queued is there to hand over.
+                let kept = queue.take_all().0.len() as u64;
+                assert_eq!(delivered + kept + queue.dropped(), 3);
             } else {
                 assert!(!first.overflowed);
                 assert_eq!(delivered, 3);

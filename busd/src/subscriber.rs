@@ -116,13 +116,15 @@ impl Connection {
                     }
                 }
                 _ = ctx.shutdown.goodbye.cancelled() => {
-                    return match self.drain(ctx).await {
+                    // Everything queued goes out before Goodbye, whatever a group member
+                    // has acknowledged: Goodbye says the subscriber has it all.
+                    return match self.drain(ctx, Cap::None).await {
                         Ok(()) => Ended::Goodbye,
                         Err(end) => end.into(),
                     };
                 }
                 _ = self.sub.notify.notified() => {
-                    if let Err(end) = self.drain(ctx).await {
+                    if let Err(end) = self.drain(ctx, Cap::Acks).await {
                         return end.into();
                     }
                 }
@@ -162,11 +164,12 @@ impl Connection {
         Ok(())
     }
 
-    async fn drain(&mut self, ctx: &Context) -> Result<(), DrainEnd> {
+    async fn drain(&mut self, ctx: &Context, cap: Cap) -> Result<(), DrainEnd> {
         drain(
             &mut self.out,
             &self.sub,
             ctx,
+            cap,
             &mut self.batch,
             &self.origins,
         )
@@ -272,6 +275,15 @@ fn not_a_member(sub: &Subscriber) -> Result<(), Close> {
     }
 }
 
+/// How far a group member's writer may run ahead of its acknowledgements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cap {
+    /// At most `MAX_UNACKED` events past the last `Ack`.
+    Acks,
+    /// No limit: busd is saying goodbye.
+    None,
+}
+
 /// Why draining stopped serving.
 enum DrainEnd {
     Overflowed,
@@ -283,16 +295,17 @@ async fn drain(
     out: &mut Outbound,
     sub: &Subscriber,
     ctx: &Context,
+    cap: Cap,
     batch: &mut Vec<Entry>,
     origins: &BTreeSet<String>,
 ) -> Result<(), DrainEnd> {
     loop {
         // A group member is written at most MAX_UNACKED events ahead of its acks; its
         // `Ack` wakes this writer again.
-        let max = sub
-            .member
-            .get()
-            .map_or(DRAIN_EVENTS, |m| m.room().min(DRAIN_EVENTS));
+        let max = match (cap, sub.member.get()) {
+            (Cap::Acks, Some(member)) => member.room().min(DRAIN_EVENTS),
+            _ => DRAIN_EVENTS,
+        };
         let drained = sub.queue.drain_into(max, batch);
         if drained.overflowed {
             return Err(DrainEnd::Overflowed);
@@ -303,6 +316,9 @@ async fn drain(
                 to_seq: gap.to_seq,
                 missed: gap.missed,
             });
+            if let Some(member) = sub.member.get() {
+                member.record_gap(gap);
+            }
         }
         let drained_count = batch.len();
         if !origins.is_empty() {

@@ -334,4 +334,19 @@ async fn jetstream_refuses_a_member_with_another_filter() {
     assert_eq!(status.code(), Some(1));
     let log = other.stderr_log();
     assert!(log.contains("another filter"), "{log}");
+    // Lists longer than --max-filter-subjects read the same subjects; still refused.
+    let _big = watch(&bus, &["--group", "big", "--accounts", "1-200"]);
+    let args = [
+        "watch",
+        "--bus",
+        &bus,
+        "--group",
+        "big",
+        "--accounts",
+        "201-400",
+    ];
+    let mut other = support::busctl(&args);
+    assert_eq!(other.wait_exit(WAIT).code(), Some(1));
+    let log = other.stderr_log();
+    assert!(log.contains("another filter"), "{log}");
 }

@@ -359,13 +359,67 @@ fn the_next_member_of_an_emptied_group_gets_what_nobody_received() {
     bus.publish("p", 0, batch(1, &[1, 2])).unwrap();
     let sent = write(&m1).1;
     bus.ack(&m1, sent[1].0);
+    // Seq 3 is queued for m1 when it leaves: nobody will have it, which is said.
     bus.publish("p", 0, batch(2, &[3])).unwrap();
     bus.unregister(k1);
     bus.publish("p", 0, batch(3, &[4])).unwrap();
     let (_, m2) = join(&bus, "m2", "g");
     let (gap, events) = drain(&m2);
-    assert_eq!(gap, None, "everything m1 was sent was acknowledged");
-    assert_eq!(events, vec![(3, 3), (4, 4)]);
+    assert_eq!(gap, Some(Gap::one(3)), "m1's queued event, never written");
+    assert_eq!(events, vec![(4, 4)], "published while the group was empty");
+}
+
+#[test]
+fn what_no_remaining_member_takes_is_a_gap_for_all_of_them() {
+    let bus = bus();
+    let (k1, m1) = join(&bus, "m1", "g");
+    let (k2, m2) = bus.register("m2".into());
+    bus.join(k2, "g".into(), accounts(&[1])).unwrap();
+    bus.publish("p", 0, batch(1, &[7, 8])).unwrap();
+    assert_eq!(
+        write(&m1).1.len(),
+        2,
+        "m1 owns 7 and 8: m2 does not take them"
+    );
+    bus.unregister(k1);
+    let (gap, events) = drain(&m2);
+    assert!(events.is_empty());
+    assert_eq!(
+        gap,
+        Some(Gap {
+            from_seq: 1,
+            to_seq: 2,
+            missed: 2
+        })
+    );
+}
+
+#[test]
+fn a_member_joining_an_emptied_group_hears_of_accounts_it_does_not_take() {
+    let bus = bus();
+    let (k1, _) = join(&bus, "m1", "g");
+    bus.unregister(k1);
+    bus.publish("p", 0, batch(1, &[1, 2])).unwrap();
+    let (k2, m2) = bus.register("m2".into());
+    bus.join(k2, "g".into(), accounts(&[1])).unwrap();
+    let (gap, events) = drain(&m2);
+    assert_eq!(events, vec![(1, 1)]);
+    assert_eq!(gap, Some(Gap::one(2)), "account 2's event went to nobody");
+}
+
+#[test]
+fn a_written_gap_not_acknowledged_is_handed_over_too() {
+    let bus = bus();
+    let (k1, m1) = join(&bus, "m1", "g");
+    let (_, m2) = join(&bus, "m2", "g");
+    let lost = Gap {
+        from_seq: 40,
+        to_seq: 41,
+        missed: 2,
+    };
+    m1.member.get().unwrap().record_gap(lost);
+    bus.unregister(k1);
+    assert_eq!(drain(&m2).0, Some(lost));
 }
 
 #[test]

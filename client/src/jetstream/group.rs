@@ -9,6 +9,7 @@
 //! a message sent again arrives after later ones. A member acknowledges each event once it
 //! has handed it out, that is when it is asked for the next ones.
 
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{Config, Stream as Messages};
@@ -24,8 +25,9 @@ use super::{JetstreamError, Layout, subscriber};
 pub const ACK_WAIT: Duration = Duration::from_secs(10);
 /// Most messages the whole group holds unacknowledged at once.
 const MAX_ACK_PENDING: i64 = 20_000;
-/// Most messages asked for in one pull request.
-const BATCH: usize = 500;
+/// Most messages asked for in one pull request: few enough that a member printing to a
+/// slow pipe hands them all out well within [`ACK_WAIT`].
+const BATCH: usize = 100;
 /// The server's heartbeat while idle; two missed and the member reconnects.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a pull request waits on the server before the client renews it.
@@ -67,6 +69,7 @@ pub(crate) async fn join(
     let name = consumer_name(group);
     let config = Config {
         durable_name: Some(name.clone()),
+        description: Some(description(filter)),
         filter_subject,
         filter_subjects,
         deliver_policy: DeliverPolicy::New,
@@ -88,13 +91,19 @@ pub(crate) async fn join(
     if !info.config.filter_subject.is_empty() {
         have.push(info.config.filter_subject.clone());
     }
-    if !same_subjects(have.clone(), subjects.clone()) {
+    // The subjects alone do not tell two long account lists apart (both read every
+    // account's subject and filter here), so the description names the accounts too.
+    let ours = description(filter);
+    let same = same_subjects(have, subjects) && info.config.description.as_deref() == Some(&ours);
+    if !same {
         return Err(JetstreamError::Refused(format!(
             "group {group} exists on stream {} with another filter ({}); its members must \
-             watch the same accounts (this one asks for {})",
+             watch the same accounts (this one: {ours})",
             layout.stream,
-            have.join(","),
-            subjects.join(",")
+            info.config
+                .description
+                .as_deref()
+                .unwrap_or("no description"),
         )));
     }
     let messages = consumer
@@ -111,6 +120,21 @@ pub(crate) async fn join(
         filter: subscriber::local_filter(layout, filter),
         handed: Vec::new(),
     })
+}
+
+/// The consumer's description: which accounts the group takes, as a count and a
+/// fingerprint of the list (SipHash with fixed keys, the same in every busctl).
+fn description(filter: &Filter) -> String {
+    match filter {
+        Filter::All => "tracker consumer group: every account".into(),
+        Filter::Accounts(ids) => {
+            let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(ids);
+            format!(
+                "tracker consumer group: {} accounts, list {hash:016x}",
+                ids.len()
+            )
+        }
+    }
 }
 
 fn same_subjects(mut a: Vec<String>, mut b: Vec<String>) -> bool {
@@ -167,5 +191,14 @@ mod tests {
         assert!(same_subjects(s(&["a.1", "a.2"]), s(&["a.2", "a.1"])));
         assert!(!same_subjects(s(&["a.1"]), s(&["a.1", "a.2"])));
         assert_eq!(consumer_name("billing"), "group-billing");
+        let (a, b) = (
+            Filter::Accounts([1, 2].into()),
+            Filter::Accounts([1, 3].into()),
+        );
+        assert_ne!(description(&a), description(&b));
+        assert_eq!(
+            description(&a),
+            description(&Filter::Accounts([2, 1].into()))
+        );
     }
 }
