@@ -406,22 +406,15 @@ impl Subscriber {
             &options.filter,
         )
         .await;
-        let (_conn, stream, info) = match opened {
-            Ok(opened) => opened,
-            Err(err) if err.is_refusal() => {
-                self.state = State::Lost(err.to_string());
-                return Err(SubscribeError::Jetstream(err));
-            }
-            Err(err) => {
-                self.state = State::Lost(err.to_string());
-                return Ok(());
-            }
+        let Some((_conn, stream, info)) = self.or_lost(opened)? else {
+            return Ok(());
         };
         let first = self.cursor.position.is_none();
         let epoch = jetstream::stream::epoch(&info);
-        if let Some(group) = &options.group {
-            let joined = jetstream::group::join(stream, &options.layout, &options.filter, group);
-            return self.joined(joined.await, epoch, info.state.last_sequence);
+        if let Some(group) = &self.options.group {
+            let (layout, filter) = (&self.options.layout, &self.options.filter);
+            let joined = jetstream::group::join(stream, layout, filter, group).await;
+            return self.joined(joined, epoch, info.state.last_sequence);
         }
         let held = (info.state.first_sequence, info.state.last_sequence);
         let from = if first && self.options.start != Start::Head {
@@ -458,6 +451,24 @@ impl Subscriber {
         Ok(())
     }
 
+    /// What JetStream gave, or the connection lost: `Err` for a refusal retrying cannot
+    /// fix, `Ok(None)` for a failure the next attempt may not meet.
+    fn or_lost<T>(
+        &mut self,
+        result: Result<T, JetstreamError>,
+    ) -> Result<Option<T>, SubscribeError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(err) => {
+                self.state = State::Lost(err.to_string());
+                if err.is_refusal() {
+                    return Err(SubscribeError::Jetstream(err));
+                }
+                Ok(None)
+            }
+        }
+    }
+
     /// Goes on from a JetStream group join: the group's consumer keeps the position, so a
     /// member only tells the stream apart from its earlier ones by the cursor's epoch.
     fn joined(
@@ -466,16 +477,8 @@ impl Subscriber {
         epoch: u64,
         head_seq: u64,
     ) -> Result<(), SubscribeError> {
-        let pull = match joined {
-            Ok(pull) => pull,
-            Err(err) if err.is_refusal() => {
-                self.state = State::Lost(err.to_string());
-                return Err(SubscribeError::Jetstream(err));
-            }
-            Err(err) => {
-                self.state = State::Lost(err.to_string());
-                return Ok(());
-            }
+        let Some(pull) = self.or_lost(joined)? else {
+            return Ok(());
         };
         self.reconnect.connected();
         self.reconnect.progressed();

@@ -250,14 +250,18 @@ mod tests {
             vec![(welcome(10), frames)],
         )
         .await;
-        let printed: Vec<u64> = out
-            .iter()
+        let printed = printed_seqs(&out);
+        assert_eq!(printed, [2, 4]);
+    }
+
+    /// The seqs of the events printed, in order.
+    fn printed_seqs(out: &[Output]) -> Vec<u64> {
+        out.iter()
             .flat_map(|o| match o {
                 Output::Events { events, .. } => events.iter().map(|(seq, _)| *seq).collect(),
                 Output::Gap(_) | Output::Synced(_) => vec![],
             })
-            .collect();
-        assert_eq!(printed, [2, 4]);
+            .collect()
     }
 
     #[tokio::test]
@@ -267,13 +271,7 @@ mod tests {
             ServerFrame::Events(vec![(6, event(6))]),
         ];
         let out = replay(args(&["--count", "3"]), vec![(welcome(10), frames)]).await;
-        let printed: Vec<u64> = out
-            .iter()
-            .flat_map(|o| match o {
-                Output::Events { events, .. } => events.iter().map(|(seq, _)| *seq).collect(),
-                Output::Gap(_) | Output::Synced(_) => vec![],
-            })
-            .collect();
+        let printed = printed_seqs(&out);
         assert_eq!(printed, [1, 2, 3]);
     }
 }

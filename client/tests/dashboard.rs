@@ -14,6 +14,7 @@ use testkit::chromium::{Browser, Tab, skip_without_chromium};
 use testkit::http::get_blocking;
 use testkit::{Proc, binary, free_port};
 
+#[macro_use]
 mod support;
 use support::{WAIT, busctl, busctl_command};
 
@@ -295,13 +296,7 @@ fn pages_that_go_away_leave_nothing_behind() {
 
 #[test]
 fn over_jetstream_the_page_counts_the_same_and_rides_out_a_server_restart() {
-    let Some(_) = testkit::nats::server() else {
-        eprintln!(
-            "skipped: nats-server {} is not installed (.ci/nats-server installs it)",
-            testkit::nats::VERSION
-        );
-        return;
-    };
+    nats_or_skip!();
     let mut cluster = testkit::nats::Cluster::start(1);
     let bus = cluster.urls();
     let dir = tempfile::tempdir().unwrap();

@@ -12,6 +12,7 @@ use testkit::Proc;
 use testkit::bus::{Busd, publish_to};
 use testkit::nats::Cluster;
 
+#[macro_use]
 mod support;
 use support::{WAIT, busctl_command, json, watch};
 
@@ -231,22 +232,6 @@ fn a_bad_group_name_or_a_start_in_the_past_exits_2() {
         let out = busctl_command(&args).output().expect("busctl runs");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
-}
-
-/// The pinned nats-server, or a skip message and `return` from the test.
-macro_rules! nats_or_skip {
-    () => {
-        match testkit::nats::server() {
-            Some(path) => path,
-            None => {
-                eprintln!(
-                    "skipped: nats-server {} is not installed (.ci/nats-server installs it)",
-                    testkit::nats::VERSION
-                );
-                return;
-            }
-        }
-    };
 }
 
 /// Makes the stream as ingest would.

@@ -18,27 +18,12 @@ use tempfile::TempDir;
 use testkit::nats::Cluster;
 use testkit::{Proc, binary, free_port};
 
+#[macro_use]
 mod support;
 use support::{WAIT, busctl, busctl_command, json, watch};
 
 /// Where Debian's nats-server package puts the program (2.9.10 on bookworm).
 const DEBIAN_NATS: &str = "/usr/sbin/nats-server";
-
-/// The pinned nats-server, or a skip message and `return` from the test.
-macro_rules! nats_or_skip {
-    () => {
-        match testkit::nats::server() {
-            Some(path) => path,
-            None => {
-                eprintln!(
-                    "skipped: nats-server {} is not installed (.ci/nats-server installs it)",
-                    testkit::nats::VERSION
-                );
-                return;
-            }
-        }
-    };
-}
 
 /// Every stdout line `proc` prints until it closes stdout (it exited).
 fn rest_of_stdout(proc: &Proc) -> Vec<String> {

@@ -51,7 +51,7 @@ async fn events_print_as_the_template_says() {
 
 #[test]
 fn template_mistakes_are_bad_arguments() {
-    for (args, says) in [
+    support::assert_bad_watch_args(&[
         (
             &["--template", "{acount_id}"][..],
             "unknown field {acount_id}",
@@ -69,15 +69,7 @@ fn template_mistakes_are_bad_arguments() {
             &["--template", "{data}", "--aggregate", "1s"],
             "cannot be used with",
         ),
-    ] {
-        let mut argv = vec!["watch", "--bus", "127.0.0.1:1"];
-        argv.extend_from_slice(args);
-        let output = busctl_command(&argv).output().expect("busctl runs");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
-        assert!(output.stdout.is_empty());
-    }
+    ]);
     let help = busctl_command(&["watch", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("{timestamp} {account_id} {data}"), "{help}");

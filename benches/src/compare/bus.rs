@@ -127,6 +127,20 @@ impl System {
 }
 
 pub fn run(budget: Budget) -> Vec<Row> {
+    let shapes = [Shape::one_to_one(), Shape::one_to_ten(), Shape::filtered()];
+    run_shapes(budget, &shapes, &System::all())
+}
+
+/// Consumer groups on busd: a group of 4 members against 4 plain subscribers of disjoint
+/// account sets, the same work split by hand; both decode every frame, the group's members
+/// acknowledge each.
+pub fn run_groups(budget: Budget) -> Vec<Row> {
+    let shapes = [Shape::four_disjoint(), Shape::group_of_four()];
+    run_shapes(budget, &shapes, &[System::busd()])
+}
+
+/// Every shape against every system, each on a fresh server.
+fn run_shapes(budget: Budget, shapes: &[Shape], systems: &[System]) -> Vec<Row> {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -136,13 +150,12 @@ pub fn run(budget: Budget) -> Vec<Row> {
     };
     let measure = Duration::from_secs(u64::from(budget.seconds));
     let warmup = Duration::from_millis(if budget.smoke { 300 } else { 1000 });
-    let systems = System::all();
     let mut rows = Vec::new();
-    for shape in [Shape::one_to_one(), Shape::one_to_ten(), Shape::filtered()] {
-        for system in &systems {
+    for shape in shapes {
+        for system in systems {
             let row = match system.start() {
                 Ok((server, addr)) => {
-                    let row = runtime.block_on(measure_one(system, &addr, &shape, warmup, measure));
+                    let row = runtime.block_on(measure_one(system, &addr, shape, warmup, measure));
                     drop(server);
                     row
                 }
@@ -152,33 +165,6 @@ pub fn run(budget: Budget) -> Vec<Row> {
         }
     }
     rows
-}
-
-/// Consumer groups on busd: a group of 4 members against 4 plain subscribers of disjoint
-/// account sets, the same work split by hand; both decode every frame, the group's members
-/// acknowledge each.
-pub fn run_groups(budget: Budget) -> Vec<Row> {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return vec![skipped("busd", "-", &e.to_string())],
-    };
-    let measure = Duration::from_secs(u64::from(budget.seconds));
-    let warmup = Duration::from_millis(if budget.smoke { 300 } else { 1000 });
-    let busd = System::busd();
-    [Shape::four_disjoint(), Shape::group_of_four()]
-        .iter()
-        .map(|shape| match busd.start() {
-            Ok((server, addr)) => {
-                let row = runtime.block_on(measure_one(&busd, &addr, shape, warmup, measure));
-                drop(server);
-                row
-            }
-            Err(note) => skipped(&busd.name, shape.name, &note),
-        })
-        .collect()
 }
 
 fn skipped(system: &str, shape: &str, note: &str) -> Row {

@@ -28,10 +28,6 @@ const MAX_ACK_PENDING: i64 = 20_000;
 /// Most messages asked for in one pull request: few enough that a member printing to a
 /// slow pipe hands them all out well within [`ACK_WAIT`].
 const BATCH: usize = 100;
-/// The server's heartbeat while idle; two missed and the member reconnects.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long a pull request waits on the server before the client renews it.
-const EXPIRES: Duration = Duration::from_secs(10);
 
 /// The durable consumer's name for group `group`.
 pub fn consumer_name(group: &str) -> String {
@@ -106,12 +102,7 @@ pub(crate) async fn join(
                 .unwrap_or("no description"),
         )));
     }
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .heartbeat(HEARTBEAT)
-        .expires(EXPIRES)
-        .messages()
+    let messages = subscriber::pull(&consumer, BATCH)
         .await
         .map_err(|err| unavailable(format!("cannot pull from {name}: {err}")))?;
     Ok(GroupPull {

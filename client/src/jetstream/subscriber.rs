@@ -215,6 +215,21 @@ async fn pending(
     Ok(info.num_pending)
 }
 
+/// The messages of `consumer`, `batch` at a time, with [`HEARTBEAT`]s while idle and
+/// requests renewed every [`EXPIRES`].
+pub(crate) async fn pull(
+    consumer: &async_nats::jetstream::consumer::Consumer<Config>,
+    batch: usize,
+) -> Result<Messages, async_nats::jetstream::consumer::StreamError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(HEARTBEAT)
+        .expires(EXPIRES)
+        .messages()
+        .await
+}
+
 /// Starts a consumer at `from`.
 pub(crate) async fn consume(
     stream: Stream,
@@ -227,12 +242,7 @@ pub(crate) async fn consume(
         .create_consumer(config(layout, filter, from))
         .await
         .map_err(|err| unavailable(format!("cannot create a consumer: {err}")))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .heartbeat(HEARTBEAT)
-        .expires(EXPIRES)
-        .messages()
+    let messages = pull(&consumer, BATCH)
         .await
         .map_err(|err| unavailable(format!("cannot pull from the consumer: {err}")))?;
     Ok(Pull {

@@ -40,3 +40,34 @@ pub fn watch(bus: &str, extra: &[&str]) -> Proc {
 pub fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
 }
+
+/// Each `watch` command line in `cases` is refused as bad arguments (exit 2, nothing on
+/// stdout) with a message containing its text.
+pub fn assert_bad_watch_args(cases: &[(&[&str], &str)]) {
+    for (args, says) in cases {
+        let mut argv = vec!["watch", "--bus", "127.0.0.1:1"];
+        argv.extend_from_slice(args);
+        let output = busctl_command(&argv).output().expect("busctl runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// The pinned nats-server, or a skip message and `return` from the test.
+#[allow(unused_macros)]
+macro_rules! nats_or_skip {
+    () => {
+        match testkit::nats::server() {
+            Some(path) => path,
+            None => {
+                eprintln!(
+                    "skipped: nats-server {} is not installed (.ci/nats-server installs it)",
+                    testkit::nats::VERSION
+                );
+                return;
+            }
+        }
+    };
+}
