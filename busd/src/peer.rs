@@ -125,9 +125,16 @@ impl Outbound {
 
 /// Reads and discards what a refused peer still sends, so that closing the socket does not
 /// reset the connection (and destroy the `Error` frame) while its data is unread.
-pub async fn linger(mut rd: OwnedReadHalf) {
+pub async fn linger(rd: OwnedReadHalf) {
+    linger_for(rd, LINGER).await;
+}
+
+/// [`linger`] for up to `within`, or until the peer closes: after a `Goodbye`, a subscriber
+/// still reading what came before it keeps sending (pings, a group member's acks), and a
+/// reset would destroy what it has not read yet.
+pub async fn linger_for(mut rd: OwnedReadHalf, within: Duration) {
     let mut sink = vec![0u8; 16 * 1024];
-    let _ = tokio::time::timeout(LINGER, async {
+    let _ = tokio::time::timeout(within, async {
         let mut total = 0usize;
         while let Ok(n @ 1..) = rd.read(&mut sink).await {
             total += n;

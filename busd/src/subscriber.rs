@@ -55,7 +55,11 @@ async fn end(ended: Ended, reader: Reader, out: Outbound, ctx: &Context, peer: &
                 epoch: ctx.bus.epoch(),
                 last_seq: ctx.bus.head(),
             };
+            let rd = reader.into_inner();
             out.finish(&goodbye).await;
+            // Until the subscriber has read it all and closes (busd waits at most
+            // --drain-timeout for every connection anyway).
+            crate::peer::linger_for(rd, ctx.config.drain_timeout).await;
         }
         Ended::Close(Close::Refuse(code, message)) => {
             tracing::info!(%peer, ?code, %message, "closing subscriber");

@@ -335,3 +335,30 @@ async fn jetstream_refuses_a_member_with_another_filter() {
     let log = other.stderr_log();
     assert!(log.contains("another filter"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busd_goodbye_writes_a_members_whole_queue_first() {
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
+    let busd = Busd::start_on(&listen, &[]);
+    let member = member(&listen, "g");
+    // Stopped, the member acknowledges nothing: busd writes it MAX_UNACKED events and
+    // queues the rest.
+    member.signal("STOP");
+    let total = protocol::MAX_UNACKED + 5_000;
+    publish_to(&listen, "goodbye", &events(0..total)).await;
+    busd.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    member.signal("CONT");
+    let mut busd = busd;
+    assert!(busd.proc.wait_exit(WAIT).success(), "busd exits cleanly");
+    let _restarted = Busd::start_on(&listen, &[]);
+    let mut printed = [Printed::default()];
+    collect(&[&member], &mut printed, total, WAIT);
+    member.wait_stderr("nothing was missed", WAIT);
+    assert!(printed[0].gaps.is_empty(), "gaps: {:?}", printed[0].gaps);
+    assert_eq!(
+        tally(&printed).len(),
+        total,
+        "every event before the Goodbye"
+    );
+}
