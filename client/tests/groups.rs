@@ -362,3 +362,59 @@ async fn a_busd_goodbye_writes_a_members_whole_queue_first() {
         "every event before the Goodbye"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_disconnected_for_falling_behind_hands_everything_over() {
+    let args = ["--slow-policy", "disconnect", "--queue-events", "10000"];
+    let busd = Busd::start(&args);
+    let bus = busd.addr.to_string();
+    let members: Vec<Proc> = (0..2).map(|_| member(&bus, "g")).collect();
+    let plain = watch(&bus, &["--all"]);
+    // Stopped, member 0 is written MAX_UNACKED events, then its queue overflows.
+    members[0].signal("STOP");
+    let total = 60_000;
+    for chunk in 0..6 {
+        let range = chunk * total / 6..(chunk + 1) * total / 6;
+        publish_to(&bus, &format!("slow-{chunk}"), &events(range)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    members[0].signal("CONT");
+    let refs: Vec<&Proc> = members.iter().collect();
+    let mut printed: Vec<Printed> = (0..2).map(|_| Printed::default()).collect();
+    collect(&refs, &mut printed, total, Duration::from_secs(3));
+    members[0].wait_stderr("fell behind", WAIT);
+
+    let mut all = [Printed::default()];
+    collect(&[&plain], &mut all, total, WAIT);
+    let seq_of: HashMap<usize, u64> = all[0].events.iter().map(|&(s, _, i)| (i, s)).collect();
+    assert_eq!(seq_of.len(), total, "the plain watcher saw everything");
+    let times = tally(&printed);
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(twice.is_empty(), "events printed twice: {twice:?}");
+    let gaps: Vec<(u64, u64)> = printed.iter().flat_map(|p| p.gaps.clone()).collect();
+    let unsaid: Vec<usize> = (0..total)
+        .filter(|i| !times.contains_key(i))
+        .filter(|i| {
+            !gaps
+                .iter()
+                .any(|&(from, to)| (from..=to).contains(&seq_of[i]))
+        })
+        .collect();
+    assert!(
+        unsaid.is_empty(),
+        "{} events neither printed nor in a gap line, e.g. {:?}",
+        unsaid.len(),
+        &unsaid[..unsaid.len().min(10)]
+    );
+    assert!(
+        printed[1].gaps.iter().any(|_| true),
+        "the member taking over heard of what the slow one was sent"
+    );
+    eprintln!(
+        "slow member printed {}, the other {}; {} unprinted, in {} gap lines",
+        printed[0].events.len(),
+        printed[1].events.len(),
+        total - times.len(),
+        gaps.len()
+    );
+}
