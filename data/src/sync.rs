@@ -346,8 +346,10 @@ mod tests {
         // would replay it into the new file unless the sync empties it first.
         assert!(dir.path().join("a.db-wal").metadata().unwrap().len() > 0);
         std::fs::rename(&other, &path).unwrap();
-        wait_until("the replacement was never reloaded", || accounts.len() == 3);
-        assert!(sync.file_ok());
+        // The index is swapped before the file is marked good again: wait for both.
+        wait_until("the replacement was never reloaded", || {
+            accounts.len() == 3 && sync.file_ok()
+        });
         assert_eq!(accounts.status(4), Status::Unknown);
         let count: i64 = open_existing(&path)
             .unwrap()
