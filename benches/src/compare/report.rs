@@ -244,6 +244,24 @@ fn millions(v: Option<f64>) -> String {
     })
 }
 
+/// The rows of an HTTP table (the header is written by the caller).
+fn http_rows(s: &mut String, rows: &[http::Row]) {
+    for h in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            h.server,
+            h.mode,
+            h.requests_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            h.ok_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
+            opt(&h.p50),
+            opt(&h.p99),
+            opt(&h.errors),
+            opt(&h.note)
+        );
+    }
+}
+
 /// A table of pub/sub rows under `title`, after `intro`.
 fn bus_table(s: &mut String, title: &str, intro: &str, rows: &[bus::Row]) {
     let _ = writeln!(
@@ -295,20 +313,7 @@ pub fn markdown(r: &Results) -> String {
         s,
         "\n## HTTP (wrk -t1)\n\nTracker's row is the whole path: parse, account lookup, event encode, batch to the embedded busd, delivery to one subscriber that counts every event. `2xx/s` counts successful responses only (ingest answers 503 when its outbound buffer is full) and is what the goals compare.\n\n| server | load | req/s | 2xx/s | p50 | p99 | non-2xx or socket errors | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    for h in &r.http {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            h.server,
-            h.mode,
-            h.requests_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
-            h.ok_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
-            opt(&h.p50),
-            opt(&h.p99),
-            opt(&h.errors),
-            opt(&h.note)
-        );
-    }
+    http_rows(&mut s, &r.http);
     bus_table(&mut s, "Pub/sub, 64-byte payloads", "", &r.bus);
     if !r.groups.is_empty() {
         let intro = "The same work shared by a consumer group of 4 members (`Join`, each frame \
@@ -360,20 +365,7 @@ pub fn markdown(r: &Results) -> String {
         s,
         "\n## ingest --durable against its default (wrk -t1)\n\nThe same request as the HTTP part, `GET /1?data=<64 bytes>`, to an ingest answering as soon as the event is in its outbox (default) and to one answering only once the bus acknowledged the event (`--durable`), on its embedded busd and on a one-node JetStream, measured one after the other in this run.\n\n| server | load | req/s | 2xx/s | p50 | p99 | non-2xx or socket errors | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    for h in &r.durable {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            h.server,
-            h.mode,
-            h.requests_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
-            h.ok_per_sec.map_or("-".into(), |v| format!("{v:.0}")),
-            opt(&h.p50),
-            opt(&h.p99),
-            opt(&h.errors),
-            opt(&h.note)
-        );
-    }
+    http_rows(&mut s, &r.durable);
     let _ = writeln!(
         s,
         "\n## Memory and start\n\n| what | value |\n| --- | --- |"
