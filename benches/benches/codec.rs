@@ -55,7 +55,7 @@ fn codec(c: &mut Criterion) {
             .iter()
             .enumerate()
             .map(|(seq, e)| {
-                encode_entry(&mut entries, seq as u64, &e.bytes);
+                encode_entry(&mut entries, seq as u64, raw.bytes(e));
                 entries.split().freeze()
             })
             .collect();

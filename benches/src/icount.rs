@@ -323,17 +323,17 @@ fn drain(
         if drained.overflowed || drained.gap.is_some() {
             return Err(Error::new("a subscriber queue overflowed"));
         }
-        let taken = batch.len();
+        let taken: u64 = batch.iter().map(|e| e.count).sum();
         // Counted first, so each frame's count is written in place, never moved.
-        write_frames(out, batch, FRAME_BYTES, |e| &e.bytes);
+        write_frames(out, batch, FRAME_BYTES, |e| &e.bytes, |e| e.count);
         batch.clear();
-        sub.delivered.fetch_add(taken as u64, Relaxed);
-        bus.counters.delivered.fetch_add(taken as u64, Relaxed);
+        sub.delivered.fetch_add(taken, Relaxed);
+        bus.counters.delivered.fetch_add(taken, Relaxed);
         // The socket write: what the writer's flush leaves behind is an empty buffer.
         black_box(&out[..]);
         out.clear();
-        total += taken as u64;
-        if taken < DRAIN_EVENTS {
+        total += taken;
+        if taken < DRAIN_EVENTS as u64 {
             return Ok(total);
         }
     }

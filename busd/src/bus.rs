@@ -20,6 +20,7 @@ use crate::filter::{FilterIndex, SubKey, origin_matches};
 use crate::group::{Groups, Left, Sent, Unacked};
 use crate::queue::{Entry, Gap, Queue, WhenFull};
 use crate::ring::Ring;
+use crate::runs::{Encoded, Runs};
 
 /// One subscriber as the bus and its writer task share it.
 pub struct Subscriber {
@@ -114,6 +115,10 @@ struct State {
     /// Per-slot staging for one publish, kept to reuse its allocations.
     scratch: Vec<Vec<Entry>>,
     touched: Vec<SubKey>,
+    /// A publish's events for plain subscribers, staged as runs before they become entries.
+    runs: Runs,
+    /// Where each entry of the batch being published ends, kept to reuse its allocation.
+    ends: Vec<usize>,
 }
 
 /// What the bus knows of one publisher name.
@@ -147,6 +152,8 @@ impl Bus {
                 last_batch: FxHashMap::default(),
                 scratch: Vec::new(),
                 touched: Vec::new(),
+                runs: Runs::default(),
+                ends: Vec::new(),
             }),
             counters: Counters::default(),
         }
@@ -192,19 +199,31 @@ impl Bus {
             }
         }
         let first = state.head + 1;
-        let size: usize = batch.events.iter().map(|e| e.bytes.len()).sum();
-        let mut buf = BytesMut::with_capacity(size + batch.events.len() * varint::MAX_LEN);
-        for event in &batch.events {
+        let mut ends = std::mem::take(&mut state.ends);
+        let bytes = encode(&batch, first, &mut ends);
+        for (index, event) in batch.events.iter().enumerate() {
             state.head += 1;
-            fanout::encode_entry(&mut buf, state.head, &event.bytes);
-            let entry = Entry {
-                seq: state.head,
-                account_id: event.account_id,
-                bytes: buf.split().freeze(),
-            };
-            state.route(&entry);
+            let start = index.checked_sub(1).map_or(0, |i| ends[i]);
+            let entry = Entry::one(
+                state.head,
+                event.account_id,
+                bytes.slice(start..ends[index]),
+            );
+            state.route(index, &ends, &entry);
             state.ring.push(entry);
         }
+        let encoded = Encoded {
+            bytes: &bytes,
+            ends: &ends,
+            first_seq: first,
+        };
+        let (scratch, touched) = (&mut state.scratch, &mut state.touched);
+        state.runs.drain(
+            &encoded,
+            |index| batch.events[index].account_id,
+            |key, entry| stage(scratch, touched, key, entry),
+        );
+        state.ends = ends;
         state.deliver(self.when_full);
         self.counters
             .published
@@ -513,17 +532,18 @@ impl State {
         (gap, events.collect())
     }
 
-    /// Stages `entry` for every subscriber whose filter matches it, and for the member of
-    /// each consumer group that owns its account.
-    fn route(&mut self, entry: &Entry) {
+    /// Stages `entry`, the batch's `index`th (entries end at `ends`), for every subscriber
+    /// whose filter matches it, as part of a run, and for the member of each consumer group
+    /// that owns its account, alone: a member acknowledges and hands over single events.
+    fn route(&mut self, index: usize, ends: &[usize], entry: &Entry) {
         for key in self.index.targets(entry.account_id) {
-            stage(&mut self.scratch, &mut self.touched, key, entry);
+            self.runs.stage(key, index, ends);
         }
         if !self.groups.is_empty() {
             self.groups
                 .owners(entry.account_id, &mut self.group_targets);
             for key in self.group_targets.drain(..) {
-                stage(&mut self.scratch, &mut self.touched, key, entry);
+                stage(&mut self.scratch, &mut self.touched, key, entry.clone());
             }
         }
     }
@@ -544,7 +564,7 @@ impl State {
                 Sent::Event(seq, _) => Some(Gap::one(seq)),
                 Sent::Gap(gap) => Some(gap),
             })
-            .chain(queued.iter().map(|e| Some(Gap::one(e.seq))))
+            .chain(queued.iter().map(|e| Some(e.gap())))
             .fold(lost, merge);
         let left = Left {
             after: self.head,
@@ -564,7 +584,7 @@ impl State {
                 },
             }
         }
-        for entry in &queued {
+        for entry in queued.into_iter().flat_map(Entry::events) {
             match self.groups.owner(group, entry.account_id) {
                 Some(owner) => stage(&mut self.scratch, &mut self.touched, owner, entry),
                 None => Gap::widen(&mut shared, entry.seq),
@@ -615,12 +635,25 @@ fn add_gap(gaps: &mut FxHashMap<SubKey, Gap>, member: SubKey, gap: Gap) {
 }
 
 /// Adds `entry` to subscriber `key`'s staging, noting the subscriber as touched.
-fn stage(scratch: &mut [Vec<Entry>], touched: &mut Vec<SubKey>, key: SubKey, entry: &Entry) {
+fn stage(scratch: &mut [Vec<Entry>], touched: &mut Vec<SubKey>, key: SubKey, entry: Entry) {
     let staged = &mut scratch[key];
     if staged.is_empty() {
         touched.push(key);
     }
-    staged.push(entry.clone());
+    staged.push(entry);
+}
+
+/// Encodes every event of `batch` as `(seq, Event)`, seqs from `first`, back to back in one
+/// buffer shared by all of them; `ends` gets where each ends.
+fn encode(batch: &RawPublish, first: u64, ends: &mut Vec<usize>) -> bytes::Bytes {
+    let size = batch.body.len();
+    let mut buf = BytesMut::with_capacity(size + batch.events.len() * varint::MAX_LEN);
+    ends.clear();
+    for (seq, event) in (first..).zip(&batch.events) {
+        fanout::encode_entry(&mut buf, seq, batch.bytes(event));
+        ends.push(buf.len());
+    }
+    buf.freeze()
 }
 
 #[cfg(test)]

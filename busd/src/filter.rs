@@ -27,7 +27,45 @@ pub type SubKey = usize;
 #[derive(Default)]
 pub struct FilterIndex {
     all: Vec<SubKey>,
-    by_account: FxHashMap<u64, Vec<SubKey>>,
+    by_account: FxHashMap<u64, Keys>,
+}
+
+/// The subscribers that named one account. Most accounts have one, kept in the map itself:
+/// routing an event then follows no pointer to a list of its own.
+#[derive(Debug)]
+enum Keys {
+    One(SubKey),
+    Many(Vec<SubKey>),
+}
+
+impl Keys {
+    fn as_slice(&self) -> &[SubKey] {
+        match self {
+            Keys::One(key) => std::slice::from_ref(key),
+            Keys::Many(keys) => keys,
+        }
+    }
+
+    fn push(&mut self, key: SubKey) {
+        match self {
+            Keys::One(first) => *self = Keys::Many(vec![*first, key]),
+            Keys::Many(keys) => keys.push(key),
+        }
+    }
+
+    /// Removes `key`; returns whether no subscriber is left.
+    fn remove(&mut self, key: SubKey) -> bool {
+        match self {
+            Keys::One(only) => *only == key,
+            Keys::Many(keys) => {
+                keys.retain(|k| *k != key);
+                if let [last] = keys[..] {
+                    *self = Keys::One(last);
+                }
+                self.as_slice().is_empty()
+            }
+        }
+    }
 }
 
 impl FilterIndex {
@@ -37,7 +75,12 @@ impl FilterIndex {
             Filter::All => self.all.push(key),
             Filter::Accounts(accounts) => {
                 for account in accounts {
-                    self.by_account.entry(*account).or_default().push(key);
+                    match self.by_account.get_mut(account) {
+                        Some(keys) => keys.push(key),
+                        None => {
+                            self.by_account.insert(*account, Keys::One(key));
+                        }
+                    }
                 }
             }
         }
@@ -49,11 +92,12 @@ impl FilterIndex {
             Filter::All => self.all.retain(|k| *k != key),
             Filter::Accounts(accounts) => {
                 for account in accounts {
-                    if let Some(keys) = self.by_account.get_mut(account) {
-                        keys.retain(|k| *k != key);
-                        if keys.is_empty() {
-                            self.by_account.remove(account);
-                        }
+                    if self
+                        .by_account
+                        .get_mut(account)
+                        .is_some_and(|keys| keys.remove(key))
+                    {
+                        self.by_account.remove(account);
                     }
                 }
             }
@@ -66,7 +110,7 @@ impl FilterIndex {
         let some = self
             .by_account
             .get(&account_id)
-            .map_or(&[][..], Vec::as_slice);
+            .map_or(&[][..], Keys::as_slice);
         self.all.iter().chain(some).copied()
     }
 }
@@ -94,6 +138,31 @@ mod tests {
         assert_eq!(targets(&index, 5), vec![0, 1, 2]);
         assert_eq!(targets(&index, 1), vec![0, 1]);
         assert_eq!(targets(&index, 7), vec![0]);
+    }
+
+    #[test]
+    fn an_account_goes_from_one_subscriber_to_many_and_back() {
+        let mut index = FilterIndex::default();
+        for key in [1, 2, 3] {
+            index.insert(key, &accounts(&[5]));
+        }
+        assert_eq!(targets(&index, 5), vec![1, 2, 3]);
+        index.remove(2, &accounts(&[5]));
+        assert_eq!(targets(&index, 5), vec![1, 3]);
+        index.remove(1, &accounts(&[5]));
+        assert_eq!(targets(&index, 5), vec![3]);
+        assert!(matches!(index.by_account.get(&5), Some(Keys::One(3))));
+        index.remove(9, &accounts(&[5]));
+        assert_eq!(
+            targets(&index, 5),
+            vec![3],
+            "removing another key changes nothing"
+        );
+        index.insert(4, &accounts(&[5]));
+        assert_eq!(targets(&index, 5), vec![3, 4]);
+        index.remove(3, &accounts(&[5]));
+        index.remove(4, &accounts(&[5]));
+        assert!(index.by_account.is_empty());
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub mod reader;
 #[cfg(not(loom))]
 pub mod ring;
 #[cfg(not(loom))]
+pub mod runs;
+#[cfg(not(loom))]
 pub mod server;
 #[cfg(not(loom))]
 pub mod shutdown;

@@ -21,14 +21,106 @@ use std::sync::{Mutex, MutexGuard};
 
 /// An event as busd keeps it: its sequence number, its account (for routing and replay
 /// filters) and the postcard bytes of `(seq, Event)`, shared by every queue that holds it.
+///
+/// In a plain subscriber's queue an entry may also be a run: `count` events of consecutive
+/// seqs, published in one batch, whose bytes lie back to back. A subscriber taking every
+/// event of a batch then costs one entry per batch, not one per event. The ring and a
+/// consumer group member's queue hold single events only.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Its sequence number in this epoch.
+    /// Its sequence number in this epoch (a run's first).
     pub seq: u64,
-    /// Its account, for routing and for filtering a replay.
+    /// Its account, for routing and for filtering a replay (a run's first event's).
     pub account_id: u64,
-    /// The postcard bytes of `(seq, Event)`, ready to go into an `Events` frame.
+    /// The postcard bytes of `(seq, Event)`, ready to go into an `Events` frame (a run's,
+    /// back to back).
     pub bytes: Bytes,
+    /// How many events: 1, or a run's length.
+    pub count: u64,
+}
+
+impl Entry {
+    /// A single event.
+    pub fn one(seq: u64, account_id: u64, bytes: Bytes) -> Entry {
+        Entry {
+            seq,
+            account_id,
+            bytes,
+            count: 1,
+        }
+    }
+
+    /// The events it holds, as a gap if they are lost.
+    pub fn gap(&self) -> Gap {
+        Gap {
+            from_seq: self.seq,
+            to_seq: self.seq + self.count.saturating_sub(1),
+            missed: self.count,
+        }
+    }
+
+    /// Its events one by one (itself, for a single event).
+    pub fn events(self) -> impl Iterator<Item = Entry> {
+        let mut rest = Some(self);
+        std::iter::from_fn(move || {
+            let entry = rest.take()?;
+            let (first, tail) = entry.split_first();
+            rest = tail;
+            Some(first)
+        })
+    }
+
+    /// Its first event, and the run's other events if there are any.
+    fn split_first(mut self) -> (Entry, Option<Entry>) {
+        if self.count <= 1 {
+            return (self, None);
+        }
+        // busd built these bytes from a validated batch, so they always parse; were they
+        // not to, the whole run stays one entry rather than being cut anywhere.
+        let Some((_, len)) = protocol::fanout::first_entry(&self.bytes) else {
+            return (self, None);
+        };
+        let tail_bytes = self.bytes.split_off(len);
+        let tail_account = protocol::fanout::first_entry(&tail_bytes).map_or(0, |(a, _)| a);
+        let tail = Entry {
+            seq: self.seq + 1,
+            account_id: tail_account,
+            bytes: tail_bytes,
+            count: self.count - 1,
+        };
+        self.count = 1;
+        (self, Some(tail))
+    }
+
+    /// Drops its first `n` events (fewer than it holds) and says which were dropped.
+    fn skip(self, n: u64) -> (Option<Gap>, Entry) {
+        let mut dropped: Option<Gap> = None;
+        let mut rest = self;
+        for _ in 0..n {
+            match rest.split_first() {
+                (first, Some(tail)) => {
+                    Gap::widen(&mut dropped, first.seq);
+                    rest = tail;
+                }
+                (whole, None) => return (Some(merge(dropped, whole.gap())), whole.emptied()),
+            }
+        }
+        (dropped, rest)
+    }
+
+    /// An entry of no events (what is left of a run that could not be cut).
+    fn emptied(self) -> Entry {
+        Entry {
+            bytes: Bytes::new(),
+            count: 0,
+            ..self
+        }
+    }
+}
+
+/// Two gaps as one, the first possibly absent.
+fn merge(a: Option<Gap>, b: Gap) -> Gap {
+    a.map_or(b, |a| a.merge(b))
 }
 
 /// Events dropped from one queue: the range of sequence numbers they span and how many.
@@ -107,9 +199,41 @@ pub struct Queue {
 
 struct Inner {
     entries: VecDeque<Entry>,
+    /// Events in `entries` (a run counts its length).
+    len: usize,
     gap: Option<Gap>,
     dropped: u64,
     overflowed: bool,
+}
+
+impl Inner {
+    /// Drops the oldest events until at most `capacity` are left, remembering them as the
+    /// gap; a run is cut so that exactly the oldest go.
+    fn drop_oldest(&mut self, capacity: usize) {
+        while self.len > capacity {
+            let excess = (self.len - capacity) as u64;
+            let Some(oldest) = self.entries.pop_front() else {
+                self.len = 0;
+                return;
+            };
+            let (gap, kept) = if oldest.count <= excess {
+                (oldest.gap(), None)
+            } else {
+                let (gap, rest) = oldest.skip(excess);
+                let Some(gap) = gap else {
+                    self.entries.push_front(rest);
+                    return;
+                };
+                (gap, Some(rest))
+            };
+            self.gap = Some(merge(self.gap, gap));
+            self.len -= gap.missed as usize;
+            self.dropped += gap.missed;
+            if let Some(rest) = kept.filter(|rest| rest.count > 0) {
+                self.entries.push_front(rest);
+            }
+        }
+    }
 }
 
 impl Queue {
@@ -118,6 +242,7 @@ impl Queue {
         Queue {
             inner: Mutex::new(Inner {
                 entries: VecDeque::new(),
+                len: 0,
                 gap: None,
                 dropped: 0,
                 overflowed: false,
@@ -139,28 +264,23 @@ impl Queue {
     pub fn push(&self, batch: &mut Vec<Entry>, when_full: WhenFull) -> bool {
         let mut inner = self.lock();
         let was_empty = inner.entries.is_empty();
+        let events: u64 = batch.iter().map(|e| e.count).sum();
         if inner.overflowed
-            || when_full == WhenFull::Refuse && inner.entries.len() + batch.len() > self.capacity
+            || when_full == WhenFull::Refuse && inner.len as u64 + events > self.capacity as u64
         {
             // Refused events are remembered as a gap too: a consumer group member's queue
             // is handed to the other members when it is disconnected, gap included.
-            inner.dropped += batch.len() as u64;
+            inner.dropped += events;
             for entry in batch.drain(..) {
-                Gap::widen(&mut inner.gap, entry.seq);
+                inner.gap = Some(merge(inner.gap, entry.gap()));
             }
             let newly = !inner.overflowed;
             inner.overflowed = true;
             return newly;
         }
-        for entry in batch.drain(..) {
-            if inner.entries.len() == self.capacity {
-                if let Some(oldest) = inner.entries.pop_front() {
-                    Gap::widen(&mut inner.gap, oldest.seq);
-                    inner.dropped += 1;
-                }
-            }
-            inner.entries.push_back(entry);
-        }
+        inner.len += events as usize;
+        inner.entries.extend(batch.drain(..));
+        inner.drop_oldest(self.capacity);
         was_empty
     }
 
@@ -171,7 +291,8 @@ impl Queue {
         inner.gap = Some(inner.gap.map_or(gap, |old| old.merge(gap)));
     }
 
-    /// Moves up to `max` of the oldest events into `out`. An overflowed queue gives nothing
+    /// Moves up to `max` of the oldest events into `out` (a run is not cut, so the last
+    /// may take it past `max`; a group member's queue holds single events only). An overflowed queue gives nothing
     /// out: its subscriber is about to be disconnected, and a consumer group member's queue
     /// and gap are then handed over whole.
     pub fn drain_into(&self, max: usize, out: &mut Vec<Entry>) -> Drained {
@@ -182,8 +303,15 @@ impl Queue {
                 overflowed: true,
             };
         }
-        let take = inner.entries.len().min(max);
-        out.extend(inner.entries.drain(..take));
+        let mut taken = 0;
+        while taken < max {
+            let Some(entry) = inner.entries.pop_front() else {
+                break;
+            };
+            taken += entry.count as usize;
+            out.push(entry);
+        }
+        inner.len -= taken;
         Drained {
             gap: inner.gap.take(),
             overflowed: inner.overflowed,
@@ -195,12 +323,13 @@ impl Queue {
     pub fn take_all(&self) -> (Vec<Entry>, Option<Gap>) {
         let mut inner = self.lock();
         let entries = inner.entries.drain(..).collect();
+        inner.len = 0;
         (entries, inner.gap.take())
     }
 
     /// Events waiting, for stats.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len
     }
 
     /// Whether nothing is waiting.
@@ -219,12 +348,7 @@ mod tests {
     use super::*;
 
     fn entries(seqs: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
-        seqs.map(|seq| Entry {
-            seq,
-            account_id: 1,
-            bytes: Bytes::new(),
-        })
-        .collect()
+        seqs.map(|seq| Entry::one(seq, 1, Bytes::new())).collect()
     }
 
     fn drain_all(queue: &Queue) -> (Drained, Vec<u64>) {
@@ -283,6 +407,117 @@ mod tests {
         assert_eq!(gap, Some(refused), "and is remembered as a gap");
     }
 
+    /// A run of the events `seqs`, of accounts 100 + seq, as busd builds one.
+    fn run(seqs: std::ops::RangeInclusive<u64>) -> Entry {
+        let mut bytes = bytes::BytesMut::new();
+        for seq in seqs.clone() {
+            let event = protocol::Event {
+                account_id: 100 + seq,
+                timestamp_us: seq,
+                data: "x".repeat(seq as usize % 7),
+                origin: "o".into(),
+                id: seq,
+            };
+            let event = postcard::to_allocvec(&event).expect("an event encodes");
+            protocol::fanout::encode_entry(&mut bytes, seq, &event);
+        }
+        Entry {
+            seq: *seqs.start(),
+            account_id: 100 + seqs.start(),
+            bytes: bytes.freeze(),
+            count: seqs.count() as u64,
+        }
+    }
+
+    #[test]
+    fn a_run_splits_into_its_events() {
+        let events: Vec<Entry> = run(5..=8).events().collect();
+        let seqs: Vec<(u64, u64, u64)> = events
+            .iter()
+            .map(|e| (e.seq, e.account_id, e.count))
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![(5, 105, 1), (6, 106, 1), (7, 107, 1), (8, 108, 1)]
+        );
+        let joined: Vec<u8> = events.iter().flat_map(|e| e.bytes.to_vec()).collect();
+        assert_eq!(
+            joined,
+            run(5..=8).bytes.to_vec(),
+            "cut where one event ends"
+        );
+        assert_eq!(events[2].bytes.to_vec(), run(7..=7).bytes.to_vec());
+    }
+
+    #[test]
+    fn drop_oldest_cuts_a_run_to_keep_exactly_the_newest() {
+        let queue = Queue::new(5);
+        queue.push(&mut vec![run(1..=4)], WhenFull::DropOldest);
+        queue.push(&mut vec![run(5..=7)], WhenFull::DropOldest);
+        assert_eq!(queue.len(), 5);
+        let mut out = Vec::new();
+        let drained = queue.drain_into(usize::MAX, &mut out);
+        let gap = Gap {
+            from_seq: 1,
+            to_seq: 2,
+            missed: 2,
+        };
+        assert_eq!(drained.gap, Some(gap));
+        let seqs: Vec<u64> = out
+            .into_iter()
+            .flat_map(Entry::events)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![3, 4, 5, 6, 7]);
+        assert_eq!(queue.dropped(), 2);
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn a_run_larger_than_the_queue_keeps_its_newest() {
+        let queue = Queue::new(2);
+        queue.push(&mut vec![run(1..=6)], WhenFull::DropOldest);
+        let mut out = Vec::new();
+        let drained = queue.drain_into(usize::MAX, &mut out);
+        assert_eq!(
+            drained.gap.map(|g| (g.from_seq, g.to_seq, g.missed)),
+            Some((1, 4, 4))
+        );
+        let seqs: Vec<u64> = out
+            .into_iter()
+            .flat_map(Entry::events)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 6]);
+    }
+
+    #[test]
+    fn refused_runs_count_every_event() {
+        let queue = Queue::new(4);
+        queue.push(&mut vec![run(1..=3)], WhenFull::Refuse);
+        assert!(queue.push(&mut vec![run(4..=5)], WhenFull::Refuse));
+        assert_eq!(queue.dropped(), 2);
+        let (kept, gap) = queue.take_all();
+        assert_eq!(kept.iter().map(|e| e.count).sum::<u64>(), 3);
+        assert_eq!(
+            gap.map(|g| (g.from_seq, g.to_seq, g.missed)),
+            Some((4, 5, 2))
+        );
+    }
+
+    #[test]
+    fn drain_takes_whole_runs_and_counts_events() {
+        let queue = Queue::new(100);
+        queue.push(
+            &mut vec![run(1..=3), run(4..=6), run(7..=9)],
+            WhenFull::DropOldest,
+        );
+        let mut out = Vec::new();
+        queue.drain_into(4, &mut out);
+        assert_eq!(out.len(), 2, "the second run takes it past 4, whole");
+        assert_eq!(queue.len(), 3);
+    }
+
     #[test]
     fn drains_in_bounded_steps() {
         let queue = Queue::new(100);
@@ -301,11 +536,7 @@ mod loom_tests {
     use loom::thread;
 
     fn entry(seq: u64) -> Entry {
-        Entry {
-            seq,
-            account_id: 0,
-            bytes: Bytes::new(),
-        }
+        Entry::one(seq, 0, Bytes::new())
     }
 
     /// Whatever the interleaving of a pusher and a drainer, every event is either delivered

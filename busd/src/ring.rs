@@ -122,11 +122,7 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(seq: u64, len: usize) -> Entry {
-        Entry {
-            seq,
-            account_id: seq % 3,
-            bytes: Bytes::from(vec![0; len]),
-        }
+        Entry::one(seq, seq % 3, Bytes::from(vec![0; len]))
     }
 
     #[test]

@@ -324,22 +324,39 @@ async fn drain(
                 member.record_gap(gap);
             }
         }
-        let drained_count = batch.len();
+        let drained_count = events_in(batch);
         if !origins.is_empty() {
+            split_runs(batch);
             batch.retain(|entry| origin_matches(origins, entry));
         }
-        let taken = batch.len();
+        let taken = events_in(batch);
         if let Some(member) = sub.member.get() {
+            split_runs(batch);
             member.record(batch.iter().map(|e| (e.seq, e.account_id)));
         }
         // Counted first, so each frame's count is written in place, never moved.
-        write_frames(&mut out.buf, batch, FRAME_BYTES, |e| &e.bytes);
+        write_frames(&mut out.buf, batch, FRAME_BYTES, |e| &e.bytes, |e| e.count);
         batch.clear();
-        sub.delivered.fetch_add(taken as u64, Relaxed);
-        ctx.bus.counters.delivered.fetch_add(taken as u64, Relaxed);
+        sub.delivered.fetch_add(taken, Relaxed);
+        ctx.bus.counters.delivered.fetch_add(taken, Relaxed);
         out.flush().await.map_err(|_| DrainEnd::SocketFailed)?;
-        if max == 0 || drained_count < max {
+        if max == 0 || drained_count < max as u64 {
             return Ok(());
         }
     }
+}
+
+/// Events in `batch`, a run counting its length.
+fn events_in(batch: &[Entry]) -> u64 {
+    batch.iter().map(|e| e.count).sum()
+}
+
+/// Cuts every run in `batch` into single events, for what looks at each event (an origin
+/// filter, a group member's record; a member's queue holds no runs, so this costs it nothing).
+fn split_runs(batch: &mut Vec<Entry>) {
+    if batch.iter().all(|e| e.count == 1) {
+        return;
+    }
+    let runs = std::mem::take(batch);
+    batch.extend(runs.into_iter().flat_map(Entry::events));
 }

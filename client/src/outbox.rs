@@ -471,7 +471,7 @@ mod tests {
                 };
                 let raw = protocol::publish::parse(&body).unwrap();
                 let event: protocol::Event =
-                    protocol::codec::decode_body(&raw.events[0].bytes).unwrap();
+                    protocol::codec::decode_body(raw.bytes(&raw.events[0])).unwrap();
                 event.id
             })
             .collect();

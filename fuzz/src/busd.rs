@@ -81,14 +81,15 @@ fn handle(body: &Bytes) {
             let ClientFrame::Publish { events, .. } = frame else {
                 unreachable!("built as a Publish just above")
             };
-            for (raw, event) in raw.events.iter().zip(&events) {
-                assert_eq!(raw.account_id, event.account_id);
-                let forwarded: Event = decode_body(&raw.bytes).expect("forwarded bytes decode");
+            for (one, event) in raw.events.iter().zip(&events) {
+                assert_eq!(one.account_id, event.account_id);
+                let bytes = raw.bytes(one);
+                let forwarded: Event = decode_body(bytes).expect("forwarded bytes decode");
                 assert_eq!(&forwarded, event, "forwarded bytes decode to another event");
                 if canonical {
                     let encoded = postcard::to_allocvec(event).expect("an event encodes");
                     assert_eq!(
-                        &raw.bytes[..],
+                        bytes,
                         &encoded[..],
                         "event bytes differ from postcard's"
                     );

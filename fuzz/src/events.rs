@@ -71,7 +71,7 @@ fn published(entries: &[Entry]) -> Vec<Bytes> {
     assert!(publish::is_publish(&body));
     let raw = publish::parse(&body).expect("our own Publish parses");
     assert_eq!(raw.events.len(), entries.len());
-    raw.events.into_iter().map(|e| e.bytes).collect()
+    raw.events.iter().map(|e| raw.body.slice(e.range.clone())).collect()
 }
 
 /// The whole check for one input.

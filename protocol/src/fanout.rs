@@ -45,6 +45,23 @@ pub fn entry_head(entry: &[u8]) -> Option<EntryHead<'_>> {
     })
 }
 
+/// Reads the account and the length of the first entry in `run` (entries made by
+/// [`encode_entry`] back to back): how busd cuts a run of entries into single ones.
+/// `None` for bytes that start with no entry.
+pub fn first_entry(run: &[u8]) -> Option<(u64, usize)> {
+    let mut pos = 0;
+    varint::take(run, &mut pos)?; // seq
+    let account_id = varint::take(run, &mut pos)?;
+    varint::take(run, &mut pos)?; // timestamp
+    for _ in 0..2 {
+        // data, origin
+        let len = usize::try_from(varint::take(run, &mut pos)?).ok()?;
+        pos = pos.checked_add(len).filter(|end| *end <= run.len())?;
+    }
+    varint::take(run, &mut pos)?; // id
+    Some((account_id, pos))
+}
+
 /// An `Events` frame being assembled at the end of a write buffer.
 pub struct EventsFrame {
     start: usize,
@@ -56,22 +73,25 @@ pub struct EventsFrame {
 /// Bytes before the first entry: length prefix and tag (the count's room comes on top).
 const HEAD: usize = 4 + 1;
 
-/// Appends `Events` frames holding every entry (each made by [`encode_entry`], reached
-/// through `bytes`), as many per frame as fit in `limit` bytes and at least one. Each
-/// frame's entries are counted before it is built, so its count is written in place and
-/// the frame is never moved: busd's fan-out, and what the instruction-count guard measures.
+/// Appends `Events` frames holding every entry (each made by [`encode_entry`], or a run of
+/// such entries back to back, reached through `bytes`; `events` says how many entries it
+/// holds), as many per frame as fit in `limit` bytes and at least one. Each frame's events
+/// are counted before it is built, so its count is written in place and the frame is never
+/// moved: busd's fan-out, and what the instruction-count guard measures.
 pub fn write_frames<E>(
     dst: &mut BytesMut,
     entries: &[E],
     limit: usize,
     bytes: impl Fn(&E) -> &[u8],
+    events: impl Fn(&E) -> u64,
 ) {
     let mut rest = entries;
     while !rest.is_empty() {
         let count = frame_count(rest.iter().map(|e| bytes(e).len()), limit);
-        let mut frame = EventsFrame::begin(dst, count as u64);
-        for entry in &rest[..count] {
-            frame.push(dst, bytes(entry));
+        let taken = &rest[..count];
+        let mut frame = EventsFrame::begin(dst, taken.iter().map(&events).sum());
+        for entry in taken {
+            frame.push_run(dst, bytes(entry), events(entry));
         }
         frame.finish(dst);
         rest = &rest[count..];
@@ -110,8 +130,13 @@ impl EventsFrame {
 
     /// Appends one entry made by [`encode_entry`].
     pub fn push(&mut self, dst: &mut BytesMut, entry: &[u8]) {
-        dst.extend_from_slice(entry);
-        self.count += 1;
+        self.push_run(dst, entry, 1);
+    }
+
+    /// Appends `events` entries made by [`encode_entry`], back to back in `run`.
+    pub fn push_run(&mut self, dst: &mut BytesMut, run: &[u8], events: u64) {
+        dst.extend_from_slice(run);
+        self.count += events;
     }
 
     /// Entries pushed so far.
@@ -233,7 +258,7 @@ mod tests {
                 let event = Event {
                     account_id: i,
                     timestamp_us: i,
-                    data: "x".repeat(i as usize * 7),
+                    data: "x".repeat(i as usize * 3),
                     origin: "o".into(),
                     id: i,
                 };
@@ -248,8 +273,23 @@ mod tests {
                 entry
             })
             .collect();
+        // Runs of one, two and three entries back to back, as busd queues them.
+        let mut runs: Vec<(BytesMut, u64)> = Vec::new();
+        let mut rest = &entries[..];
+        for take in [1, 2, 3].into_iter().cycle() {
+            let take = take.min(rest.len());
+            if take == 0 {
+                break;
+            }
+            let run = rest[..take].iter().fold(BytesMut::new(), |mut run, e| {
+                run.extend_from_slice(e);
+                run
+            });
+            runs.push((run, take as u64));
+            rest = &rest[take..];
+        }
         let mut dst = BytesMut::new();
-        write_frames(&mut dst, &entries, 512, |e| &e[..]);
+        write_frames(&mut dst, &runs, 512, |r| &r.0[..], |r| r.1);
         let mut decoded = Vec::new();
         let mut frames = 0;
         while !dst.is_empty() {
@@ -257,7 +297,7 @@ mod tests {
             let frame = dst.split_to(4 + len);
             assert!(
                 frame.len() <= 512,
-                "every entry fits, so every frame is within the limit"
+                "every run fits, so every frame is within the limit"
             );
             let Ok(ServerFrame::Events(batch)) = crate::codec::decode_body(&frame[4..]) else {
                 panic!("not an Events frame");
@@ -267,5 +307,34 @@ mod tests {
         }
         assert!(frames > 1, "the limit split the entries");
         assert_eq!(decoded, events);
+    }
+
+    #[test]
+    fn first_entry_cuts_a_run_where_postcard_would() {
+        let mut run = BytesMut::new();
+        let mut lens = Vec::new();
+        for i in 0..3u64 {
+            let event = Event {
+                account_id: 40 + i,
+                timestamp_us: 1,
+                data: "é".repeat(i as usize * 100),
+                origin: "o".into(),
+                id: i,
+            };
+            let before = run.len();
+            encode_entry(&mut run, 1000 + i, &postcard::to_allocvec(&event).unwrap());
+            lens.push(run.len() - before);
+        }
+        let mut rest = &run[..];
+        for (i, len) in lens.iter().enumerate() {
+            assert_eq!(first_entry(rest), Some((40 + i as u64, *len)));
+            rest = &rest[*len..];
+        }
+        assert_eq!(first_entry(rest), None, "nothing left");
+        assert_eq!(
+            first_entry(&run[..lens[0] - 1]),
+            None,
+            "a cut entry is none"
+        );
     }
 }

@@ -66,13 +66,15 @@ pub fn decode_events(mut events: &[u8]) -> Result<Vec<crate::Event>, MalformedPu
     Ok(out)
 }
 
-/// One event of a batch: its account, and its postcard encoding (as in [`crate::Event`]).
+/// One event of a batch: its account, and where its postcard encoding (as in
+/// [`crate::Event`]) lies in the frame ([`RawPublish::bytes`]). A range rather than a
+/// slice of its own: no reference count is taken and dropped per event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent {
     /// What busd routes on.
     pub account_id: u64,
-    /// The event's postcard bytes, a slice of the frame: shared, never copied.
-    pub bytes: Bytes,
+    /// Where the event's postcard bytes are in the frame's body.
+    pub range: std::ops::Range<usize>,
 }
 
 /// A `Publish` frame whose events are still bytes.
@@ -82,6 +84,15 @@ pub struct RawPublish {
     pub batch_id: u64,
     /// The events in order.
     pub events: Vec<RawEvent>,
+    /// The frame's body, which holds every event's bytes.
+    pub body: Bytes,
+}
+
+impl RawPublish {
+    /// The postcard bytes of `event`, one of this frame's events.
+    pub fn bytes(&self, event: &RawEvent) -> &[u8] {
+        &self.body[event.range.clone()]
+    }
 }
 
 /// The body claims to be a `Publish` frame but is not a valid one.
@@ -121,13 +132,17 @@ pub fn parse(body: &Bytes) -> Result<RawPublish, MalformedPublish> {
         varint::take(buf, &mut pos).ok_or(fail(pos))?;
         events.push(RawEvent {
             account_id,
-            bytes: body.slice(start..pos),
+            range: start..pos,
         });
     }
     if pos != buf.len() {
         return Err(fail(pos));
     }
-    Ok(RawPublish { batch_id, events })
+    Ok(RawPublish {
+        batch_id,
+        events,
+        body: body.clone(),
+    })
 }
 
 fn skip_str(buf: &[u8], pos: &mut usize) -> Option<()> {
@@ -193,9 +208,9 @@ mod tests {
             let raw = parse(&body).unwrap();
             prop_assert_eq!(raw.batch_id, batch_id);
             prop_assert_eq!(raw.events.len(), events.len());
-            for (raw, event) in raw.events.iter().zip(&events) {
-                prop_assert_eq!(raw.account_id, event.account_id);
-                prop_assert_eq!(&raw.bytes[..], &postcard::to_allocvec(event).unwrap()[..]);
+            for (one, event) in raw.events.iter().zip(&events) {
+                prop_assert_eq!(one.account_id, event.account_id);
+                prop_assert_eq!(raw.bytes(one), &postcard::to_allocvec(event).unwrap()[..]);
             }
         }
 

@@ -27,16 +27,27 @@ fn drain(sub: &Subscriber) -> (Option<Gap>, Vec<(u64, u64)>) {
     let drained = sub.queue.drain_into(usize::MAX, &mut out);
     let events = out
         .iter()
-        .map(|e| {
+        .flat_map(|e| {
             let mut bytes = BytesMut::new();
-            let mut frame = fanout::EventsFrame::begin(&mut bytes, 1);
-            frame.push(&mut bytes, &e.bytes);
+            let mut frame = fanout::EventsFrame::begin(&mut bytes, e.count);
+            frame.push_run(&mut bytes, &e.bytes, e.count);
             frame.finish(&mut bytes);
             let Ok(ServerFrame::Events(events)) = protocol::codec::decode_body(&bytes[4..]) else {
                 panic!("entry does not decode");
             };
             assert_eq!(events[0].0, e.seq);
-            (e.seq, events[0].1.account_id)
+            assert_eq!(
+                events.len() as u64,
+                e.count,
+                "a run holds its count of events"
+            );
+            let seqs: Vec<u64> = events.iter().map(|(seq, _)| *seq).collect();
+            let expected: Vec<u64> = (e.seq..e.seq + e.count).collect();
+            assert_eq!(seqs, expected, "a run's seqs follow one another");
+            events
+                .into_iter()
+                .map(|(seq, event)| (seq, event.account_id))
+                .collect::<Vec<_>>()
         })
         .collect();
     (drained.gap, events)
