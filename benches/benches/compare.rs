@@ -67,7 +67,7 @@ fn main() -> std::io::Result<()> {
         eprintln!("compare: memory and start");
         footprint = footprint::run(budget, work.path());
     }
-    let goals = report::goals(&http, &bus, &latency, &jetstream, &durable);
+    let goals = report::goals(&http, &bus, &latency, &jetstream, &durable, &footprint);
     let results = report::Results {
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         machine,

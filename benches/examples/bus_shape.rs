@@ -1,7 +1,7 @@
 //! One pub/sub shape against a busd that is already running, for profiling busd alone:
 //! `cargo run --release -p benches --example bus_shape -- 127.0.0.1:7000 filtered 10`
 //! while `perf record -g -p $(pgrep busd)` watches it. Shapes: `one`, `ten`, `filtered`,
-//! `group`, `disjoint`; or `count`: one subscriber to everything, counting until stopped, as
+//! `interleaved`, `group`, `disjoint`; or `count`: one subscriber to everything, counting until stopped, as
 //! the compare harness's HTTP rows have beside ingest.
 
 use std::time::Duration;
@@ -25,9 +25,12 @@ async fn main() -> anyhow::Result<()> {
         Some("one") => Shape::one_to_one(),
         Some("ten") => Shape::one_to_ten(),
         Some("filtered") | None => Shape::filtered(),
+        Some("interleaved") => Shape::filtered_interleaved(),
         Some("group") => Shape::group_of_four(),
         Some("disjoint") => Shape::four_disjoint(),
-        Some(other) => bail!("unknown shape {other}: one, ten, filtered, group or disjoint"),
+        Some(other) => {
+            bail!("unknown shape {other}: one, ten, filtered, interleaved, group or disjoint")
+        }
     };
     let seconds = match args.next() {
         Some(s) => s.parse().context("SECONDS must be a whole number")?,

@@ -33,6 +33,10 @@ pub struct Shape {
     /// The subscribers decode each frame, as a group member must to acknowledge, so a
     /// shape compared with a group's pays the same client cost.
     pub decode: bool,
+    /// The accounts of a batch come in a scattered order rather than one after another,
+    /// so consecutive events rarely go to the same filtered subscriber (as with real
+    /// traffic) and busd cannot hand a subscriber a batch's events as a few runs.
+    pub interleaved: bool,
 }
 
 impl Shape {
@@ -43,6 +47,7 @@ impl Shape {
             accounts: 1000,
             group: None,
             decode: false,
+            interleaved: false,
         }
     }
 
@@ -53,6 +58,7 @@ impl Shape {
             accounts: 1000,
             group: None,
             decode: false,
+            interleaved: false,
         }
     }
 
@@ -67,6 +73,17 @@ impl Shape {
             accounts: 1000,
             group: None,
             decode: false,
+            interleaved: false,
+        }
+    }
+
+    /// [`Shape::filtered`] with each batch's accounts scattered: what the filtered shape
+    /// costs busd when no subscriber's events sit next to each other in a batch.
+    pub fn filtered_interleaved() -> Shape {
+        Shape {
+            name: "1000 accounts, 10 x 100 filtered, accounts interleaved",
+            interleaved: true,
+            ..Shape::filtered()
         }
     }
 
@@ -78,6 +95,7 @@ impl Shape {
             accounts: 1000,
             group: Some("bench"),
             decode: true,
+            interleaved: false,
         }
     }
 
@@ -92,6 +110,7 @@ impl Shape {
             accounts: 1000,
             group: None,
             decode: true,
+            interleaved: false,
         }
     }
 }
@@ -146,6 +165,7 @@ pub async fn run(
     tasks.push(tokio::spawn(publish_until_stopped(
         publisher,
         shape.accounts,
+        shape.interleaved,
         counters.clone(),
         stop.clone(),
     )));
@@ -251,12 +271,21 @@ async fn count_decoded(stream: TcpStream, counters: Arc<Counters>, ack: bool) {
     }
 }
 
+/// Steps through a batch's positions in a scattered order: odd, so `i * STRIDE % BATCH`
+/// visits every position once, and large, so neighbours are far apart.
+const STRIDE: u64 = 263;
+
 /// The postcard bytes of a batch's `Vec<Event>`, which stay the same from batch to batch;
-/// only the batch id in front changes.
-fn batch_events(accounts: u64, offset: u64) -> Vec<u8> {
+/// only the batch id in front changes. Accounts `offset..offset + BATCH` (mod `accounts`),
+/// in order or `interleaved`.
+fn batch_events(accounts: u64, offset: u64, interleaved: bool) -> Vec<u8> {
+    let position = |i: u64| match interleaved {
+        true => i * STRIDE % BATCH as u64,
+        false => i,
+    };
     let events: Vec<Event> = (0..BATCH as u64)
         .map(|i| Event {
-            account_id: (offset + i) % accounts,
+            account_id: (offset + position(i)) % accounts,
             timestamp_us: 1_795_255_200_000_000 + i,
             data: "d".repeat(DATA_BYTES),
             origin: "bench".into(),
@@ -266,10 +295,12 @@ fn batch_events(accounts: u64, offset: u64) -> Vec<u8> {
     postcard::to_allocvec(&events).unwrap_or_default()
 }
 
-/// Publishes pipelined batches of [`BATCH`] events cycling through `accounts` until `stop`.
+/// Publishes pipelined batches of [`BATCH`] events cycling through `accounts` (in order or
+/// `interleaved` within each batch) until `stop`.
 pub async fn publish_until_stopped(
     stream: TcpStream,
     accounts: u64,
+    interleaved: bool,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
 ) {
@@ -290,8 +321,8 @@ pub async fn publish_until_stopped(
     };
     // Batches alternate between two account offsets so filtered subscribers all get traffic.
     let templates = [
-        batch_events(accounts, 0),
-        batch_events(accounts, BATCH as u64),
+        batch_events(accounts, 0, interleaved),
+        batch_events(accounts, BATCH as u64, interleaved),
     ];
     let mut frame = BytesMut::new();
     let mut batch_id = 0u64;

@@ -1,6 +1,7 @@
 //! Pub/sub: busd against redis-server pub/sub and two nats-servers (Debian's, and the current
 //! release `.ci/nats-server` installs), in the three shapes of the targets, with 64-byte
-//! payloads. Each system gets a fresh server per shape and the same kind of raw client: a
+//! payloads (the filtered shape twice: a batch's accounts in order, and interleaved so that
+//! busd cannot pass a subscriber its events as runs). Each system gets a fresh server per shape and the same kind of raw client: a
 //! pipelining publisher with a window of 8 batches of 512, and subscribers that count
 //! messages without decoding them.
 
@@ -127,7 +128,12 @@ impl System {
 }
 
 pub fn run(budget: Budget) -> Vec<Row> {
-    let shapes = [Shape::one_to_one(), Shape::one_to_ten(), Shape::filtered()];
+    let shapes = [
+        Shape::one_to_one(),
+        Shape::one_to_ten(),
+        Shape::filtered(),
+        Shape::filtered_interleaved(),
+    ];
     run_shapes(budget, &shapes, &System::all())
 }
 

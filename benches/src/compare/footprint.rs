@@ -17,7 +17,14 @@ use crate::process::{Running, release_binary};
 pub struct Row {
     pub what: String,
     pub value: String,
+    /// The value in bytes, for a memory row: what the goals read.
+    pub bytes: Option<u64>,
 }
+
+/// The row of busd's memory per idle subscriber.
+pub const PER_IDLE_SUBSCRIBER: &str = "busd: memory per idle subscriber";
+/// The start of the row of busd's memory with every idle subscriber connected.
+pub const WITH_IDLE_SUBSCRIBERS: &str = "busd: resident memory with ";
 
 pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
     let accounts = if budget.smoke { 10_000 } else { 1_000_000 };
@@ -26,12 +33,14 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
         vec![Row {
             what: "ingest start".into(),
             value: format!("failed: {e}"),
+            bytes: None,
         }]
     });
     rows.extend(busd_idle(subscribers).unwrap_or_else(|e| {
         vec![Row {
             what: "busd idle subscribers".into(),
             value: format!("failed: {e}"),
+            bytes: None,
         }]
     }));
     rows
@@ -83,14 +92,17 @@ fn ingest_start(work: &std::path::Path, accounts: u64) -> Result<Vec<Row>, Strin
         Row {
             what: format!("ingest: accounts loaded ({accounts})"),
             value: load,
+            bytes: None,
         },
         Row {
             what: "ingest: process start to listening".into(),
             value: format!("{ready:.2?}"),
+            bytes: None,
         },
         Row {
             what: "ingest: resident memory after start".into(),
             value: mib(resident),
+            bytes: Some(resident),
         },
     ])
 }
@@ -123,14 +135,17 @@ fn busd_idle(subscribers: u32) -> Result<Vec<Row>, String> {
         Row {
             what: "busd: resident memory, idle".into(),
             value: mib(before),
+            bytes: Some(before),
         },
         Row {
-            what: format!("busd: resident memory with {subscribers} idle subscribers"),
+            what: format!("{WITH_IDLE_SUBSCRIBERS}{subscribers} idle subscribers"),
             value: mib(after),
+            bytes: Some(after),
         },
         Row {
-            what: "busd: memory per idle subscriber".into(),
+            what: PER_IDLE_SUBSCRIBER.into(),
             value: format!("{:.1} KiB", per as f64 / 1024.0),
+            bytes: Some(per),
         },
     ])
 }

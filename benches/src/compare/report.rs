@@ -110,6 +110,42 @@ fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64)
     }
 }
 
+/// busd's memory goals: at most 4 KiB per idle subscriber, and 10,000 idle subscribers in
+/// under 64 MiB (a smoke run connects fewer, so that one is not judged).
+fn memory_goals(rows: &[footprint::Row]) -> [Goal; 2] {
+    let per_goal = "busd <= 4 KiB per idle subscriber";
+    let per = rows
+        .iter()
+        .find(|r| r.what == footprint::PER_IDLE_SUBSCRIBER);
+    let all_goal = "busd with 10,000 idle subscribers < 64 MiB";
+    let all = rows
+        .iter()
+        .find(|r| r.what.starts_with(footprint::WITH_IDLE_SUBSCRIBERS));
+    let judged = |row: Option<&footprint::Row>, goal: &str, limit: u64, whole: &str| match row
+        .and_then(|r| r.bytes.map(|b| (r, b)))
+    {
+        Some((r, bytes)) if r.what.contains(whole) => Goal {
+            goal: goal.into(),
+            measured: r.value.clone(),
+            met: Some(bytes <= limit),
+        },
+        Some((r, _)) => Goal {
+            goal: goal.into(),
+            measured: format!("{} ({})", r.value, r.what),
+            met: None,
+        },
+        None => Goal {
+            goal: goal.into(),
+            measured: "not measured".into(),
+            met: None,
+        },
+    };
+    [
+        judged(per, per_goal, 4 * 1024, ""),
+        judged(all, all_goal, 64 << 20, "10000 idle"),
+    ]
+}
+
 /// The `--durable` goals: at least 0.7x the default's 2xx/s at c=64 on busd, p99 under 5 ms.
 fn durable_goals(rows: &[http::Row]) -> [Goal; 2] {
     let on_busd = |mode: &str| durable::server(mode, durable::BUSD);
@@ -139,8 +175,10 @@ pub fn goals(
     latency: &[latency::Row],
     jetstream: &[jetstream::Row],
     durable: &[http::Row],
+    footprint: &[footprint::Row],
 ) -> Vec<Goal> {
     let filtered = "1000 accounts, 10 x 100 filtered";
+    let interleaved = "1000 accounts, 10 x 100 filtered, accounts interleaved";
     let fan = "1 -> 10 (all)";
     let better = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -169,6 +207,18 @@ pub fn goals(
             rps(http, "ingest", "c=64"),
             rps(http, "nginx", "c=64"),
             0.8,
+        ),
+        ratio_goal(
+            "ingest >= 1.0x hyper hello at c=64",
+            rps(http, "ingest", "c=64"),
+            rps(http, "hyper", "c=64"),
+            1.0,
+        ),
+        ratio_goal(
+            "ingest >= 1.0x hyper hello at c=256",
+            rps(http, "ingest", "c=256"),
+            rps(http, "hyper", "c=256"),
+            1.0,
         ),
         ratio_goal(
             "keyed ingest (Bearer key) >= 0.9x plain ingest at c=64",
@@ -207,6 +257,18 @@ pub fn goals(
             5.0,
         ),
         ratio_goal(
+            "busd filtered, accounts interleaved, vs Redis (no goal; reported)",
+            delivered(bus, "busd", interleaved),
+            delivered(bus, "redis", interleaved),
+            0.0,
+        ),
+        ratio_goal(
+            "busd filtered, accounts interleaved, vs NATS (no goal; reported)",
+            delivered(bus, "busd", interleaved),
+            delivered(bus, "nats", interleaved),
+            0.0,
+        ),
+        ratio_goal(
             "busd 1 -> 10 >= 5x the better of Redis and NATS",
             delivered(bus, "busd", fan),
             better(delivered(bus, "redis", fan), delivered(bus, "nats", fan)),
@@ -225,6 +287,7 @@ pub fn goals(
             },
         },
     ];
+    goals.extend(memory_goals(footprint));
     goals.extend([js(1), js(3), every_accepted_delivered(jetstream)]);
     goals.extend(durable_goals(durable));
     goals
@@ -405,7 +468,7 @@ mod tests {
             row("nats-server 2.9.10 (Debian)", fan, Some(3e6)),
             row("nats-server 2.15.1", fan, None),
         ];
-        let goals = goals(&[], &rows, &[], &[], &[]);
+        let goals = goals(&[], &rows, &[], &[], &[], &[]);
         let goal = |name: &str| goals.iter().find(|g| g.goal == name).expect(name);
         assert_eq!(goal("busd filtered >= 5x Redis").met, Some(true));
         let nats = goal("busd filtered >= 5x NATS");
@@ -449,7 +512,7 @@ mod tests {
             js_row(3, INGEST, CLOSED_LOOP, 30_000.0, 99),
             js_row(3, INGEST, OFFERED, 5_000.0, 100),
         ];
-        let goals = goals(&[], &[], &[], &rows, &[]);
+        let goals = goals(&[], &[], &[], &rows, &[], &[]);
         let goal = |name: &str| goals.iter().find(|g| g.goal == name).expect(name);
         let r1 = goal("ingest -> JetStream R1 2xx/s >= 0.8x raw async-nats publisher");
         assert!(r1.measured.starts_with("0.90x"), "{}", r1.measured);
@@ -464,11 +527,37 @@ mod tests {
             "{}",
             delivered.measured
         );
-        let none = super::goals(&[], &[], &[], &[], &[]);
+        let none = super::goals(&[], &[], &[], &[], &[], &[]);
         assert!(
             none.iter()
                 .filter(|g| g.goal.contains("JetStream"))
                 .all(|g| g.met.is_none())
         );
+    }
+
+    #[test]
+    fn memory_goals_judge_bytes_and_skip_a_smaller_run() {
+        let row = |what: &str, bytes: u64| footprint::Row {
+            what: what.into(),
+            value: format!("{bytes} B"),
+            bytes: Some(bytes),
+        };
+        let full = [
+            row(footprint::PER_IDLE_SUBSCRIBER, 3600),
+            row(
+                "busd: resident memory with 10000 idle subscribers",
+                70 << 20,
+            ),
+        ];
+        let [per, all] = super::memory_goals(&full);
+        assert_eq!(per.met, Some(true), "{}", per.measured);
+        assert_eq!(all.met, Some(false), "{}", all.measured);
+        let smoke = [row(
+            "busd: resident memory with 500 idle subscribers",
+            1 << 20,
+        )];
+        let [per, all] = super::memory_goals(&smoke);
+        assert_eq!(per.met, None);
+        assert_eq!(all.met, None, "500 subscribers say nothing of 10,000");
     }
 }
