@@ -51,11 +51,6 @@ const ACCOUNTS: u32 = 1000;
 const WATCHED: usize = 50;
 /// How long a watcher may take to say it is live.
 const LIVE_WITHIN: Duration = Duration::from_secs(30);
-/// Settling: done when nothing new arrived for this long, or for [`SETTLED_COMPLETE`] once
-/// every watcher has all it is owed; at most [`SETTLE_AT_MOST`].
-const SETTLED: Duration = Duration::from_secs(5);
-const SETTLED_COMPLETE: Duration = Duration::from_secs(1);
-const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 /// `--aggregate` windows.
 const WINDOW: &str = "1s";
 
@@ -357,27 +352,8 @@ fn settle(outcomes: &Outcomes, some: &HashSet<u32>, watchers: &[Watcher]) {
             .count()
     };
     let expected = [accepted(None), accepted(Some(some))];
-    let count = || -> Vec<usize> {
-        watchers
-            .iter()
-            .map(|w| w.delivered.load(Ordering::Relaxed))
-            .collect()
-    };
-    let began = Instant::now();
-    let (mut last, mut since) = (count(), Instant::now());
-    while began.elapsed() < SETTLE_AT_MOST {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = count();
-        if now != last {
-            (last, since) = (now, Instant::now());
-            continue;
-        }
-        let complete = now.iter().zip(expected).all(|(&n, e)| n >= e);
-        if since.elapsed() >= SETTLED || (complete && since.elapsed() >= SETTLED_COMPLETE) {
-            return;
-        }
-    }
-    eprintln!("cluster: the watchers were still receiving after {SETTLE_AT_MOST:?}");
+    let watchers: Vec<&Watcher> = watchers.iter().collect();
+    chaos::watcher::settle(&watchers, &expected, "cluster");
 }
 
 fn incarnation(r: &mut Record) -> Incarnation {

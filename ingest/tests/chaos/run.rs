@@ -10,20 +10,13 @@ use super::cluster::{Bus, Cluster};
 use super::load::{self, Outcomes, Plan};
 use super::report::Report;
 use super::schedule::{Done, Kind, LIVE_WITHIN, Restarted, Schedule};
-use super::watcher::{Record, Watcher};
+use super::watcher::{self, Record, Watcher};
 
 /// Accounts ingest seeds: 1..=1000, every tenth inactive.
 const ACCOUNTS: u32 = 1000;
 
 /// Size of each watched set.
 const WATCHED: usize = 50;
-
-/// Settling: the stream is done when nothing new arrived for this long...
-const SETTLED: Duration = Duration::from_secs(5);
-/// ...or, once every watcher has its expected count, for this long.
-const SETTLED_COMPLETE: Duration = Duration::from_secs(1);
-/// Give up settling after this long.
-const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 
 /// How the run is shaped (from the environment, see the test's doc).
 #[derive(Clone)]
@@ -225,23 +218,7 @@ fn settle(outcomes: &Outcomes, sets: &Sets, watchers: [&Watcher; 2]) {
             .count()
     };
     let expected = [accepted(None), accepted(Some(&sets.some))];
-    let count = || watchers.map(|w| w.delivered.load(Ordering::Relaxed));
-    let began = Instant::now();
-    let mut last = count();
-    let mut since = Instant::now();
-    while began.elapsed() < SETTLE_AT_MOST {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = count();
-        if now != last {
-            (last, since) = (now, Instant::now());
-            continue;
-        }
-        let complete = now.iter().zip(expected).all(|(&n, e)| n >= e);
-        if since.elapsed() >= SETTLED || (complete && since.elapsed() >= SETTLED_COMPLETE) {
-            return;
-        }
-    }
-    eprintln!("chaos: the watchers were still receiving after {SETTLE_AT_MOST:?}");
+    watcher::settle(&watchers, &expected, "chaos");
 }
 
 /// The checker's verdict on every watcher incarnation: the fixed watchers, then the

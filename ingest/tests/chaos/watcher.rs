@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,6 +21,13 @@ const SILENCE: Duration = Duration::from_millis(100);
 
 /// At most this many unparseable lines are kept (all are counted as failures).
 const BAD_LINES: usize = 20;
+
+/// Settling: done when no watcher printed or said anything for this long while none was
+/// reconnecting, or for [`SETTLED_COMPLETE`] once every watcher has all it is owed; at most
+/// [`SETTLE_AT_MOST`].
+const SETTLED: Duration = Duration::from_secs(5);
+const SETTLED_COMPLETE: Duration = Duration::from_secs(1);
+const SETTLE_AT_MOST: Duration = Duration::from_secs(120);
 
 /// What a watcher's stdout carried.
 #[derive(Default)]
@@ -62,6 +69,11 @@ pub struct Watcher {
     live_at: Option<At>,
     /// Events printed so far, for waiting until the stream settles.
     pub delivered: Arc<AtomicUsize>,
+    /// Lines said on stderr so far: a watcher catching up says so before it prints.
+    said: Arc<AtomicUsize>,
+    /// Whether the last thing it said is that it is reconnecting: its silence then says
+    /// nothing about whether it has everything.
+    reconnecting: Arc<AtomicBool>,
 }
 
 impl Watcher {
@@ -86,7 +98,12 @@ impl Watcher {
         let counter = delivered.clone();
         let stdout = spawn_reader(name, move || read_stdout(out, start, &counter));
         let label = name.to_owned();
-        let stderr = spawn_reader(name, move || read_stderr(err, &label, start, live_tx));
+        let said = Arc::new(AtomicUsize::new(0));
+        let reconnecting = Arc::new(AtomicBool::new(false));
+        let state = (said.clone(), reconnecting.clone());
+        let stderr = spawn_reader(name, move || {
+            read_stderr(err, &label, start, live_tx, (&state.0, &state.1))
+        });
         Watcher {
             name: name.to_owned(),
             accounts: accounts.clone(),
@@ -96,6 +113,8 @@ impl Watcher {
             live,
             live_at: None,
             delivered,
+            said,
+            reconnecting,
         }
     }
 
@@ -218,11 +237,26 @@ fn bad_line(printed: &mut Printed, mut line: String) {
 
 /// Echoes status lines (so a failing run shows them) and notes `live` and "nothing was
 /// missed".
-fn read_stderr(source: impl Read, label: &str, start: Instant, live: Sender<At>) -> Said {
+fn read_stderr(
+    source: impl Read,
+    label: &str,
+    start: Instant,
+    live: Sender<At>,
+    (lines, reconnecting): (&AtomicUsize, &AtomicBool),
+) -> Said {
     let mut said = Said::default();
     for line in BufReader::new(source).lines().map_while(Result::ok) {
         let at = At::from_duration(start.elapsed());
         eprintln!("{label} {at:?}: {line}");
+        lines.fetch_add(1, Ordering::Relaxed);
+        if line.contains("reconnecting (attempt") {
+            reconnecting.store(true, Ordering::Relaxed);
+        } else if ["live (epoch", "resumed after", "busd restarted"]
+            .iter()
+            .any(|s| line.contains(s))
+        {
+            reconnecting.store(false, Ordering::Relaxed);
+        }
         if said.live.is_none() && line.contains("live (epoch") {
             said.live = Some(at);
             let _ = live.send(at);
@@ -232,6 +266,41 @@ fn read_stderr(source: impl Read, label: &str, start: Instant, live: Sender<At>)
         }
     }
     said
+}
+
+/// Waits until the watchers have received everything they will: each has `expected`
+/// events (in order), or none printed or said anything for a while and none is
+/// reconnecting (one that is may still have a backlog on its way). `label` names the test
+/// in the message when it gives up.
+pub fn settle(watchers: &[&Watcher], expected: &[usize], label: &str) {
+    let count = || -> Vec<(usize, usize)> {
+        watchers
+            .iter()
+            .map(|w| {
+                let said = w.said.load(Ordering::Relaxed);
+                (w.delivered.load(Ordering::Relaxed), said)
+            })
+            .collect()
+    };
+    let began = Instant::now();
+    let (mut last, mut since) = (count(), Instant::now());
+    while began.elapsed() < SETTLE_AT_MOST {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+            continue;
+        }
+        let complete = now.iter().zip(expected).all(|(&(n, _), &e)| n >= e);
+        let reconnecting = watchers
+            .iter()
+            .any(|w| w.reconnecting.load(Ordering::Relaxed));
+        let quiet = since.elapsed() >= SETTLED && !reconnecting;
+        if quiet || (complete && since.elapsed() >= SETTLED_COMPLETE) {
+            return;
+        }
+    }
+    eprintln!("{label}: the watchers were still receiving after {SETTLE_AT_MOST:?}");
 }
 
 pub fn send_signal(pid: u32, signal: &str) {
