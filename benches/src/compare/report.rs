@@ -169,6 +169,80 @@ fn durable_goals(rows: &[http::Row]) -> [Goal; 2] {
     ]
 }
 
+/// The goals on ingest's HTTP rows: the goal, our row and theirs as (server, mode), and the
+/// least ratio that meets it (0: no goal, reported).
+const HTTP_GOALS: [(&str, HttpRow, HttpRow, f64); 7] = [
+    (
+        "ingest >= 0.8x nginx-204 at c=64",
+        ("ingest", "c=64"),
+        ("nginx", "c=64"),
+        0.8,
+    ),
+    (
+        "ingest >= 1.0x hyper hello at c=64",
+        ("ingest", "c=64"),
+        ("hyper", "c=64"),
+        1.0,
+    ),
+    (
+        "ingest >= 1.0x hyper hello at c=256",
+        ("ingest", "c=256"),
+        ("hyper", "c=256"),
+        1.0,
+    ),
+    (
+        "keyed ingest (Bearer key) >= 0.9x plain ingest at c=64",
+        ("keyed ingest", "c=64"),
+        ("ingest", "c=64"),
+        0.9,
+    ),
+    (
+        "keyed ingest pipelined >= 0.9x plain ingest pipelined",
+        ("keyed ingest", PIPELINED),
+        ("ingest", PIPELINED),
+        0.9,
+    ),
+    (
+        "ingest vs may_minihttp at c=64 (no goal; reported)",
+        ("ingest", "c=64"),
+        ("may_minihttp", "c=64"),
+        0.0,
+    ),
+    (
+        "ingest pipelined >= 1.0x may_minihttp pipelined",
+        ("ingest", PIPELINED),
+        ("may_minihttp", PIPELINED),
+        1.0,
+    ),
+];
+
+/// An HTTP row: the start of its server's name, and its mode.
+type HttpRow = (&'static str, &'static str);
+
+const PIPELINED: &str = "pipelined 16, c=64";
+
+/// The goals on busd's delivered events/s against another system's in the same shape: the
+/// goal, the shape, the other system and the least ratio (0: no goal, reported).
+const BUS_GOALS: [(&str, &str, &str, f64); 4] = [
+    ("busd filtered >= 5x Redis", FILTERED, "redis", 5.0),
+    ("busd filtered >= 5x NATS", FILTERED, "nats", 5.0),
+    (
+        "busd filtered, accounts interleaved, vs Redis (no goal; reported)",
+        INTERLEAVED,
+        "redis",
+        0.0,
+    ),
+    (
+        "busd filtered, accounts interleaved, vs NATS (no goal; reported)",
+        INTERLEAVED,
+        "nats",
+        0.0,
+    ),
+];
+
+const FILTERED: &str = "1000 accounts, 10 x 100 filtered";
+const INTERLEAVED: &str = "1000 accounts, 10 x 100 filtered, accounts interleaved";
+
 pub fn goals(
     http: &[http::Row],
     bus: &[bus::Row],
@@ -177,8 +251,6 @@ pub fn goals(
     durable: &[http::Row],
     footprint: &[footprint::Row],
 ) -> Vec<Goal> {
-    let filtered = "1000 accounts, 10 x 100 filtered";
-    let interleaved = "1000 accounts, 10 x 100 filtered, accounts interleaved";
     let fan = "1 -> 10 (all)";
     let better = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -201,73 +273,20 @@ pub fn goals(
             0.8,
         )
     };
-    let mut goals = vec![
-        ratio_goal(
-            "ingest >= 0.8x nginx-204 at c=64",
-            rps(http, "ingest", "c=64"),
-            rps(http, "nginx", "c=64"),
-            0.8,
-        ),
-        ratio_goal(
-            "ingest >= 1.0x hyper hello at c=64",
-            rps(http, "ingest", "c=64"),
-            rps(http, "hyper", "c=64"),
-            1.0,
-        ),
-        ratio_goal(
-            "ingest >= 1.0x hyper hello at c=256",
-            rps(http, "ingest", "c=256"),
-            rps(http, "hyper", "c=256"),
-            1.0,
-        ),
-        ratio_goal(
-            "keyed ingest (Bearer key) >= 0.9x plain ingest at c=64",
-            rps(http, "keyed ingest", "c=64"),
-            rps(http, "ingest", "c=64"),
-            0.9,
-        ),
-        ratio_goal(
-            "keyed ingest pipelined >= 0.9x plain ingest pipelined",
-            rps(http, "keyed ingest", "pipelined 16, c=64"),
-            rps(http, "ingest", "pipelined 16, c=64"),
-            0.9,
-        ),
-        ratio_goal(
-            "ingest vs may_minihttp at c=64 (no goal; reported)",
-            rps(http, "ingest", "c=64"),
-            rps(http, "may_minihttp", "c=64"),
-            0.0,
-        ),
-        ratio_goal(
-            "ingest pipelined >= 1.0x may_minihttp pipelined",
-            rps(http, "ingest", "pipelined 16, c=64"),
-            rps(http, "may_minihttp", "pipelined 16, c=64"),
-            1.0,
-        ),
-        ratio_goal(
-            "busd filtered >= 5x Redis",
-            delivered(bus, "busd", filtered),
-            delivered(bus, "redis", filtered),
-            5.0,
-        ),
-        ratio_goal(
-            "busd filtered >= 5x NATS",
-            delivered(bus, "busd", filtered),
-            delivered(bus, "nats", filtered),
-            5.0,
-        ),
-        ratio_goal(
-            "busd filtered, accounts interleaved, vs Redis (no goal; reported)",
-            delivered(bus, "busd", interleaved),
-            delivered(bus, "redis", interleaved),
-            0.0,
-        ),
-        ratio_goal(
-            "busd filtered, accounts interleaved, vs NATS (no goal; reported)",
-            delivered(bus, "busd", interleaved),
-            delivered(bus, "nats", interleaved),
-            0.0,
-        ),
+    let mut goals: Vec<Goal> = HTTP_GOALS
+        .iter()
+        .map(
+            |&(goal, (ours, our_mode), (theirs, their_mode), at_least)| {
+                let ours = rps(http, ours, our_mode);
+                ratio_goal(goal, ours, rps(http, theirs, their_mode), at_least)
+            },
+        )
+        .collect();
+    goals.extend(BUS_GOALS.iter().map(|&(goal, shape, theirs, at_least)| {
+        let ours = delivered(bus, "busd", shape);
+        ratio_goal(goal, ours, delivered(bus, theirs, shape), at_least)
+    }));
+    goals.extend([
         ratio_goal(
             "busd 1 -> 10 >= 5x the better of Redis and NATS",
             delivered(bus, "busd", fan),
@@ -286,7 +305,7 @@ pub fn goals(
                 met: None,
             },
         },
-    ];
+    ]);
     goals.extend(memory_goals(footprint));
     goals.extend([js(1), js(3), every_accepted_delivered(jetstream)]);
     goals.extend(durable_goals(durable));
