@@ -161,7 +161,8 @@ impl Bus {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves `State` consistent between its statements that can
-        // panic (none index out of bounds by construction), so a poisoned lock is usable.
+        // panic (none index out of bounds by construction), so a poisoned lock is usable;
+        // a publish cut short leaves runs staged, which the next publish clears first.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -199,6 +200,7 @@ impl Bus {
             }
         }
         let first = state.head + 1;
+        state.runs.clear();
         let mut ends = std::mem::take(&mut state.ends);
         let bytes = encode(&batch, first, &mut ends);
         for (index, event) in batch.events.iter().enumerate() {

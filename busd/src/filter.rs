@@ -12,7 +12,8 @@ use rustc_hash::FxHashMap;
 
 use crate::queue::Entry;
 
-/// Whether `entry` comes from one of `origins` (empty: every origin). Not part of the
+/// Whether `entry`, a single event (cut runs first), comes from one of `origins` (empty:
+/// every origin). Not part of the
 /// routing index: a subscriber's writer applies it as it drains, so it costs the publish
 /// path and other subscribers nothing.
 pub fn origin_matches(origins: &BTreeSet<String>, entry: &Entry) -> bool {

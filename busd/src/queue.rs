@@ -19,7 +19,7 @@ use loom::sync::{Mutex, MutexGuard};
 #[cfg(not(loom))]
 use std::sync::{Mutex, MutexGuard};
 
-/// An event as busd keeps it: its sequence number, its account (for routing and replay
+/// An event (or a run of them) as busd keeps it: its sequence number, its account (for routing and replay
 /// filters) and the postcard bytes of `(seq, Event)`, shared by every queue that holds it.
 ///
 /// In a plain subscriber's queue an entry may also be a run: `count` events of consecutive
@@ -213,6 +213,7 @@ impl Inner {
         while self.len > capacity {
             let excess = (self.len - capacity) as u64;
             let Some(oldest) = self.entries.pop_front() else {
+                debug_assert!(false, "len counts {} events in an empty queue", self.len);
                 self.len = 0;
                 return;
             };
@@ -252,8 +253,8 @@ impl Queue {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding this lock cannot leave `Inner` inconsistent (every update is
-        // a single push, pop or field write), so a poisoned lock is still usable.
+        // Nothing that runs under this lock panics (no indexing, no arithmetic that can
+        // overflow on counts the queue itself keeps), so a poisoned lock is still usable.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -61,6 +61,13 @@ impl Runs {
         }
     }
 
+    /// Forgets whatever is staged: runs are indices into one batch, meaningless for the next.
+    pub fn clear(&mut self) {
+        for key in self.touched.drain(..) {
+            self.per_key[key].clear();
+        }
+    }
+
     /// Hands every staged run to `each` as an entry of `batch`, subscriber by subscriber
     /// and in order, leaving nothing staged. `account` gives an entry's account.
     pub fn drain(
@@ -121,6 +128,22 @@ mod tests {
             vec![(7, 100, 5, 50), (3, 100, 2, 20), (3, 103, 2, 20)]
         );
         assert!(staged(&mut runs, &batch).is_empty(), "nothing stays staged");
+    }
+
+    #[test]
+    fn clear_forgets_runs_of_a_batch_that_was_not_drained() {
+        let bytes = Bytes::from(vec![0u8; 20]);
+        let ends = [10, 20];
+        let batch = Encoded {
+            bytes: &bytes,
+            ends: &ends,
+            first_seq: 1,
+        };
+        let mut runs = Runs::default();
+        runs.stage(2, 0, &ends);
+        runs.clear();
+        runs.stage(2, 1, &ends);
+        assert_eq!(staged(&mut runs, &batch), vec![(2, 2, 1, 10)]);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use crate::filter::{SubKey, origin_matches};
 use crate::peer::{Close, Kind, Outbound, Reader, permitted};
 use crate::queue::Entry;
 
-/// Most events taken from the queue per write (public so the instruction-count guard
-/// measures the same drain).
+/// Most events taken from the queue per write, but for the rest of a run that crosses it
+/// (public so the instruction-count guard measures the same drain).
 pub const DRAIN_EVENTS: usize = 4096;
 /// An `Events` frame is closed at this size, well under any peer's frame limit.
 pub const FRAME_BYTES: usize = 256 * 1024;
@@ -331,6 +331,9 @@ async fn drain(
         }
         let taken = events_in(batch);
         if let Some(member) = sub.member.get() {
+            // Its writer is capped by acknowledgements in events, which holds only because
+            // the bus gives a member single events (a run is never cut by `drain_into`).
+            debug_assert!(batch.iter().all(|e| e.count == 1), "a member got a run");
             split_runs(batch);
             member.record(batch.iter().map(|e| (e.seq, e.account_id)));
         }
