@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::SinkExt;
-use protocol::{ClientFrame, ErrorCode, Filter, FrameCodec, Role, ServerFrame};
+use protocol::{ClientFrame, ErrorCode, Event, Filter, FrameCodec, Role, ServerFrame};
 use testkit::bus::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -97,6 +97,86 @@ async fn a_reader_that_stalls_does_not_slow_others_and_gets_an_exact_gap() {
         delivered + missed,
         total as u64,
         "every event delivered or counted in a gap"
+    );
+    assert_eq!(missed, slow_stats.dropped);
+}
+
+/// The same with events from 1 byte to 16 KiB on three accounts, of which the stalled
+/// subscriber takes two: busd queues its events of a batch as runs, and the full queue cuts
+/// them event by event. What arrives is each event whole, in order, once; the rest is
+/// counted in gaps, exactly as many as busd says it dropped.
+#[tokio::test]
+async fn a_stalled_filtered_reader_gets_whole_events_of_every_size_and_an_exact_gap() {
+    let busd = Busd::start(&["--queue-events", "100"]);
+    let mut slow = tiny_window_subscriber(busd.addr, accounts(&[1, 2])).await;
+    let (mut healthy, _) = subscriber(busd.addr, Filter::All, None).await;
+    let (mut publisher, _, _) = join(busd.addr, Role::Publisher, "p").await;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut sent = std::collections::HashMap::new();
+    let mut matching = 0u64;
+    for batch in 1..=100u64 {
+        let events: Vec<Event> = (0..32)
+            .map(|_| {
+                let account = 1 + random(3);
+                let len = 1usize << random(15);
+                let fill = char::from(b'a' + random(26) as u8);
+                event(account, &fill.to_string().repeat(len))
+            })
+            .collect();
+        for e in &events {
+            matching += u64::from(e.account_id != 3);
+            sent.insert(e.id, (e.account_id, e.data.clone()));
+        }
+        publish(&mut publisher, batch, events).await;
+        let (got, gaps) = collect(&mut healthy, 32).await;
+        assert_eq!(got.len(), 32);
+        assert!(gaps.is_empty(), "the healthy subscriber lost nothing");
+    }
+
+    let stats = stats(&mut publisher).await;
+    let slow_stats = stats.subscribers.iter().find(|s| s.name == "slow").unwrap();
+    assert!(slow_stats.dropped > 0, "the slow queue dropped events");
+    let (mut delivered, mut missed, mut last_seq) = (0u64, 0u64, 0u64);
+    while delivered + missed < matching {
+        match next(&mut slow).await {
+            ServerFrame::Events(events) => {
+                for (seq, event) in events {
+                    assert!(seq > last_seq, "in order, never twice");
+                    last_seq = seq;
+                    let expected = sent.get(&event.id).expect("an event that was sent");
+                    assert_eq!(
+                        (&event.account_id, &event.data),
+                        (&expected.0, &expected.1),
+                        "event {} arrives whole",
+                        event.id
+                    );
+                    assert_ne!(event.account_id, 3, "only the accounts asked for");
+                    delivered += 1;
+                }
+            }
+            ServerFrame::Gap {
+                from_seq,
+                to_seq,
+                missed: n,
+            } => {
+                assert!(from_seq > last_seq && to_seq >= from_seq);
+                last_seq = to_seq;
+                missed += n;
+            }
+            ServerFrame::Heartbeat { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        delivered + missed,
+        matching,
+        "delivered or counted, no more"
     );
     assert_eq!(missed, slow_stats.dropped);
 }
