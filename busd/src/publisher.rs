@@ -2,16 +2,22 @@
 //!
 //! Acks for every frame that has already arrived are written together: while the read buffer
 //! holds another whole frame, replies wait, so a pipelining publisher costs one write per
-//! read rather than one per batch.
+//! read rather than one per batch. The subscriber writers its batches reach are woken once
+//! no further frame can be read without waiting (or after [`Wakes::MAX_BATCHES`]), so a
+//! subscriber gets the events of batches that arrived back to back in one write.
 
-use protocol::codec::decode_body;
-use protocol::{ClientFrame, ErrorCode, Role, ServerFrame, publish};
+use std::future::Future as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::bus::Published;
+use bytes::Bytes;
+use protocol::codec::decode_body;
+use protocol::{ClientFrame, ErrorCode, Role, ServerFrame, publish};
+
+use crate::bus::{Published, Wakes};
 use crate::context::Context;
 use crate::peer::{Close, Kind, Outbound, Reader, close, permitted};
 use crate::publishers::Claim;
+use crate::reader::ReadError;
 
 /// Serves a publisher that holds `claim` on its name until it leaves, breaks the protocol,
 /// is replaced by a newer connection of its own process, or busd shuts down.
@@ -48,44 +54,73 @@ async fn serve(
     instance: u64,
 ) -> Option<Close> {
     let name = claim.name();
+    let mut wakes = Wakes::default();
     loop {
+        // Acks go out as soon as no whole frame is buffered, so the publisher's window
+        // keeps moving while this connection publishes what else is at hand.
         if !reader.has_frame() {
             if let Err(err) = out.flush().await {
                 return Some(Close::Quiet(err.to_string()));
             }
         }
-        let next = tokio::select! {
-            biased;
-            _ = ctx.shutdown.stop_reading.cancelled() => return None,
-            _ = claim.replaced.cancelled() => {
-                let message = "replaced by a newer connection of the same publisher";
-                return Some(Close::refuse(ErrorCode::NameInUse, message));
+        let next = match at_hand(reader, &wakes) {
+            Some(next) => next,
+            None => {
+                // Nothing more to publish without waiting: wake the writers the batches
+                // reached, then wait.
+                wakes.wake();
+                tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.stop_reading.cancelled() => return None,
+                    _ = claim.replaced.cancelled() => {
+                        let message = "replaced by a newer connection of the same publisher";
+                        return Some(Close::refuse(ErrorCode::NameInUse, message));
+                    }
+                    next = reader.next() => next,
+                }
             }
-            next = reader.next() => next,
         };
         let body = match next {
             None => return Some(Close::Quiet("publisher closed".into())),
             Some(Err(err)) => return Some(err.into()),
             Some(Ok(body)) => body,
         };
-        if let Err(reason) = handle(&body, out, ctx, name, instance) {
+        if let Err(reason) = handle(&body, out, ctx, name, instance, &mut wakes) {
             return Some(reason);
         }
     }
 }
 
+/// The next frame if it can be had without waiting (already buffered, or whole in the
+/// socket), while `wakes` may hold more batches; `None` when reading it would wait.
+fn at_hand(reader: &mut Reader, wakes: &Wakes) -> Option<Option<Result<Bytes, ReadError>>> {
+    if wakes.full() {
+        return None;
+    }
+    let next = std::pin::pin!(reader.next());
+    // Polled once with a waker that does nothing: the reader is cancel-safe (it keeps what
+    // it read in its buffer), and whoever waits next registers the real waker.
+    match next.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(next) => Some(next),
+        std::task::Poll::Pending => None,
+    }
+}
+
 fn handle(
-    body: &bytes::Bytes,
+    body: &Bytes,
     out: &mut Outbound,
     ctx: &Context,
     name: &str,
     instance: u64,
+    wakes: &mut Wakes,
 ) -> Result<(), Close> {
     if publish::is_publish(body) {
         let batch =
             publish::parse(body).map_err(|e| Close::refuse(ErrorCode::Malformed, e.to_string()))?;
         let batch_id = batch.batch_id;
-        return match ctx.bus.publish(name, instance, batch) {
+        let published = ctx.bus.publish_deferring(name, instance, batch, wakes);
+        wakes.count_batch();
+        return match published {
             Ok(Published::Accepted { .. } | Published::Duplicate) => {
                 out.push(&ServerFrame::PubAck { batch_id });
                 Ok(())

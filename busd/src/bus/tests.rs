@@ -443,3 +443,58 @@ fn join_after_subscribe_is_refused() {
         Err(JoinError::AlreadySubscribed)
     );
 }
+
+/// Whether `sub`'s writer has a wake-up waiting, without waiting for one.
+fn is_woken(sub: &Subscriber) -> bool {
+    use std::future::Future as _;
+    let notified = std::pin::pin!(sub.notify.notified());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    notified.poll(&mut cx).is_ready()
+}
+
+#[test]
+fn deferred_wakes_reach_each_writer_once_the_list_is_woken_or_dropped() {
+    let bus = bus();
+    let (a, sub_a) = bus.register("a".into());
+    let (b, sub_b) = bus.register("b".into());
+    bus.subscribe(a, accounts(&[1]), None);
+    bus.subscribe(b, accounts(&[2]), None);
+    // Whatever subscribing woke them for is taken first.
+    let _ = (is_woken(&sub_a), is_woken(&sub_b));
+    let mut wakes = Wakes::default();
+    bus.publish_deferring("p", 0, batch(1, &[1]), &mut wakes)
+        .unwrap();
+    wakes.count_batch();
+    bus.publish_deferring("p", 0, batch(2, &[1, 2]), &mut wakes)
+        .unwrap();
+    wakes.count_batch();
+    assert!(
+        !is_woken(&sub_a) && !is_woken(&sub_b),
+        "woken before the list"
+    );
+    wakes.wake();
+    assert!(is_woken(&sub_a) && is_woken(&sub_b));
+    // Both batches are in a's queue for one drain.
+    assert_eq!(drain(&sub_a).1, vec![(1, 1), (2, 1)]);
+    assert_eq!(drain(&sub_b).1, vec![(3, 2)]);
+
+    // A list dropped with wake-ups in it (its connection ended) still gives them.
+    let mut wakes = Wakes::default();
+    bus.publish_deferring("p", 0, batch(3, &[2]), &mut wakes)
+        .unwrap();
+    assert!(!is_woken(&sub_b));
+    drop(wakes);
+    assert!(is_woken(&sub_b));
+}
+
+#[test]
+fn a_wake_list_is_full_after_its_most_batches() {
+    let mut wakes = Wakes::default();
+    for _ in 0..Wakes::MAX_BATCHES {
+        assert!(!wakes.full());
+        wakes.count_batch();
+    }
+    assert!(wakes.full());
+    wakes.wake();
+    assert!(!wakes.full(), "waking starts a new round");
+}
