@@ -49,6 +49,13 @@ pub async fn handle(
     let mut out = BytesMut::with_capacity(4096);
     let mut head_started: Option<Instant> = None;
     let mut held = Held::default();
+    // One timer for the connection's life, armed for the current deadline or an earlier
+    // one: see `read_until`.
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now() + timeouts.idle));
+    // Made once and kept, like the timer: registering a waiter with each and removing it
+    // again on every read took a lock each way.
+    let mut stopped = std::pin::pin!(stop.cancelled());
+    let mut reclaimed = std::pin::pin!(lease.reclaimed());
     loop {
         let stopping = stop.is_cancelled();
         let close = match app.ack_timeout {
@@ -84,9 +91,9 @@ pub async fn handle(
         }
         let deadline = head_started.map_or(now + timeouts.idle, |t| t + timeouts.header);
         let read = tokio::select! {
-            read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => read,
-            _ = stop.cancelled(), if idle => return,
-            _ = lease.reclaimed(), if idle => return,
+            read = read_until(&mut stream, &mut buf, timer.as_mut(), deadline) => read,
+            () = stopped.as_mut(), if idle => return,
+            () = reclaimed.as_mut(), if idle => return,
         };
         if idle && !lease.busy() {
             return;
@@ -94,7 +101,7 @@ pub async fn handle(
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(_)) => {}
-            Err(_) if head_started.is_some() => {
+            Err(TimedOut) if head_started.is_some() => {
                 app.metrics.count(Outcome::Timeout);
                 Response::json(408, r#"{"error":"request_timeout"}"#)
                     .closing()
@@ -103,6 +110,39 @@ pub async fn handle(
                 return linger(stream).await;
             }
             Err(_) => return,
+        }
+    }
+}
+
+/// The deadline passed before the read completed.
+struct TimedOut;
+
+/// Reads into `buf` until `deadline`, with `timer` armed for it or for an earlier deadline.
+///
+/// A deadline moves later with every request on a busy connection; moving the timer each
+/// time would take it out of tokio's timer wheel and put it back once per read. Instead
+/// the timer moves only when the deadline comes sooner, and when it fires before the
+/// deadline it is set again: a busy connection touches the wheel about once per idle
+/// timeout, not once per read.
+async fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    deadline: Instant,
+) -> Result<std::io::Result<usize>, TimedOut> {
+    if deadline < timer.deadline() {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            read = stream.read_buf(buf) => return Ok(read),
+            () = timer.as_mut() => {
+                if Instant::now() >= deadline {
+                    return Err(TimedOut);
+                }
+                timer.as_mut().reset(deadline);
+            }
         }
     }
 }

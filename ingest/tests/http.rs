@@ -285,6 +285,44 @@ async fn bad_requests_are_answered_or_cut_while_others_are_served() {
     assert_eq!(healthy.get("/1?data=after").await.status, 202);
 }
 
+#[tokio::test]
+async fn idle_connections_close_after_the_idle_timeout_and_busy_ones_stay() {
+    let ingest = Ingest::start(&["--idle-timeout", "2s", "--header-timeout", "200ms"]);
+    let at = ingest.http;
+    let mut idle = Client::connect(at).await;
+    assert_eq!(idle.get("/1?data=once").await.status, 202);
+    let mut busy = Client::connect(at).await;
+    // Requests every 100 ms for twice the idle timeout: each one moves the deadline on,
+    // however the timer behind it is kept.
+    let started = std::time::Instant::now();
+    for i in 0..25 {
+        assert_eq!(busy.get(&format!("/1?data=busy{i}")).await.status, 202);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() > Duration::from_millis(2500));
+    assert_eq!(
+        busy.get("/1?data=still").await.status,
+        202,
+        "a connection in use is not closed for idleness"
+    );
+    assert!(idle.closed().await, "an idle connection is closed");
+
+    // A head begun right after a request gets the header timeout from its start: the
+    // deadline moves sooner than the idle one.
+    busy.send_raw(b"GET /1?data=x HTTP/1.1\r\nHost:").await;
+    let begun = std::time::Instant::now();
+    let reply = busy
+        .read_reply(false)
+        .await
+        .expect("a 408 before the close");
+    assert_eq!(reply.status, 408);
+    assert!(
+        begun.elapsed() < Duration::from_millis(1000),
+        "answered at the header timeout, not the idle one: {:?}",
+        begun.elapsed()
+    );
+}
+
 #[test]
 fn bad_flags_exit_2() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingest"))
