@@ -6,7 +6,7 @@
 //! no further frame can be read without waiting (or after [`Wakes::MAX_BATCHES`]), so a
 //! subscriber gets the events of batches that arrived back to back in one write.
 
-use std::future::Future as _;
+use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
@@ -59,7 +59,17 @@ async fn serve(
         // Acks go out as soon as no whole frame is buffered, so the publisher's window
         // keeps moving while this connection publishes what else is at hand.
         if !reader.has_frame() {
-            if let Err(err) = out.flush().await {
+            let mut flush = std::pin::pin!(out.flush());
+            let flushed = match ready_now(flush.as_mut()) {
+                Some(flushed) => flushed,
+                // The publisher is not reading its acks: the subscribers its batches
+                // reached must not wait with it.
+                None => {
+                    wakes.wake();
+                    flush.await
+                }
+            };
+            if let Err(err) = flushed {
                 return Some(Close::Quiet(err.to_string()));
             }
         }
@@ -97,11 +107,15 @@ fn at_hand(reader: &mut Reader, wakes: &Wakes) -> Option<Option<Result<Bytes, Re
     if wakes.full() {
         return None;
     }
-    let next = std::pin::pin!(reader.next());
-    // Polled once with a waker that does nothing: the reader is cancel-safe (it keeps what
-    // it read in its buffer), and whoever waits next registers the real waker.
-    match next.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
-        std::task::Poll::Ready(next) => Some(next),
+    // The reader is cancel-safe: what it read stays in its buffer.
+    ready_now(std::pin::pin!(reader.next()))
+}
+
+/// Polls `future` once, with a waker that does nothing: its output if it is ready. Whoever
+/// polls it (or a new one) again registers the real waker.
+fn ready_now<F: Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    match future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(output) => Some(output),
         std::task::Poll::Pending => None,
     }
 }

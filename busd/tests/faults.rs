@@ -438,3 +438,68 @@ async fn an_empty_token_means_no_token() {
     conn.send(hello(Role::Subscriber, "s", None)).await.unwrap();
     assert!(matches!(next(&mut conn).await, ServerFrame::Welcome { .. }));
 }
+
+/// A publisher that pipelines batches and never reads its acks, with a tiny receive
+/// buffer: once busd's acks to it back up, busd stops reading it, and every event busd
+/// took from it before that still reaches the subscribers.
+#[tokio::test]
+async fn a_publisher_that_never_reads_its_acks_holds_back_no_subscriber() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let busd = Busd::start(&["--queue-events", "10000000"]);
+    let (mut sub, _) = subscriber(busd.addr, Filter::All, None).await;
+    let (received, missed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counting = {
+        let (received, missed) = (received.clone(), missed.clone());
+        tokio::spawn(async move {
+            while let Some(frame) = next_or_closed(&mut sub).await {
+                match frame {
+                    ServerFrame::Events(events) => received.fetch_add(events.len() as u64, Relaxed),
+                    ServerFrame::Gap { missed: n, .. } => missed.fetch_add(n, Relaxed),
+                    _ => 0,
+                };
+            }
+        })
+    };
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(busd.addr).await.unwrap();
+    let mut deaf = Framed::new(stream, FrameCodec::default());
+    deaf.send(hello(Role::Publisher, "deaf", None))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut deaf).await, ServerFrame::Welcome { .. }));
+    // Until busd stops taking batches (its acks fill both socket buffers) or 20 s.
+    let started = std::time::Instant::now();
+    let mut batch_id = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        batch_id += 1;
+        let frame = ClientFrame::Publish {
+            batch_id,
+            events: vec![event(batch_id % 7, "z")],
+        };
+        if tokio::time::timeout(Duration::from_secs(1), deaf.send(frame))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "busd kept reading a publisher that reads no acks ({batch_id} batches)"
+    );
+    let (mut watcher, _, _) = join(busd.addr, Role::Subscriber, "").await;
+    let published = stats(&mut watcher).await.published;
+    assert!(published > 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while received.load(Relaxed) < published && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (received.load(Relaxed), missed.load(Relaxed)),
+        (published, 0),
+        "every event busd took from the publisher reaches the subscriber"
+    );
+    counting.abort();
+}
