@@ -20,26 +20,6 @@ async fn assert_still_serving(addr: SocketAddr) {
     assert_eq!(got[0].1.data, "still here");
 }
 
-/// A subscriber with a tiny receive buffer, so its socket cannot hide a backlog.
-async fn tiny_window_subscriber(addr: SocketAddr, filter: Filter) -> Conn {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let mut conn = Framed::new(stream, FrameCodec::default());
-    conn.send(hello(Role::Subscriber, "slow", None))
-        .await
-        .unwrap();
-    assert!(matches!(next(&mut conn).await, ServerFrame::Welcome { .. }));
-    conn.send(ClientFrame::Subscribe {
-        filter,
-        resume_after: None,
-    })
-    .await
-    .unwrap();
-    settle(&mut conn).await;
-    conn
-}
-
 #[tokio::test]
 async fn a_reader_that_stalls_does_not_slow_others_and_gets_an_exact_gap() {
     let busd = Busd::start(&["--queue-events", "100"]);

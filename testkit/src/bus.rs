@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use protocol::{
     ClientFrame, Event, Filter, FrameCodec, PROTOCOL_VERSION, Position, Role, ServerFrame,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::Framed;
 
 use crate::process::{Proc, binary};
@@ -130,6 +130,27 @@ pub async fn settle(conn: &mut Conn) {
             other => panic!("expected Pong, got {other:?}"),
         }
     }
+}
+
+/// A subscriber named "slow" with a 4 KiB receive buffer, so its socket cannot hide a
+/// backlog: a test that stops reading it fills its queue at busd at once.
+pub async fn tiny_window_subscriber(addr: SocketAddr, filter: Filter) -> Conn {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut conn = Framed::new(stream, FrameCodec::default());
+    conn.send(hello(Role::Subscriber, "slow", None))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut conn).await, ServerFrame::Welcome { .. }));
+    conn.send(ClientFrame::Subscribe {
+        filter,
+        resume_after: None,
+    })
+    .await
+    .unwrap();
+    settle(&mut conn).await;
+    conn
 }
 
 pub fn accounts(ids: &[u64]) -> Filter {
