@@ -267,6 +267,7 @@ impl Bus {
         state.runs.clear();
         let mut ends = std::mem::take(&mut state.ends);
         let bytes = encode(&batch, first, &mut ends);
+        state.runs.stage_all(state.index.takes_all(), &ends);
         for (index, event) in batch.events.iter().enumerate() {
             state.head += 1;
             let start = index.checked_sub(1).map_or(0, |i| ends[i]);
@@ -599,10 +600,11 @@ impl State {
     }
 
     /// Stages `entry`, the batch's `index`th (entries end at `ends`), for every subscriber
-    /// whose filter matches it, as part of a run, and for the member of each consumer group
-    /// that owns its account, alone: a member acknowledges and hands over single events.
+    /// that named its account, as part of a run (those taking all have the whole batch
+    /// staged already), and for the member of each consumer group that owns its account,
+    /// alone: a member acknowledges and hands over single events.
     fn route(&mut self, index: usize, ends: &[usize], entry: &Entry) {
-        for key in self.index.targets(entry.account_id) {
+        for &key in self.index.named(entry.account_id) {
             self.runs.stage(key, index, ends);
         }
         if !self.groups.is_empty() {

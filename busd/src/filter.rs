@@ -1,8 +1,8 @@
 //! The routing index: from an account id to the subscribers that asked for it.
 //!
-//! Publishing an event looks up its account once and touches only the subscribers that want
-//! it (plus those that take everything), so the cost of a publish does not grow with the
-//! number of subscribers that filter it out.
+//! Publishing an event looks up its account once and touches only the subscribers that named
+//! it; those that take everything get the whole batch at once. The cost of a publish does not
+//! grow with the number of subscribers that filter an event out.
 
 use std::collections::BTreeSet;
 
@@ -105,14 +105,18 @@ impl FilterIndex {
         }
     }
 
-    /// Every subscriber that wants events of `account_id`; each appears once, because a
-    /// subscriber is either in `all` or in the account lists, never both.
-    pub fn targets(&self, account_id: u64) -> impl Iterator<Item = SubKey> + '_ {
-        let some = self
-            .by_account
+    /// The subscribers that take every event. A publish stages each whole batch for them
+    /// at once rather than event by event: they are never in the account lists, so no
+    /// subscriber is reached both ways.
+    pub fn takes_all(&self) -> &[SubKey] {
+        &self.all
+    }
+
+    /// The subscribers that named `account_id` in their filter, each once.
+    pub fn named(&self, account_id: u64) -> &[SubKey] {
+        self.by_account
             .get(&account_id)
-            .map_or(&[][..], Keys::as_slice);
-        self.all.iter().chain(some).copied()
+            .map_or(&[][..], Keys::as_slice)
     }
 }
 
@@ -125,7 +129,8 @@ mod tests {
     }
 
     fn targets(index: &FilterIndex, account: u64) -> Vec<SubKey> {
-        let mut keys: Vec<_> = index.targets(account).collect();
+        let mut keys = index.takes_all().to_vec();
+        keys.extend(index.named(account));
         keys.sort();
         keys
     }

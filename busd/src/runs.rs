@@ -37,6 +37,8 @@ pub struct Runs {
     per_key: Vec<Vec<(usize, usize)>>,
     /// The keys with a run staged, each once.
     touched: Vec<SubKey>,
+    /// A whole batch cut into runs, kept to reuse its allocation ([`Runs::stage_all`]).
+    cuts: Vec<(usize, usize)>,
 }
 
 impl Runs {
@@ -59,6 +61,39 @@ impl Runs {
                 runs.push((index, index));
             }
         }
+    }
+
+    /// Stages every entry of the batch (entries end at `ends`) for each of `keys`, none of
+    /// which has anything staged from it yet: the batch is cut into runs of at most
+    /// [`RUN_BYTES`] once, and each key gets them all, so a subscriber taking every event
+    /// costs a publish a few runs rather than a step per event.
+    pub fn stage_all(&mut self, keys: &[SubKey], ends: &[usize]) {
+        let Some(&largest) = keys.iter().max() else {
+            return;
+        };
+        if largest >= self.per_key.len() {
+            self.per_key.resize_with(largest + 1, Vec::new);
+        }
+        let mut cuts = std::mem::take(&mut self.cuts);
+        cuts.clear();
+        let mut first = 0;
+        for index in 0..ends.len() {
+            if index > first && ends[index] - start(ends, first) > RUN_BYTES {
+                cuts.push((first, index - 1));
+                first = index;
+            }
+        }
+        if !ends.is_empty() {
+            cuts.push((first, ends.len() - 1));
+        }
+        for &key in keys {
+            let runs = &mut self.per_key[key];
+            if runs.is_empty() && !cuts.is_empty() {
+                self.touched.push(key);
+            }
+            runs.extend_from_slice(&cuts);
+        }
+        self.cuts = cuts;
     }
 
     /// Forgets whatever is staged: runs are indices into one batch, meaningless for the next.
@@ -128,6 +163,52 @@ mod tests {
             vec![(7, 100, 5, 50), (3, 100, 2, 20), (3, 103, 2, 20)]
         );
         assert!(staged(&mut runs, &batch).is_empty(), "nothing stays staged");
+    }
+
+    #[test]
+    fn a_whole_batch_is_staged_as_runs_for_every_key_that_takes_all() {
+        let ends: Vec<usize> = (1..=5).map(|i| i * (RUN_BYTES / 2)).collect();
+        let bytes = Bytes::from(vec![0u8; ends[4]]);
+        let batch = Encoded {
+            bytes: &bytes,
+            ends: &ends,
+            first_seq: 10,
+        };
+        let mut runs = Runs::default();
+        runs.stage(1, 3, &ends);
+        runs.stage_all(&[4, 0], &ends);
+        let half = RUN_BYTES / 2;
+        let whole = |key| {
+            [
+                (key, 10, 2, 2 * half),
+                (key, 12, 2, 2 * half),
+                (key, 14, 1, half),
+            ]
+        };
+        let mut expected = vec![(1, 13, 1, half)];
+        expected.extend(whole(4));
+        expected.extend(whole(0));
+        assert_eq!(staged(&mut runs, &batch), expected);
+
+        let one = Bytes::from(vec![0u8; 3 * RUN_BYTES]);
+        let ends = [3 * RUN_BYTES];
+        let batch = Encoded {
+            bytes: &one,
+            ends: &ends,
+            first_seq: 1,
+        };
+        runs.stage_all(&[2], &ends);
+        runs.stage_all(&[], &ends);
+        assert_eq!(
+            staged(&mut runs, &batch),
+            vec![(2, 1, 1, 3 * RUN_BYTES)],
+            "an entry larger than a run is a run of its own"
+        );
+        runs.stage_all(&[2], &[]);
+        assert!(
+            staged(&mut runs, &batch).is_empty(),
+            "an empty batch stages nothing"
+        );
     }
 
     #[test]
