@@ -9,7 +9,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use protocol::{ClientFrame, CodecError, ErrorCode, Role, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -74,8 +74,15 @@ pub struct Outbound {
     wr: OwnedWriteHalf,
     /// Frames encoded and not yet written; subscribers build `Events` frames straight in it.
     pub buf: BytesMut,
+    /// Large runs of the bus's shared buffer that belong in `buf` at the given offset, in
+    /// order, written from where they are rather than copied
+    /// ([`protocol::fanout::write_frames_sharing`]).
+    pub shared: Vec<(usize, Bytes)>,
     max_frame: usize,
 }
+
+/// Most slices handed to one vectored write; what does not fit goes in the next.
+const MAX_SLICES: usize = 64;
 
 impl Outbound {
     /// An outgoing side on `wr` that refuses to encode frames over `max_frame`.
@@ -83,6 +90,7 @@ impl Outbound {
         Outbound {
             wr,
             buf: BytesMut::new(),
+            shared: Vec::new(),
             max_frame,
         }
     }
@@ -96,10 +104,15 @@ impl Outbound {
 
     /// Writes everything queued; returns whether there was anything.
     pub async fn flush(&mut self) -> io::Result<bool> {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.shared.is_empty() {
             return Ok(false);
         }
-        self.wr.write_all(&self.buf).await?;
+        if self.shared.is_empty() {
+            self.wr.write_all(&self.buf).await?;
+        } else {
+            write_spliced(&mut self.wr, &self.buf, &self.shared).await?;
+            self.shared.clear();
+        }
         self.buf.clear();
         Ok(true)
     }
@@ -107,8 +120,9 @@ impl Outbound {
     /// Frees the buffer of a connection gone idle, so an idle subscriber holds none; the
     /// next frame allocates one again.
     pub fn release(&mut self) {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() && self.shared.is_empty() {
             self.buf = BytesMut::new();
+            self.shared = Vec::new();
         }
     }
 
@@ -121,6 +135,58 @@ impl Outbound {
         })
         .await;
     }
+}
+
+/// Writes `buf` with each of `shared` spliced in at its offset, in vectored writes that
+/// resume wherever a partial write stopped.
+async fn write_spliced<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &[u8],
+    shared: &[(usize, Bytes)],
+) -> io::Result<()> {
+    let total = buf.len() + shared.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let mut written = 0;
+    while written < total {
+        let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+        let used = slices_after(buf, shared, written, &mut slices);
+        let n = wr.write_vectored(&slices[..used]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(())
+}
+
+/// Fills `slices` with what comes after the first `skip` bytes of `buf` spliced with
+/// `shared`, as far as they reach; returns how many it filled.
+fn slices_after<'a>(
+    buf: &'a [u8],
+    shared: &'a [(usize, Bytes)],
+    mut skip: usize,
+    slices: &mut [io::IoSlice<'a>],
+) -> usize {
+    // Each stretch of `buf` from the previous run's offset, then the run (none at the end).
+    let froms = std::iter::once(0).chain(shared.iter().map(|(pos, _)| *pos));
+    let runs = shared.iter().map(Some).chain(std::iter::once(None));
+    let pieces = froms.zip(runs).flat_map(|(from, run)| match run {
+        Some((pos, run)) => [&buf[from..*pos], &run[..]],
+        None => [&buf[from..], &[][..]],
+    });
+    let mut used = 0;
+    for piece in pieces {
+        if skip >= piece.len() {
+            skip -= piece.len();
+            continue;
+        }
+        slices[used] = io::IoSlice::new(&piece[skip..]);
+        skip = 0;
+        used += 1;
+        if used == slices.len() {
+            break;
+        }
+    }
+    used
 }
 
 /// Reads and discards what a refused peer still sends, so that closing the socket does not
@@ -224,7 +290,88 @@ pub fn permitted(role: Role, kind: Kind) -> Result<(), Close> {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// A writer that takes at most `most` bytes per write, however many slices it is given.
+    struct Trickle {
+        got: Vec<u8>,
+        most: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[io::IoSlice::new(b)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            slices: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut room = self.most;
+            for slice in slices {
+                let n = slice.len().min(room);
+                self.got.extend_from_slice(&slice[..n]);
+                room -= n;
+            }
+            Poll::Ready(Ok(self.most - room))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest! {
+        /// Whatever the writer takes per call, and however many runs there are (more than
+        /// one write's slices included), the bytes written are `buf` with every run spliced
+        /// in at its offset, once.
+        #[test]
+        fn spliced_writes_resume_after_partial_writes(
+            buf_len in 0usize..300,
+            runs in proptest::collection::vec((0usize..300, 0usize..50), 0..100),
+            most in 1usize..200,
+        ) {
+            let buf: Vec<u8> = (0..buf_len).map(|i| i as u8).collect();
+            let mut offsets: Vec<usize> = runs.iter().map(|(at, _)| at % (buf_len + 1)).collect();
+            offsets.sort();
+            let shared: Vec<(usize, Bytes)> = offsets
+                .iter()
+                .zip(&runs)
+                .enumerate()
+                .map(|(i, (at, (_, len)))| (*at, Bytes::from(vec![200 + (i % 50) as u8; *len])))
+                .collect();
+            let mut expected = Vec::new();
+            let mut from = 0;
+            for (at, run) in &shared {
+                expected.extend_from_slice(&buf[from..*at]);
+                expected.extend_from_slice(run);
+                from = *at;
+            }
+            expected.extend_from_slice(&buf[from..]);
+            let mut writer = Trickle { got: Vec::new(), most };
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(write_spliced(&mut writer, &buf, &shared)).unwrap();
+            prop_assert_eq!(writer.got, expected);
+        }
+    }
 
     #[test]
     fn each_role_is_refused_the_other_roles_frame_and_a_second_hello() {

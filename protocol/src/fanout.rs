@@ -66,6 +66,8 @@ pub fn first_entry(run: &[u8]) -> Option<(u64, usize)> {
 pub struct EventsFrame {
     start: usize,
     count: u64,
+    /// Bytes of the frame's body written from elsewhere ([`write_frames_sharing`]).
+    elsewhere: usize,
     /// Bytes reserved for the count's varint.
     count_room: usize,
 }
@@ -85,13 +87,38 @@ pub fn write_frames<E>(
     bytes: impl Fn(&E) -> &[u8],
     events: impl Fn(&E) -> u64,
 ) {
+    let never = |_: &BytesMut, _: &E| unreachable!("nothing is shared");
+    write_frames_sharing(dst, entries, limit, bytes, events, usize::MAX, never);
+}
+
+/// [`write_frames`], except that an entry of `share_from` bytes or more is not copied into
+/// `dst`: `share(dst, entry)` is called where its bytes belong (at `dst.len()`), and the
+/// caller writes them from there itself, in a vectored write. The frames' lengths count
+/// them. A subscriber taking whole batches then gets the bus's shared buffer handed to the
+/// kernel as it is, rather than copied once more per subscriber.
+pub fn write_frames_sharing<E>(
+    dst: &mut BytesMut,
+    entries: &[E],
+    limit: usize,
+    bytes: impl Fn(&E) -> &[u8],
+    events: impl Fn(&E) -> u64,
+    share_from: usize,
+    mut share: impl FnMut(&BytesMut, &E),
+) {
     let mut rest = entries;
     while !rest.is_empty() {
         let count = frame_count(rest.iter().map(|e| bytes(e).len()), limit);
         let taken = &rest[..count];
         let mut frame = EventsFrame::begin(dst, taken.iter().map(&events).sum());
         for entry in taken {
-            frame.push_run(dst, bytes(entry), events(entry));
+            let run = bytes(entry);
+            if run.len() >= share_from {
+                share(dst, entry);
+                frame.elsewhere += run.len();
+                frame.count += events(entry);
+            } else {
+                frame.push_run(dst, run, events(entry));
+            }
         }
         frame.finish(dst);
         rest = &rest[count..];
@@ -124,6 +151,7 @@ impl EventsFrame {
         EventsFrame {
             start,
             count: 0,
+            elsewhere: 0,
             count_room,
         }
     }
@@ -161,6 +189,10 @@ impl EventsFrame {
             return;
         }
         let count_len = varint::len(self.count);
+        debug_assert!(
+            self.elsewhere == 0 || count_len == self.count_room,
+            "a frame with bytes elsewhere is never moved: its count was known"
+        );
         let body_start = self.start + HEAD + self.count_room;
         if count_len < self.count_room {
             let unused = self.count_room - count_len;
@@ -177,7 +209,7 @@ impl EventsFrame {
         let mut count = &mut head[1..];
         varint::put(&mut count, self.count);
         let head_len = 1 + count_len;
-        let frame_len = (dst.len() - self.start - 4) as u32;
+        let frame_len = (dst.len() - self.start - 4 + self.elsewhere) as u32;
         dst[self.start..self.start + 4].copy_from_slice(&frame_len.to_be_bytes());
         dst[self.start + 4..self.start + 4 + head_len].copy_from_slice(&head[..head_len]);
     }
@@ -307,6 +339,48 @@ mod tests {
         }
         assert!(frames > 1, "the limit split the entries");
         assert_eq!(decoded, events);
+    }
+
+    proptest! {
+        /// Frames written with some runs left out, and those runs put back where
+        /// `write_frames_sharing` said they belong, are byte for byte what `write_frames`
+        /// writes: lengths and counts included.
+        #[test]
+        fn shared_runs_put_back_in_place_make_the_same_frames(
+            runs in proptest::collection::vec((1usize..300, 1u64..4), 0..40),
+            share_from in 1usize..400,
+            limit in 16usize..1024,
+            before in 0usize..20,
+        ) {
+            let runs: Vec<(Vec<u8>, u64)> = runs
+                .iter()
+                .enumerate()
+                .map(|(i, &(len, events))| (vec![i as u8; len], events))
+                .collect();
+            let mut copied = BytesMut::from(&vec![7u8; before][..]);
+            write_frames(&mut copied, &runs, limit, |r| &r.0[..], |r| r.1);
+            let mut sharing = BytesMut::from(&vec![7u8; before][..]);
+            let mut shared = Vec::new();
+            write_frames_sharing(
+                &mut sharing,
+                &runs,
+                limit,
+                |r| &r.0[..],
+                |r| r.1,
+                share_from,
+                |dst, r| shared.push((dst.len(), r.0.clone())),
+            );
+            prop_assert!(shared.iter().all(|(_, run)| run.len() >= share_from));
+            let mut spliced = Vec::new();
+            let mut at = 0;
+            for (pos, run) in &shared {
+                spliced.extend_from_slice(&sharing[at..*pos]);
+                spliced.extend_from_slice(run);
+                at = *pos;
+            }
+            spliced.extend_from_slice(&sharing[at..]);
+            prop_assert_eq!(spliced, copied.to_vec());
+        }
     }
 
     #[test]
