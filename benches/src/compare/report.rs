@@ -393,7 +393,7 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## HTTP (wrk -t1)\n\nTracker's row is the whole path: parse, account lookup, event encode, batch to the embedded busd, delivery to one subscriber that counts every event. `2xx/s` counts successful responses only (ingest answers 503 when its outbound buffer is full) and is what the goals compare.\n\n| server | load | req/s | 2xx/s | p50 | p99 | non-2xx or socket errors | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n## HTTP (wrk -t1)\n\nTracker's row is the whole path: parse, account lookup, event encode, batch to the embedded busd, delivery to one subscriber that counts every event. `2xx/s` counts successful responses only (ingest answers 503 when its outbound buffer is full) and is what the goals compare. Each row follows one second of the same load that is not counted.\n\n| server | load | req/s | 2xx/s | p50 | p99 | non-2xx or socket errors | note |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     http_rows(&mut s, &r.http);
     bus_table(&mut s, "Pub/sub, 64-byte payloads", "", &r.bus);
