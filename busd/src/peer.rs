@@ -110,7 +110,9 @@ impl Outbound {
         if self.shared.is_empty() {
             self.wr.write_all(&self.buf).await?;
         } else {
-            write_spliced(&mut self.wr, &self.buf, &self.shared).await?;
+            // Boxed: its slices (1 KiB) would otherwise be part of every subscriber's task,
+            // idle ones included, as the largest state of each future that awaits a flush.
+            Box::pin(write_spliced(&mut self.wr, &self.buf, &self.shared)).await?;
             self.shared.clear();
         }
         self.buf.clear();
