@@ -91,13 +91,7 @@ async fn a_stalled_filtered_reader_gets_whole_events_of_every_size_and_an_exact_
     let mut slow = tiny_window_subscriber(busd.addr, accounts(&[1, 2])).await;
     let (mut healthy, _) = subscriber(busd.addr, Filter::All, None).await;
     let (mut publisher, _, _) = join(busd.addr, Role::Publisher, "p").await;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut random = random_below(0x9e37_79b9_7f4a_7c15);
     let mut sent = std::collections::HashMap::new();
     let mut matching = 0u64;
     for batch in 1..=100u64 {

@@ -90,13 +90,7 @@ impl Seen {
 /// Every batch, with events of 1 byte to 16 KiB on accounts 1 to 3 from a fixed seed, and
 /// what busd will number them: one publisher, so seqs follow publish order from `head_seq`.
 fn batches(head_seq: u64) -> (Vec<Vec<Event>>, Sent) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut random = move |n: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % n
-    };
+    let mut random = random_below(0x2545_f491_4f6c_dd1d);
     let batches: Vec<Vec<Event>> = (0..BATCHES)
         .map(|_| {
             (0..PER_BATCH)

@@ -180,6 +180,18 @@ pub async fn next_or_closed(conn: &mut Conn) -> Option<ServerFrame> {
     }
 }
 
+/// A repeatable source of numbers below `n` from `seed` (xorshift64): event sizes and
+/// accounts that look random but are the same on every run.
+pub fn random_below(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed;
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    }
+}
+
 /// An event of origin `test` whose id grows with every call, as a real publisher's do.
 pub fn event(account_id: u64, data: &str) -> Event {
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
