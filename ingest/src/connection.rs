@@ -45,8 +45,8 @@ pub async fn handle(
     lease: Lease,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut out = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(BUFFER);
+    let mut out = BytesMut::with_capacity(BUFFER);
     let mut head_started: Option<Instant> = None;
     let mut held = Held::default();
     // One timer for the connection's life, armed for the current deadline or an earlier
@@ -117,6 +117,25 @@ pub async fn handle(
 /// The deadline passed before the read completed.
 struct TimedOut;
 
+/// What a connection's read and write buffers start with.
+const BUFFER: usize = 4096;
+
+/// The least room a read is given while part of a request waits in the buffer.
+const MIN_READ: usize = 1024;
+
+/// Gives the next read the room it should have: all of the buffer once everything in it was
+/// answered, and at least [`MIN_READ`] otherwise.
+///
+/// Answered requests are consumed from the front, and a `BytesMut` only takes that space
+/// back when asked to. Without this each read got what the ones before had left at the end
+/// (a pipelined burst of 1,792 bytes arrived as 1,408, then 64, then 512 and so on), so one
+/// burst took two reads and two writes a third of the time. Taking the space back moves only
+/// the unanswered bytes, and none when the buffer is empty; it allocates only when a request
+/// head outgrows the buffer.
+fn make_room(buf: &mut BytesMut) {
+    buf.reserve(if buf.is_empty() { BUFFER } else { MIN_READ });
+}
+
 /// Reads into `buf` until `deadline`, with `timer` armed for it or for an earlier deadline.
 ///
 /// A deadline moves later with every request on a busy connection; moving the timer each
@@ -133,6 +152,7 @@ async fn read_until(
     if deadline < timer.deadline() {
         timer.as_mut().reset(deadline);
     }
+    make_room(buf);
     loop {
         tokio::select! {
             biased;
@@ -303,4 +323,43 @@ pub async fn refuse(mut stream: TcpStream) {
         .write_now(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
     linger(stream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer whose first `answered` bytes were answered and consumed, with `waiting`
+    /// bytes of a request still in it.
+    fn consumed(answered: usize, waiting: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(BUFFER);
+        buf.extend_from_slice(&vec![b'x'; answered]);
+        buf.extend_from_slice(waiting);
+        buf.advance(answered);
+        buf
+    }
+
+    #[test]
+    fn a_read_after_everything_was_answered_gets_the_whole_buffer_back() {
+        for answered in [1, 64, 1792, 3000, BUFFER] {
+            let mut buf = consumed(answered, b"");
+            let start = buf.as_ptr() as usize;
+            make_room(&mut buf);
+            assert_eq!(buf.capacity(), BUFFER, "after {answered} bytes");
+            assert_eq!(start - buf.as_ptr() as usize, answered, "same allocation");
+        }
+    }
+
+    #[test]
+    fn a_read_behind_part_of_a_request_gets_room_and_keeps_that_part() {
+        for (answered, waiting) in [(3500, &b"GET /1?da"[..]), (10, b"GET"), (0, b"G")] {
+            let mut buf = consumed(answered, waiting);
+            make_room(&mut buf);
+            assert!(
+                buf.capacity() - buf.len() >= MIN_READ,
+                "after {answered} bytes"
+            );
+            assert_eq!(&buf[..], waiting);
+        }
+    }
 }
