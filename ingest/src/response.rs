@@ -84,7 +84,7 @@ impl Response {
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.extend_from_slice(b" ");
         out.extend_from_slice(reason(self.status).as_bytes());
-        out.extend_from_slice(b"\r\nServer: tracker-ingest\r\nDate: ");
+        out.extend_from_slice(b"\r\nDate: ");
         out.extend_from_slice(date.as_bytes());
         // An event GET must never be answered from a cache, and nothing here is worth
         // caching: every response says so.
@@ -187,6 +187,24 @@ mod tests {
         assert!(text.contains("\r\nContent-Length: 30\r\n"));
         assert!(text.contains("\r\nDate: "));
         assert!(text.ends_with("\r\n\r\n{\"error\":\"method_not_allowed\"}"));
+    }
+
+    /// Every client parses every byte of the most frequent answer there is: it carries what
+    /// the client needs and nothing else (no `Server`).
+    #[test]
+    fn an_accepted_answer_is_exactly_this() {
+        let mut out = BytesMut::new();
+        Response::json(202, r#"{"status":"accepted"}"#).write(
+            &mut out,
+            false,
+            "Sun, 22 Nov 2026 10:00:00 GMT",
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "HTTP/1.1 202 Accepted\r\nDate: Sun, 22 Nov 2026 10:00:00 GMT\r\n\
+             Cache-Control: no-store\r\nContent-Type: application/json\r\n\
+             Content-Length: 21\r\n\r\n{\"status\":\"accepted\"}"
+        );
     }
 
     #[test]
