@@ -1,6 +1,8 @@
 //! The side-by-side comparison in one command: `cargo bench -p benches --bench compare`.
 //! Writes `benches/RESULTS.md` and `benches/results.json`. `BENCH_SECONDS` sets each run's
-//! length (default 10); `BENCH_SMOKE=1` runs every part for 2 s and writes nothing but
+//! length (default 10) and `BENCH_ROUNDS` how many times each HTTP and pub/sub row is
+//! measured, the systems taking turns, its median reported (default 3; see
+//! `benches::compare::rounds`); `BENCH_SMOKE=1` runs every part once for 2 s and writes nothing but
 //! stdout, which is what CI does so the harness cannot rot. `BENCH_PARTS=bus,footprint`
 //! runs only the parts named (of `http`, `bus`, `groups`, `latency`, `jetstream`, `durable`,
 //! `footprint`) and
@@ -22,7 +24,20 @@ fn main() -> std::io::Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10)
     };
-    let budget = Budget { seconds, smoke };
+    let rounds = if smoke {
+        1
+    } else {
+        std::env::var("BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(3)
+    };
+    let budget = Budget {
+        seconds,
+        rounds,
+        smoke,
+    };
     // Before anything starts: what else the machine was doing shows in its load.
     let machine = machine();
     let parts = std::env::var("BENCH_PARTS").ok();
@@ -72,6 +87,7 @@ fn main() -> std::io::Result<()> {
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         machine,
         seconds_per_run: seconds,
+        rounds,
         smoke,
         http,
         bus,

@@ -1,9 +1,10 @@
 //! Pub/sub: busd against redis-server pub/sub and two nats-servers (Debian's, and the current
 //! release `.ci/nats-server` installs), in the three shapes of the targets, with 64-byte
 //! payloads (the filtered shape twice: a batch's accounts in order, and interleaved so that
-//! busd cannot pass a subscriber its events as runs). Each system gets a fresh server per shape and the same kind of raw client: a
-//! pipelining publisher with a window of 8 batches of 512, and subscribers that count
-//! messages without decoding them.
+//! busd cannot pass a subscriber its events as runs). Each system gets a fresh server per
+//! shape and round (the systems take turns; a row is its median round) and the same kind of
+//! raw client: a pipelining publisher with a window of 8 batches of 512, and subscribers that
+//! count messages without decoding them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +16,7 @@ use protocol::Filter;
 use serde::Serialize;
 
 use super::tools::{ensure, ensure_at, free_port, spawn_listening};
-use super::{Budget, nats, redis};
+use super::{Budget, nats, redis, rounds};
 use crate::bus_load::{self, Shape};
 use crate::process::{Running, release_binary};
 
@@ -145,7 +146,8 @@ pub fn run_groups(budget: Budget) -> Vec<Row> {
     run_shapes(budget, &shapes, &[System::busd()])
 }
 
-/// Every shape against every system, each on a fresh server.
+/// Every shape against every system, each on a fresh server, in the budget's rounds: the
+/// systems take turns within a round, and each row is its median round ([`rounds`]).
 fn run_shapes(budget: Budget, shapes: &[Shape], systems: &[System]) -> Vec<Row> {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,19 +160,43 @@ fn run_shapes(budget: Budget, shapes: &[Shape], systems: &[System]) -> Vec<Row> 
     let warmup = Duration::from_millis(if budget.smoke { 300 } else { 1000 });
     let mut rows = Vec::new();
     for shape in shapes {
-        for system in systems {
-            let row = match system.start() {
-                Ok((server, addr)) => {
-                    let row = runtime.block_on(measure_one(system, &addr, shape, warmup, measure));
-                    drop(server);
-                    row
-                }
-                Err(note) => skipped(&system.name, shape.name, &note),
-            };
-            rows.push(row);
+        let mut runs: Vec<Vec<Row>> = systems.iter().map(|_| Vec::new()).collect();
+        for round in 0..budget.rounds as usize {
+            for i in rounds::turns(systems.len(), round) {
+                let system = &systems[i];
+                let row = match system.start() {
+                    Ok((server, addr)) => {
+                        let row =
+                            runtime.block_on(measure_one(system, &addr, shape, warmup, measure));
+                        drop(server);
+                        row
+                    }
+                    Err(note) => skipped(&system.name, shape.name, &note),
+                };
+                runs[i].push(row);
+            }
         }
+        rows.extend(runs.into_iter().filter_map(median_row));
     }
     rows
+}
+
+/// The median round by delivered events/s, its note listing every round's; a round that
+/// measured nothing (a server that did not start) counts as 0.
+fn median_row(runs: Vec<Row>) -> Option<Row> {
+    let runs = runs
+        .into_iter()
+        .map(|row| (row.delivered_per_sec.unwrap_or(0.0), row))
+        .collect();
+    let (row, keys) = rounds::median(runs)?;
+    let note = match (
+        row.note.clone(),
+        rounds::note(&keys, |v| format!("{:.2}M", v / 1e6)),
+    ) {
+        (Some(own), _) => Some(own),
+        (None, rounds) => rounds,
+    };
+    Some(Row { note, ..row })
 }
 
 fn skipped(system: &str, shape: &str, note: &str) -> Row {

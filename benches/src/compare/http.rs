@@ -1,7 +1,8 @@
 //! HTTP: ingest's whole path against nginx answering `return 204`, may_minihttp and hyper
 //! hello servers, with wrk -t1 at 64 and 256 connections and pipelined 16 deep, each row
 //! after a second of the same load that is not counted; and ingest again for an account with
-//! a write key, every request carrying `Authorization: Bearer`.
+//! a write key, every request carrying `Authorization: Bearer`. The servers take turns
+//! within each of the budget's rounds, and each row is its median round ([`rounds`]).
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
@@ -10,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use serde::Serialize;
 
-use super::Budget;
 use super::tools::{ensure, free_port, spawn_listening, wait_listening};
+use super::{Budget, rounds};
 use crate::bus_load;
 use crate::process::{Running, WrkReport, release_binary, start_ingest, wrk};
 
@@ -56,6 +57,8 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
         return vec![skipped("all", &note)];
     }
     let mut rows = Vec::new();
+    // Every server runs for the whole part, idle but for its turns.
+    let mut targets = Vec::new();
     for start in [
         ingest as fn(&std::path::Path) -> Result<Target, String>,
         keyed_ingest,
@@ -63,32 +66,56 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
         may_minihttp,
         hyper,
     ] {
-        let target = match start(work) {
-            Ok(target) => target,
-            Err(note) => {
-                rows.push(skipped("?", &note));
-                continue;
-            }
-        };
-        for (mode, connections, pipelined) in MODES {
-            let script = pipelined.then_some(script.as_str());
-            if !budget.smoke {
-                // The same load for a second first, not counted: connections, caches and
-                // buffers (ingest's ring and outbox) are then warm for every server alike,
-                // and the row does not depend on which came first after a start.
-                let _ = wrk(&target.url, &target.headers, connections, WARM_UP, script);
-            }
-            let report = wrk(
-                &target.url,
-                &target.headers,
-                connections,
-                budget.seconds,
-                script,
-            );
-            rows.push(row(target.name, mode, report));
+        match start(work) {
+            Ok(target) => targets.push(target),
+            Err(note) => rows.push(skipped("?", &note)),
         }
     }
+    let mut measured: Vec<Vec<Row>> = targets.iter().map(|_| Vec::new()).collect();
+    for (mode, connections, pipelined) in MODES {
+        let script = pipelined.then_some(script.as_str());
+        let mut runs: Vec<Vec<WrkReport>> = targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..budget.rounds as usize {
+            for i in rounds::turns(targets.len(), round) {
+                let target = &targets[i];
+                if !budget.smoke {
+                    // The same load for a second first, not counted: connections, caches
+                    // and buffers (ingest's ring and outbox) are then warm for every server
+                    // alike, and the row does not depend on whose load came before.
+                    let _ = wrk(&target.url, &target.headers, connections, WARM_UP, script);
+                }
+                let seconds = budget.seconds;
+                if let Some(report) =
+                    wrk(&target.url, &target.headers, connections, seconds, script)
+                {
+                    runs[i].push(report);
+                }
+            }
+        }
+        for (i, reports) in runs.into_iter().enumerate() {
+            measured[i].push(median_row(targets[i].name, mode, reports));
+        }
+    }
+    rows.extend(measured.into_iter().flatten());
     rows
+}
+
+/// The row of a server's median round by 2xx/s, its note listing every round's.
+fn median_row(server: &str, mode: &str, reports: Vec<WrkReport>) -> Row {
+    let runs = reports
+        .into_iter()
+        .map(|report| {
+            let row = row(server, mode, Some(report));
+            (row.ok_per_sec.unwrap_or(0.0), row)
+        })
+        .collect();
+    match rounds::median(runs) {
+        Some((row, keys)) => Row {
+            note: rounds::note(&keys, |v| format!("{v:.0}")),
+            ..row
+        },
+        None => row(server, mode, None),
+    }
 }
 
 /// A row from wrk's report, or one saying wrk failed.

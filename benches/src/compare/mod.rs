@@ -12,11 +12,14 @@ pub mod latency;
 pub mod nats;
 pub mod redis;
 pub mod report;
+pub mod rounds;
 pub mod tools;
 
-/// How long each measured run lasts, and whether this is CI's smoke run.
+/// How long each measured run lasts, how many rounds the HTTP and pub/sub rows get (see
+/// [`rounds`]), and whether this is CI's smoke run.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     pub seconds: u32,
+    pub rounds: u32,
     pub smoke: bool,
 }

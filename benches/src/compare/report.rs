@@ -12,6 +12,8 @@ pub struct Results {
     pub generated: String,
     pub machine: String,
     pub seconds_per_run: u32,
+    /// How many rounds each HTTP and pub/sub row had; it reports the median one.
+    pub rounds: u32,
     pub smoke: bool,
     pub http: Vec<http::Row>,
     pub bus: Vec<bus::Row>,
@@ -369,10 +371,16 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "# Tracker benchmark results\n");
     let _ = writeln!(
         s,
-        "Generated {} on {} by `cargo bench -p benches --bench compare`, {} s per run{}. Every figure in a table comes from this one run; load generators share the machine's cores with the servers.\n",
+        "Generated {} on {} by `cargo bench -p benches --bench compare`, {} s per run, {} {}{}. Every figure in a table comes from this one run; load generators share the machine's cores with the servers.\n",
         r.generated,
         r.machine,
         r.seconds_per_run,
+        r.rounds,
+        if r.rounds == 1 {
+            "round of each HTTP and pub/sub row"
+        } else {
+            "rounds of each HTTP and pub/sub row, the systems taking turns, each row the median round (its note lists every round)"
+        },
         if r.smoke {
             " (smoke run: not for comparison)"
         } else {
