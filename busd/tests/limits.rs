@@ -237,6 +237,7 @@ async fn an_idle_subscriber_costs_a_few_kib() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per = (status_kib(busd.proc.id(), "VmRSS") - before) as f64 / count as f64;
-    // Fewer than 1,024 sockets in all, the usual open-file limit. About 4 KiB in a debug build (3.6 KiB in release); 6.7 KiB with the slices unboxed.
+    // Fewer than 1,024 sockets in all, the usual open-file limit. About 4 KiB in a debug
+    // build (3.6 KiB in release); 6.7 KiB with the slices unboxed.
     assert!(per < 5.0, "{per:.1} KiB per idle subscriber");
 }
