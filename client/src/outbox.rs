@@ -137,7 +137,7 @@ impl Outbox {
         let room = max_event_len(data.len(), origin.len());
         let mut wake = false;
         if inner.filling_count > 0 && inner.filling.len() + room > self.limits.batch_bytes {
-            inner.seal();
+            inner.seal(self.limits.batch_bytes);
             wake = true;
         }
         let id = inner.next_event_id;
@@ -156,7 +156,7 @@ impl Outbox {
         inner.filling_count += 1;
         wake |= inner.filling_count == 1 && inner.sealed.is_empty();
         if inner.filling_count == self.limits.batch_events {
-            inner.seal();
+            inner.seal(self.limits.batch_bytes);
             wake = true;
         }
         drop(inner);
@@ -176,7 +176,7 @@ impl Outbox {
     pub fn take_batch(&self) -> Option<Batch> {
         let mut inner = self.lock();
         if inner.sealed.is_empty() {
-            inner.seal();
+            inner.seal(self.limits.batch_bytes);
         }
         let batch = inner.sealed.pop_front()?;
         inner.unacked.push_back(batch.clone());
@@ -287,8 +287,9 @@ impl Outbox {
 }
 
 impl Inner {
-    /// Turns the events being filled into a batch with the next id.
-    fn seal(&mut self) {
+    /// Turns the events being filled into a batch with the next id, and makes room for the
+    /// next one, at most `batch_bytes` (more than a batch can hold would be kept for nothing).
+    fn seal(&mut self, batch_bytes: usize) {
         if self.filling_count == 0 {
             return;
         }
@@ -296,7 +297,8 @@ impl Inner {
         // The next batch is likely about as large as this one: room for half as much again
         // now, in one allocation, rather than growing from what `split` left by doubling and
         // copying.
-        self.filling.reserve(events.len() + events.len() / 2);
+        self.filling
+            .reserve((events.len() + events.len() / 2).min(batch_bytes));
         let batch = Batch {
             id: self.next_batch_id,
             count: self.filling_count as u64,
@@ -364,6 +366,32 @@ mod tests {
             "ids above 127 take 2 bytes"
         );
         assert_eq!(second.events.as_ptr(), start, "filled where it started");
+    }
+
+    #[test]
+    fn the_room_kept_for_the_next_batch_is_at_most_a_batch() {
+        let batch_bytes = 64 * 1024;
+        let outbox = Outbox::new(
+            Limits {
+                events: usize::MAX,
+                bytes: usize::MAX,
+                batch_events: usize::MAX,
+                batch_bytes,
+            },
+            1,
+        );
+        let data = "x".repeat(4000);
+        while outbox.depth_bytes() < 2 * batch_bytes {
+            outbox.push(1, 2, &data, "origin").unwrap();
+        }
+        let full = outbox.take_batch().unwrap();
+        assert!(
+            full.events.len() > batch_bytes * 9 / 10,
+            "{}",
+            full.events.len()
+        );
+        let room = outbox.lock().filling.capacity();
+        assert!(room <= batch_bytes, "{room} bytes kept for the next batch");
     }
 
     #[test]
