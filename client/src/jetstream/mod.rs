@@ -16,6 +16,7 @@ pub(crate) mod group;
 pub(crate) mod publisher;
 pub mod stream;
 pub(crate) mod subscriber;
+pub(crate) mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,6 +6,11 @@
 //! heartbeat (two seconds of silence, so a dead server is noticed in seconds rather than the
 //! minute async-nats' own ordered consumer waits), a deleted consumer, a lost connection.
 //!
+//! A consumer can also be stuck with nothing looking wrong: placed on a replica that is
+//! behind the stream leader, it heartbeats and hands out nothing. When it has handed out
+//! nothing for a while, [`watchdog`] asks the leader whether it holds anything for it, and
+//! the consumer is made again when it does.
+//!
 //! A stream sequence that jumps is normal when filtering; it is a loss only when the stream
 //! no longer holds what was skipped. So on a jump the stream's first sequence is read once
 //! for the whole batch, and any skipped range below it is reported as a gap: it may hold
@@ -19,6 +24,7 @@ use async_nats::jetstream::stream::{Info, Stream};
 use futures::{FutureExt, StreamExt};
 use protocol::{Event, Filter};
 
+use super::watchdog::{self, Verdict, Watchdog};
 use super::{Connection, JetstreamError, Layout, body, filters_many_subjects};
 
 /// Most messages asked for in one pull request, and handed out in one batch.
@@ -31,6 +37,9 @@ const EXPIRES: Duration = Duration::from_secs(10);
 /// How long the server keeps a consumer nobody pulls from (one left by a crashed watcher).
 const INACTIVE: Duration = Duration::from_secs(10);
 
+/// What the consumer's message stream yields.
+type Delivered = <Messages as futures::Stream>::Item;
+
 /// A consumer being read: the stream, for first-sequence checks, and its messages.
 pub(crate) struct Pull {
     stream: Stream,
@@ -39,6 +48,13 @@ pub(crate) struct Pull {
     /// Applied here when the filter has more accounts than the server is asked to filter.
     filter: Option<Filter>,
     consumer_seq: u64,
+    /// The consumer's filter subjects, to ask the stream leader about when it is idle.
+    subjects: Vec<String>,
+    /// The last stream sequence the consumer handed out, or (before any) the one it
+    /// started after; `None` for a start by time, whose sequence is not known.
+    last_read: Option<u64>,
+    /// Whether an idle consumer is stuck behind the stream.
+    watchdog: Watchdog,
     /// Messages taken from the consumer and not yet handed out: kept here across the
     /// first-sequence check, so a caller that gives up waiting loses none of them.
     held: Vec<(u64, async_nats::Message)>,
@@ -251,6 +267,12 @@ pub(crate) async fn consume(
         layout: layout.clone(),
         filter: local_filter(layout, filter),
         consumer_seq: 0,
+        subjects: subjects(layout, filter),
+        last_read: match from {
+            From::Seq(seq) => Some(seq.saturating_sub(1)),
+            From::Time(_) => None,
+        },
+        watchdog: Watchdog::default(),
         held: Vec::new(),
     })
 }
@@ -261,7 +283,7 @@ impl Pull {
     /// consumer must be made again.
     pub(crate) async fn next(&mut self, after: u64) -> Result<Vec<Item>, String> {
         if self.held.is_empty() {
-            self.read().await?;
+            self.read(after).await?;
         }
         let first_held = if jumps(after, self.held.iter().map(|(seq, _)| *seq)) {
             Some(self.first_sequence().await?)
@@ -289,9 +311,12 @@ impl Pull {
         Ok(out)
     }
 
-    /// Waits for a message, then takes every one already there, into `held`.
-    async fn read(&mut self) -> Result<(), String> {
-        let mut batch = vec![self.messages.next().await];
+    /// Waits for a message, then takes every one already there, into `held`. While none
+    /// comes, checks every [`watchdog::IDLE`] that the consumer is not stuck.
+    async fn read(&mut self, after: u64) -> Result<(), String> {
+        let first = self.wait(after).await?;
+        self.watchdog.handed_out();
+        let mut batch = vec![first];
         while batch.len() < BATCH {
             match self.messages.next().now_or_never() {
                 Some(item) => batch.push(item),
@@ -313,9 +338,41 @@ impl Pull {
             }
             self.consumer_seq = info.consumer_sequence;
             let seq = info.stream_sequence;
+            self.last_read = Some(self.last_read.map_or(seq, |last| last.max(seq)));
             self.held.push((seq, message.split().0));
         }
         Ok(())
+    }
+
+    /// Waits for the consumer's next message. Every [`watchdog::IDLE`] without one, asks
+    /// the stream leader whether it holds anything for this consumer, reading on meanwhile
+    /// (a message that comes ends the check, and the heartbeats keep being counted): `Err`
+    /// when the leader has held a message for it that long and it has not come. A leader
+    /// that cannot be asked proves nothing: the heartbeats say whether the consumer lives.
+    async fn wait(&mut self, after: u64) -> Result<Option<Delivered>, String> {
+        loop {
+            if let Ok(item) = tokio::time::timeout(watchdog::IDLE, self.messages.next()).await {
+                return Ok(item);
+            }
+            let Some(floor) = self.last_read.map(|last| last.max(after)) else {
+                continue;
+            };
+            let found = {
+                let probe = watchdog::first_after(&self.stream, &self.subjects, floor);
+                tokio::select! {
+                    item = self.messages.next() => return Ok(item),
+                    found = probe => found,
+                }
+            };
+            if let Ok(Verdict::Stuck(seq)) = found.map(|found| self.watchdog.judge(found)) {
+                return Err(format!(
+                    "the consumer handed out nothing after seq {floor} for {}s while the \
+                     stream leader holds seq {seq} for it (a replica behind the leader?): \
+                     making it again",
+                    2 * watchdog::IDLE.as_secs()
+                ));
+            }
+        }
     }
 
     async fn first_sequence(&self) -> Result<u64, String> {
