@@ -838,20 +838,7 @@ fn wall_clock() -> (u64, u32) {
 /// Publishes `count` events of account 4 straight to the stream, as ingest would.
 async fn publish_direct(conn: &client::jetstream::Connection, prefix: &str, count: usize) {
     for i in 0..count {
-        let body = serde_json::json!({
-            "account_id": 4,
-            "timestamp_us": 1_795_255_200_123_456u64,
-            "data": format!("{prefix}-{i}"),
-            "origin": "tests",
-            "id": i + 1,
-        });
-        let payload = serde_json::to_vec(&body).expect("JSON");
-        conn.js
-            .publish("tracker.events.4", payload.into())
-            .await
-            .expect("published")
-            .await
-            .expect("stored");
+        support::publish_to_stream(conn, 4, &format!("{prefix}-{i}"), i as u64 + 1).await;
     }
 }
 

@@ -177,21 +177,7 @@ async fn publish(
     account_of: impl Fn(usize) -> u64,
 ) {
     for i in 0..count {
-        let account = account_of(i);
-        let body = serde_json::json!({
-            "account_id": account,
-            "timestamp_us": 1_795_255_200_123_456u64,
-            "data": format!("e-{i}"),
-            "origin": "tests",
-            "id": i + 1,
-        });
-        let payload = serde_json::to_vec(&body).expect("JSON");
-        conn.js
-            .publish(format!("tracker.events.{account}"), payload.into())
-            .await
-            .expect("published")
-            .await
-            .expect("stored");
+        support::publish_to_stream(conn, account_of(i), &format!("e-{i}"), i as u64 + 1).await;
     }
 }
 

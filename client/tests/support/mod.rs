@@ -71,3 +71,27 @@ macro_rules! nats_or_skip {
         }
     };
 }
+
+/// Publishes one event of `account` straight to the stream's default subjects, as ingest
+/// would, and waits until the stream has stored it.
+pub async fn publish_to_stream(
+    conn: &client::jetstream::Connection,
+    account: u64,
+    data: &str,
+    id: u64,
+) {
+    let body = serde_json::json!({
+        "account_id": account,
+        "timestamp_us": 1_795_255_200_123_456u64,
+        "data": data,
+        "origin": "tests",
+        "id": id,
+    });
+    let payload = serde_json::to_vec(&body).expect("JSON");
+    conn.js
+        .publish(format!("tracker.events.{account}"), payload.into())
+        .await
+        .expect("published")
+        .await
+        .expect("stored");
+}
