@@ -101,7 +101,7 @@ fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64)
     match (ours, theirs) {
         (Some(a), Some(b)) if b > 0.0 => Goal {
             goal: goal.into(),
-            measured: format!("{:.2}x ({a:.0} / {b:.0})", a / b),
+            measured: format!("{}x ({a:.0} / {b:.0})", ratio_text(a / b, at_least)),
             met: Some(a / b >= at_least),
         },
         _ => Goal {
@@ -109,6 +109,17 @@ fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64)
             measured: "not measured".into(),
             met: None,
         },
+    }
+}
+
+/// A ratio to two decimals, or to three when two would round it onto `goal` from either
+/// side: "1.00x ... no" reads as a contradiction, "0.996x ... no" does not.
+fn ratio_text(ratio: f64, goal: f64) -> String {
+    let two = format!("{ratio:.2}");
+    if two == format!("{goal:.2}") && ratio != goal {
+        format!("{ratio:.3}")
+    } else {
+        two
     }
 }
 
@@ -469,6 +480,16 @@ pub fn markdown(r: &Results) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_that_rounds_onto_its_goal_gets_a_third_decimal() {
+        assert_eq!(ratio_text(0.996, 1.0), "0.996");
+        assert_eq!(ratio_text(1.004, 1.0), "1.004");
+        assert_eq!(ratio_text(1.0, 1.0), "1.00");
+        assert_eq!(ratio_text(0.91, 1.0), "0.91");
+        assert_eq!(ratio_text(5.73, 5.0), "5.73");
+        assert_eq!(ratio_text(4.998, 5.0), "4.998");
+    }
 
     fn row(system: &str, shape: &str, delivered: Option<f64>) -> bus::Row {
         bus::Row {
