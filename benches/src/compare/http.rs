@@ -74,7 +74,7 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
     let mut measured: Vec<Vec<Row>> = targets.iter().map(|_| Vec::new()).collect();
     for (mode, connections, pipelined) in MODES {
         let script = pipelined.then_some(script.as_str());
-        let mut runs: Vec<Vec<WrkReport>> = targets.iter().map(|_| Vec::new()).collect();
+        let mut runs: Vec<Vec<Option<WrkReport>>> = targets.iter().map(|_| Vec::new()).collect();
         for round in 0..budget.rounds as usize {
             for i in rounds::turns(targets.len(), round) {
                 let target = &targets[i];
@@ -85,11 +85,13 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
                     let _ = wrk(&target.url, &target.headers, connections, WARM_UP, script);
                 }
                 let seconds = budget.seconds;
-                if let Some(report) =
-                    wrk(&target.url, &target.headers, connections, seconds, script)
-                {
-                    runs[i].push(report);
-                }
+                runs[i].push(wrk(
+                    &target.url,
+                    &target.headers,
+                    connections,
+                    seconds,
+                    script,
+                ));
             }
         }
         for (i, reports) in runs.into_iter().enumerate() {
@@ -100,22 +102,29 @@ pub fn run(budget: Budget, work: &std::path::Path) -> Vec<Row> {
     rows
 }
 
-/// The row of a server's median round by 2xx/s, its note listing every round's.
-fn median_row(server: &str, mode: &str, reports: Vec<WrkReport>) -> Row {
+/// The row of a server's median round by 2xx/s, its note listing every round's. A round
+/// in which wrk failed counts as 0, as a pub/sub round that measured nothing does, and the
+/// note says how many failed.
+fn median_row(server: &str, mode: &str, reports: Vec<Option<WrkReport>>) -> Row {
+    let failed = reports.iter().filter(|r| r.is_none()).count();
+    let total = reports.len();
     let runs = reports
         .into_iter()
         .map(|report| {
-            let row = row(server, mode, Some(report));
+            let row = row(server, mode, report);
             (row.ok_per_sec.unwrap_or(0.0), row)
         })
         .collect();
-    match rounds::median(runs) {
-        Some((row, keys)) => Row {
-            note: rounds::note(&keys, |v| format!("{v:.0}")),
-            ..row
-        },
-        None => row(server, mode, None),
-    }
+    let Some((row, keys)) = rounds::median(runs) else {
+        return row(server, mode, None);
+    };
+    let rounds = rounds::note(&keys, |v| format!("{v:.0}"));
+    let note = match (failed, rounds) {
+        (0, rounds) => rounds,
+        (_, Some(rounds)) => Some(format!("{rounds}; wrk failed in {failed} of {total}")),
+        (_, None) => row.note.clone(),
+    };
+    Row { note, ..row }
 }
 
 /// A row from wrk's report, or one saying wrk failed.
@@ -286,4 +295,46 @@ fn may_minihttp(_: &std::path::Path) -> Result<Target, String> {
 
 fn hyper(_: &std::path::Path) -> Result<Target, String> {
     hello("hyper hello", "hello_hyper")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(per_sec: f64) -> Option<WrkReport> {
+        Some(WrkReport {
+            requests_per_sec: per_sec,
+            requests: 1000,
+            p50: "1ms".into(),
+            p99: "2ms".into(),
+            errors: 0,
+            non_2xx: 0,
+        })
+    }
+
+    #[test]
+    fn a_failed_round_counts_as_nothing_and_is_said() {
+        let row = median_row("s", "c=64", vec![report(100.0), None, report(300.0)]);
+        assert_eq!(row.ok_per_sec, Some(100.0));
+        assert_eq!(
+            row.note.as_deref(),
+            Some("median of 3 rounds (100, 0, 300); wrk failed in 1 of 3")
+        );
+    }
+
+    #[test]
+    fn rounds_that_all_ran_say_only_their_figures() {
+        let row = median_row(
+            "s",
+            "c=64",
+            vec![report(200.0), report(100.0), report(300.0)],
+        );
+        assert_eq!(row.ok_per_sec, Some(200.0));
+        assert_eq!(
+            row.note.as_deref(),
+            Some("median of 3 rounds (200, 100, 300)")
+        );
+        let alone = median_row("s", "c=64", vec![None]);
+        assert_eq!(alone.note.as_deref(), Some("wrk failed to run"));
+    }
 }
