@@ -351,6 +351,26 @@ impl Cluster {
         claimed.filter(|_| named.len() == 1)
     }
 
+    /// What each answering node says of `stream`'s copy it holds, one line per node: its
+    /// last sequence, the leader and the replicas' lag as it sees them, and the consumers it
+    /// hosts with how far each has handed out. A consumer that delivers nothing while its
+    /// heartbeats go on is placed on a replica behind the leader: these lines are what tells
+    /// that apart from a loss, so a failing test prints them.
+    pub fn placement(&mut self, stream: &str) -> String {
+        let target = "/jsz?accounts=true&streams=true&consumers=true";
+        self.answering()
+            .into_iter()
+            .map(|i| {
+                let name = &self.node(i).name;
+                match get_json(self.node(i).monitor, target) {
+                    Ok(jsz) => format!("{name}: {}", placement_in(&jsz, stream)),
+                    Err(err) => format!("{name}: {err}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits up to `within` for [`Cluster::stream_leader`] to name a node and returns it, for
     /// tests that must find the leader after creating a stream or killing the old leader.
     pub fn wait_stream_leader(&mut self, stream: &str, within: Duration) -> usize {
@@ -583,6 +603,63 @@ fn stream_leader_in<'a>(jsz: &'a Value, stream: &str) -> Option<&'a str> {
         .map(|detail| detail["cluster"]["leader"].as_str().unwrap_or_default())
 }
 
+/// One node's line of [`Cluster::placement`] from its `/jsz` with streams and consumers.
+fn placement_in(jsz: &Value, stream: &str) -> String {
+    let detail = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|account| account["stream_detail"].as_array())
+        .flatten()
+        .find(|detail| detail["name"] == stream);
+    let Some(detail) = detail else {
+        return format!("no copy of {stream}");
+    };
+    let cluster = &detail["cluster"];
+    let replicas: Vec<String> = cluster["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let current = if r["current"] == true {
+                "current"
+            } else {
+                "behind"
+            };
+            format!(
+                "{} {current} lag {}",
+                text(&r["name"]),
+                r["lag"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    let consumers: Vec<String> = detail["consumer_detail"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} delivered to {} pending {}",
+                text(&c["name"]),
+                c["delivered"]["stream_seq"].as_u64().unwrap_or(0),
+                c["num_pending"].as_u64().unwrap_or(0)
+            )
+        })
+        .collect();
+    format!(
+        "{stream} last_seq {}, leader {}, replicas [{}], consumers here [{}]",
+        detail["state"]["last_seq"].as_u64().unwrap_or(0),
+        text(&cluster["leader"]),
+        replicas.join(", "),
+        consumers.join(", ")
+    )
+}
+
+/// A JSON string's text, or "?" for anything else.
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("?")
+}
+
 /// GET `target` from the monitoring port `port` on loopback (see [`crate::http::get_blocking`]).
 fn http_get(port: u16, target: &str) -> Result<(u16, String), String> {
     crate::http::get_blocking(SocketAddr::from(([127, 0, 0, 1], port)), target)
@@ -603,6 +680,26 @@ fn get_json(port: u16, target: &str) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_names_the_replicas_lag_and_the_consumers_a_node_hosts() {
+        let jsz: Value = serde_json::from_str(
+            r#"{"account_details":[{"stream_detail":[{"name":"TRACKER",
+                "state":{"last_seq":900},
+                "cluster":{"leader":"n1","replicas":[
+                    {"name":"n2","current":true,"lag":0},
+                    {"name":"n3","current":false,"lag":412}]},
+                "consumer_detail":[{"name":"w1","delivered":{"stream_seq":488},"num_pending":0}]
+            }]}]}"#,
+        )
+        .expect("valid JSON");
+        assert_eq!(
+            placement_in(&jsz, "TRACKER"),
+            "TRACKER last_seq 900, leader n1, replicas [n2 current lag 0, n3 behind lag 412], \
+             consumers here [w1 delivered to 488 pending 0]"
+        );
+        assert_eq!(placement_in(&jsz, "OTHER"), "no copy of OTHER");
+    }
 
     #[test]
     fn finds_a_stream_leader_in_jsz() {

@@ -12,6 +12,9 @@ use testkit::{Proc, free_port};
 
 use super::load::MAX_DATA;
 
+/// The stream ingest publishes to on JetStream (its default).
+const STREAM: &str = client::jetstream::DEFAULT_STREAM;
+
 /// How long ingest may take to drain on SIGTERM (`--drain-timeout`).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -164,11 +167,17 @@ impl Cluster {
         self.nats.as_mut().expect("a JetStream run")
     }
 
+    /// On JetStream, each node's view of the stream: the replicas' lag and where each
+    /// watcher's consumer is (see `testkit::nats::Cluster::placement`); `None` on busd.
+    pub fn placement(&mut self) -> Option<String> {
+        Some(self.nats.as_mut()?.placement(STREAM))
+    }
+
     /// SIGKILL of the node leading the stream, and its restart a second later: the stream
     /// elects another leader meanwhile.
     pub fn stream_leader_kill_restart(&mut self) {
         let nats = self.nats();
-        let leader = nats.wait_stream_leader("TRACKER", START);
+        let leader = nats.wait_stream_leader(STREAM, START);
         nats.kill(leader);
         std::thread::sleep(Duration::from_secs(1));
         nats.restart(leader);

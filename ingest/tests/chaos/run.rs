@@ -81,6 +81,9 @@ pub fn run(seed: u64, config: &Config) -> Summary {
     let mut running = start(&sets, config.bus, &runtime);
     let loaded = load_under_faults(&mut running, &sets, seed, config, &runtime);
     settle(&loaded.outcomes, &sets, [&running.w_all, &running.w_some]);
+    if let Some(placement) = running.cluster.placement() {
+        eprintln!("chaos: the stream and the watchers' consumers after settling:\n{placement}");
+    }
     let (mut records, mut finished, mut failures) = stop_all(running);
     let report = Report {
         seed,
