@@ -1065,3 +1065,61 @@ async fn origin_and_match_filter_in_busctl() {
     assert_eq!(data, ["d-0", "d-2", "d-3"], "not c-0: origin one");
     assert!(next_line(&watcher, Duration::from_millis(300)).is_none());
 }
+
+/// `--last N` on a filter over an R3 stream prints exactly the last N events of the
+/// watched accounts, right after a replica has been made to fall behind (paused while the
+/// others stored 20000 events, then resumed). Until it catches up, that replica answers
+/// stream info itself (naming no leader) with its own empty copy, and probe consumers
+/// placed on it count short, so the search starts too early: without counting on the
+/// leader only, the watcher panicked or printed the first N of thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_n_of_a_filter_are_counted_on_the_stream_leader() {
+    nats_or_skip!();
+    let mut cluster = Cluster::start(3);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &["--replicas", "3"]).await;
+    let leader = cluster.wait_stream_leader("TRACKER", WAIT);
+    let meta = cluster.meta_leader();
+    // A follower of the stream, and not the meta leader, so consumers can still be made.
+    let behind = (0..3)
+        .filter(|i| *i != leader)
+        .max_by_key(|i| Some(*i) != meta)
+        .expect("a follower");
+    cluster.signal(behind, "STOP");
+    // Accounts 1 to 4 in turn: the watched ones (1 and 3) are every other event.
+    let events = numbered("e", |i| 1 + (i % 4) as u64, 20000);
+    ingest.send(&events).await;
+    wait_last_seq(&bus, events.len() as u64).await;
+    cluster.signal(behind, "CONT");
+
+    let n = 7;
+    let watcher = busctl(&[
+        "watch",
+        "--bus",
+        &bus,
+        "--format",
+        "json",
+        "--accounts",
+        "1,3",
+        "--last",
+        "7",
+    ]);
+    let lines: Vec<Value> = watcher
+        .stdout_lines(n, WAIT)
+        .iter()
+        .map(|l| json(l))
+        .collect();
+    let watched: Vec<String> = events
+        .iter()
+        .filter(|(account, _)| [1, 3].contains(account))
+        .map(|(_, data)| data.clone())
+        .collect();
+    let expected = &watched[watched.len() - n..];
+    assert_eq!(
+        data_of(&lines),
+        expected,
+        "the last {n} of accounts 1 and 3"
+    );
+    let more = next_line(&watcher, Duration::from_secs(2));
+    assert!(more.is_none(), "exactly {n} lines, then {more:?}");
+}

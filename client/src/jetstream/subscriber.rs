@@ -19,8 +19,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{Config, Stream as Messages};
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
-use async_nats::jetstream::stream::{Info, Stream};
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::stream::{ClusterInfo, Info, Stream};
 use futures::{FutureExt, StreamExt};
 use protocol::{Event, Filter};
 
@@ -92,11 +92,74 @@ pub(crate) async fn open(
         )));
     }
     let stream = super::stream::find(&conn.js, layout).await?;
-    let info = stream
-        .get_info()
-        .await
-        .map_err(|err| JetstreamError::Unavailable(format!("stream {}: {err}", layout.stream)))?;
+    let info = leader_info(&stream).await?;
     Ok((conn, stream, info))
+}
+
+/// The stream info as the stream leader has it. A replica that knows no leader (one just
+/// back from a pause or a restart, before it hears from the leader) answers stream info
+/// too, with its own copy, which may be missing the newest messages or all of them; its
+/// answer names no leader, and the request is made again, up to [`LEADER_TRIES`] times.
+async fn leader_info(stream: &Stream) -> Result<Info, JetstreamError> {
+    for _ in 0..LEADER_TRIES {
+        let info = stream_info(stream).await?;
+        if counted(info.cluster.as_ref()) != Counted::Leaderless {
+            return Ok(info);
+        }
+        tokio::time::sleep(LEADER_PAUSE).await;
+    }
+    Err(JetstreamError::Unavailable(format!(
+        "stream {}: no replica names a leader",
+        stream.cached_info().config.name
+    )))
+}
+
+/// How many stream-info requests [`leader_info`] makes, [`LEADER_PAUSE`] apart, before it
+/// takes the stream for leaderless: a replica back from a pause hears from the leader
+/// within its heartbeat (a second).
+const LEADER_TRIES: usize = 20;
+const LEADER_PAUSE: Duration = Duration::from_millis(100);
+
+async fn stream_info(stream: &Stream) -> Result<Info, JetstreamError> {
+    stream.get_info().await.map_err(|err| {
+        let name = &stream.cached_info().config.name;
+        JetstreamError::Unavailable(format!("stream {name}: {err}"))
+    })
+}
+
+/// Where an answer (stream info, a consumer's info) was counted, as its `cluster` section
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted<'a> {
+    /// On a server outside any cluster, which holds the only copy: no section, or one
+    /// without a raft group or a leader (servers before 2.10 say nothing for themselves).
+    Alone,
+    /// On this server: the stream's leader, or the one hosting an R1 consumer.
+    On(&'a str),
+    /// On a replica that knows no leader, with its own copy of the stream.
+    Leaderless,
+}
+
+/// What `cluster` says of where its answer was counted.
+fn counted(cluster: Option<&ClusterInfo>) -> Counted<'_> {
+    let Some(cluster) = cluster else {
+        return Counted::Alone;
+    };
+    match cluster.leader.as_deref().filter(|name| !name.is_empty()) {
+        Some(name) => Counted::On(name),
+        None if cluster.raft_group.is_none() => Counted::Alone,
+        None => Counted::Leaderless,
+    }
+}
+
+/// Whether a probe counted as `probe` says counted on the stream's copy the stream info
+/// `stream` came from, the leader's: the same server, or no cluster at all.
+fn counted_by_leader(stream: Counted, probe: Counted) -> bool {
+    match (stream, probe) {
+        (Counted::Leaderless, _) | (_, Counted::Leaderless) => false,
+        (Counted::On(leader), Counted::On(host)) => leader == host,
+        (Counted::Alone, _) | (_, Counted::Alone) => true,
+    }
 }
 
 /// The filter subjects for `filter`: one per account up to the layout's limit, else every
@@ -184,7 +247,8 @@ fn config(layout: &Layout, filter: &Filter, from: From) -> Config {
 /// The stream sequence from which the last `n` messages on `filter`'s subjects follow,
 /// within `first..=last` (what the stream holds): the sequences themselves when every
 /// account is watched, else found by asking the server how many messages a consumer
-/// starting at a sequence would have pending (a binary search of a few dozen probes).
+/// starting at a sequence would have pending (a binary search of a few dozen probes, each
+/// counted on the stream leader: see [`pending`]).
 /// Returns the start and whether the stream holds fewer than `n`.
 pub(crate) async fn last_start(
     stream: &Stream,
@@ -214,21 +278,62 @@ pub(crate) async fn last_start(
     Ok((lo, false))
 }
 
-/// How many messages on `filter`'s subjects the stream holds from `seq` on.
+/// How many messages on `filter`'s subjects the stream leader holds from `seq` on.
+///
+/// A probe consumer counts on whichever replica the server placed it (any one of the
+/// stream's, at random), and a replica that is behind, catching up after a pause or a
+/// restart, counts short: the search would start too early and print more than N. So a
+/// probe's count is taken only when the server hosting it is the one the stream info,
+/// read just before, names leader; the others are deleted and another made, up to
+/// [`PROBES`] in all. A replica the stream info reports `current` with no lag is not
+/// enough: that says it has persisted the leader's log, not that its store holds the
+/// messages, which it may not until a catch-up ends.
 async fn pending(
     stream: &Stream,
     layout: &Layout,
     filter: &Filter,
     seq: u64,
 ) -> Result<u64, JetstreamError> {
-    let unavailable = |err: String| JetstreamError::Unavailable(err);
+    let mut hosts = Vec::new();
+    for _ in 0..PROBES {
+        let info = leader_info(stream).await?;
+        let probe = probe(stream, layout, filter, seq).await?;
+        let on = counted(probe.cluster.as_ref());
+        if counted_by_leader(counted(info.cluster.as_ref()), on) {
+            return Ok(probe.num_pending);
+        }
+        hosts.push(match on {
+            Counted::On(host) => host.to_owned(),
+            _ => "?".to_owned(),
+        });
+    }
+    Err(JetstreamError::Unavailable(format!(
+        "cannot count the last events on the stream leader: none of {PROBES} probe \
+         consumers was placed on it (placed on {}); a count from another replica may be short",
+        hosts.join(", ")
+    )))
+}
+
+/// Most probe consumers [`pending`] makes for one count. Each lands on the stream leader
+/// with a chance of one in the stream's replicas: with three, all of them miss it about
+/// twice in a million counts, and the watcher then says so and tries again.
+const PROBES: usize = 32;
+
+/// Makes a throw-away consumer starting at `seq`, deletes it, and returns its info: how
+/// many messages it had pending, and where it was placed.
+async fn probe(
+    stream: &Stream,
+    layout: &Layout,
+    filter: &Filter,
+    seq: u64,
+) -> Result<consumer::Info, JetstreamError> {
     let consumer = stream
         .create_consumer(config(layout, filter, From::Seq(seq)))
         .await
-        .map_err(|err| unavailable(format!("cannot create a consumer: {err}")))?;
-    let info = consumer.cached_info();
+        .map_err(|err| JetstreamError::Unavailable(format!("cannot create a consumer: {err}")))?;
+    let info = consumer.cached_info().clone();
     let _ = stream.delete_consumer(&info.name).await;
-    Ok(info.num_pending)
+    Ok(info)
 }
 
 /// The messages of `consumer`, `batch` at a time, with [`HEARTBEAT`]s while idle and
@@ -420,5 +525,51 @@ mod tests {
         let many = Filter::Accounts((0..=layout.max_filter_subjects as u64).collect());
         assert_eq!(subjects(&layout, &many), ["tracker.events.*"]);
         assert_eq!(subjects(&layout, &Filter::All), ["tracker.events.*"]);
+    }
+
+    fn cluster(leader: &str, raft_group: Option<&str>) -> ClusterInfo {
+        ClusterInfo {
+            leader: Some(leader.to_owned()),
+            raft_group: raft_group.map(str::to_owned),
+            ..ClusterInfo::default()
+        }
+    }
+
+    #[test]
+    fn an_answer_says_where_it_was_counted() {
+        assert_eq!(counted(None), Counted::Alone, "a server before 2.10, alone");
+        let alone = cluster("n1", None);
+        assert_eq!(
+            counted(Some(&alone)),
+            Counted::On("n1"),
+            "a server alone names itself"
+        );
+        let led = cluster("n2", Some("S-R3F-x"));
+        assert_eq!(counted(Some(&led)), Counted::On("n2"));
+        let lost = cluster("", Some("S-R3F-x"));
+        assert_eq!(
+            counted(Some(&lost)),
+            Counted::Leaderless,
+            "a replica back from a pause"
+        );
+        let unnamed = cluster("", None);
+        assert_eq!(counted(Some(&unnamed)), Counted::Alone);
+    }
+
+    #[test]
+    fn only_a_probe_on_the_stream_leader_counts() {
+        use Counted::*;
+        assert!(counted_by_leader(On("n2"), On("n2")));
+        assert!(!counted_by_leader(On("n2"), On("n1")), "another replica");
+        assert!(
+            !counted_by_leader(Leaderless, On("n1")),
+            "a stream info from a replica"
+        );
+        assert!(!counted_by_leader(On("n1"), Leaderless));
+        assert!(
+            counted_by_leader(On("n1"), Alone),
+            "a single server's consumer"
+        );
+        assert!(counted_by_leader(Alone, Alone), "a server before 2.10");
     }
 }
