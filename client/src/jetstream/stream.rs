@@ -2,10 +2,68 @@
 //! with the layout asked for, since a stream that exists is used as it is.
 
 use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
-use async_nats::jetstream::stream::{Config, Info, StorageType, Stream};
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{ClusterInfo, Config, Info, StorageType, Stream};
 use async_nats::jetstream::{Context, ErrorCode};
 
 use super::{JetstreamError, Layout};
+
+/// The stream info as the stream leader has it. A replica that knows no leader (one just
+/// back from a pause or a restart, before it hears from the leader) answers stream info
+/// too, with its own copy, which may be missing the newest messages or all of them; its
+/// answer names no leader, and the request is made again, up to [`LEADER_TRIES`] times.
+pub(crate) async fn leader_info(stream: &Stream) -> Result<Info, JetstreamError> {
+    for _ in 0..LEADER_TRIES {
+        let info = stream_info(stream).await?;
+        if counted(info.cluster.as_ref()) != Counted::Leaderless {
+            return Ok(info);
+        }
+        tokio::time::sleep(LEADER_PAUSE).await;
+    }
+    Err(JetstreamError::Unavailable(format!(
+        "stream {}: no replica names a leader",
+        stream.cached_info().config.name
+    )))
+}
+
+/// How many stream-info requests [`leader_info`] makes, [`LEADER_PAUSE`] apart, before it
+/// takes the stream for leaderless: a replica back from a pause hears from the leader
+/// within its heartbeat (a second).
+const LEADER_TRIES: usize = 20;
+const LEADER_PAUSE: Duration = Duration::from_millis(100);
+
+async fn stream_info(stream: &Stream) -> Result<Info, JetstreamError> {
+    stream.get_info().await.map_err(|err| {
+        let name = &stream.cached_info().config.name;
+        JetstreamError::Unavailable(format!("stream {name}: {err}"))
+    })
+}
+
+/// Where an answer (stream info, a consumer's info) was counted, as its `cluster` section
+/// says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted<'a> {
+    /// On a server outside any cluster, which holds the only copy: no section, or one
+    /// without a raft group or a leader (servers before 2.10 say nothing for themselves).
+    Alone,
+    /// On this server: the stream's leader, or the one hosting an R1 consumer.
+    On(&'a str),
+    /// On a replica that knows no leader, with its own copy of the stream.
+    Leaderless,
+}
+
+/// What `cluster` says of where its answer was counted.
+pub(crate) fn counted(cluster: Option<&ClusterInfo>) -> Counted<'_> {
+    let Some(cluster) = cluster else {
+        return Counted::Alone;
+    };
+    match cluster.leader.as_deref().filter(|name| !name.is_empty()) {
+        Some(name) => Counted::On(name),
+        None if cluster.raft_group.is_none() => Counted::Alone,
+        None => Counted::Leaderless,
+    }
+}
 
 /// The stream config `layout` asks for: file storage, the oldest messages dropped past the
 /// byte budget, copies dropped within the duplicate window.
@@ -193,6 +251,35 @@ pub fn epoch(info: &Info) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cluster(leader: &str, raft_group: Option<&str>) -> ClusterInfo {
+        ClusterInfo {
+            leader: Some(leader.to_owned()),
+            raft_group: raft_group.map(str::to_owned),
+            ..ClusterInfo::default()
+        }
+    }
+
+    #[test]
+    fn an_answer_says_where_it_was_counted() {
+        assert_eq!(counted(None), Counted::Alone, "a server before 2.10, alone");
+        let alone = cluster("n1", None);
+        assert_eq!(
+            counted(Some(&alone)),
+            Counted::On("n1"),
+            "a server alone names itself"
+        );
+        let led = cluster("n2", Some("S-R3F-x"));
+        assert_eq!(counted(Some(&led)), Counted::On("n2"));
+        let lost = cluster("", Some("S-R3F-x"));
+        assert_eq!(
+            counted(Some(&lost)),
+            Counted::Leaderless,
+            "a replica back from a pause"
+        );
+        let unnamed = cluster("", None);
+        assert_eq!(counted(Some(&unnamed)), Counted::Alone);
+    }
 
     #[test]
     fn a_stream_as_asked_has_no_differences() {

@@ -64,18 +64,18 @@ impl Watchdog {
 }
 
 /// The first sequence after `after` the stream leader holds on any of `subjects`, if any.
-/// Asks the leader only: stream info, then (when the stream holds anything past `after`)
-/// the next message on each subject, which `$JS.API.STREAM.MSG.GET` serves from the
-/// leader alone, never from a replica that may be behind.
+/// Asks the leader only: stream info as the leader has it (a replica that knows no leader
+/// answers with its own, maybe shorter, copy), then (when the stream holds anything past
+/// `after`) the next message on each subject, which `$JS.API.STREAM.MSG.GET` serves from
+/// the leader alone, never from a replica that may be behind.
 pub(crate) async fn first_after(
     stream: &Stream,
     subjects: &[String],
     after: u64,
 ) -> Result<Option<u64>, String> {
-    let info = stream
-        .get_info()
+    let info = super::stream::leader_info(stream)
         .await
-        .map_err(|err| format!("stream info: {err}"))?;
+        .map_err(|err| err.to_string())?;
     if info.state.last_sequence <= after {
         return Ok(None);
     }
