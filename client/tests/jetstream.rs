@@ -998,6 +998,29 @@ async fn history_is_read_from_the_stream() {
 }
 
 #[tokio::test]
+async fn history_of_an_empty_stream_is_nothing_then_live() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &[]).await;
+    let watchers: Vec<_> = [&["--last", "5"][..], &["--accounts", "1,2", "--last", "5"]]
+        .into_iter()
+        .map(|args| {
+            let mut argv = vec!["watch", "--bus", &bus, "--format", "json"];
+            argv.extend_from_slice(args);
+            let watcher = busctl(&argv);
+            watcher.wait_stderr("live (epoch", WAIT);
+            watcher
+        })
+        .collect();
+    ingest.send(&numbered("n", |_| 1, 1)).await;
+    for watcher in &watchers {
+        let line = json(&watcher.stdout_lines(1, WAIT)[0]);
+        assert_eq!((&line["data"], &line["seq"]), (&"n-0".into(), &1.into()));
+    }
+}
+
+#[tokio::test]
 async fn history_the_stream_no_longer_holds_is_a_gap_first() {
     nats_or_skip!();
     let cluster = Cluster::start(1);

@@ -202,6 +202,8 @@ pub(crate) async fn last_start(
     n: u64,
     (first, last): (u64, u64),
 ) -> Result<(u64, bool), JetstreamError> {
+    // Sequences start at 1; a stream that never held a message says first 0, last 0.
+    let first = first.max(1);
     let held = (last + 1).saturating_sub(first);
     if subjects(layout, filter) == [layout.all_subjects()] || held == 0 {
         return Ok(((last + 1).saturating_sub(n).max(first), held < n));
