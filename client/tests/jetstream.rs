@@ -1003,16 +1003,10 @@ async fn history_of_an_empty_stream_is_nothing_then_live() {
     let cluster = Cluster::start(1);
     let bus = cluster.urls();
     let ingest = Ingest::start(&bus, &[]).await;
-    let watchers: Vec<_> = [&["--last", "5"][..], &["--accounts", "1,2", "--last", "5"]]
-        .into_iter()
-        .map(|args| {
-            let mut argv = vec!["watch", "--bus", &bus, "--format", "json"];
-            argv.extend_from_slice(args);
-            let watcher = busctl(&argv);
-            watcher.wait_stderr("live (epoch", WAIT);
-            watcher
-        })
-        .collect();
+    let watchers = [
+        watch(&bus, &["--last", "5"]),
+        watch(&bus, &["--accounts", "1,2", "--last", "5"]),
+    ];
     ingest.send(&numbered("n", |_| 1, 1)).await;
     for watcher in &watchers {
         let line = json(&watcher.stdout_lines(1, WAIT)[0]);
@@ -1116,17 +1110,7 @@ async fn the_last_n_of_a_filter_are_counted_on_the_stream_leader() {
     cluster.signal(behind, "CONT");
 
     let n = 7;
-    let watcher = busctl(&[
-        "watch",
-        "--bus",
-        &bus,
-        "--format",
-        "json",
-        "--accounts",
-        "1,3",
-        "--last",
-        "7",
-    ]);
+    let watcher = watch(&bus, &["--accounts", "1,3", "--last", "7"]);
     let lines: Vec<Value> = watcher
         .stdout_lines(n, WAIT)
         .iter()
