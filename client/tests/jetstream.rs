@@ -1130,3 +1130,80 @@ async fn the_last_n_of_a_filter_are_counted_on_the_stream_leader() {
     let more = next_line(&watcher, Duration::from_secs(2));
     assert!(more.is_none(), "exactly {n} lines, then {more:?}");
 }
+
+/// A watcher whose stdout is not read for a while (piped into a pager that is paused, say)
+/// stops pulling from its consumer meanwhile, and async-nats then finds its missed-heartbeat
+/// timer expired with heartbeats and messages waiting unread. That is no sign of a dead
+/// server: the watcher must go on with the same consumer, saying nothing on stderr, and
+/// print every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_pausing_the_output_is_no_missed_heartbeat() {
+    nats_or_skip!();
+    let cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &[]).await;
+    let mut child = busctl_command(&["watch", "--bus", &bus, "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("busctl starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (live_tx, live) = std::sync::mpsc::channel();
+    let said = std::thread::spawn(move || {
+        let mut said = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("live (epoch") {
+                let _ = live_tx.send(());
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        said
+    });
+    live.recv_timeout(WAIT).expect("the watcher goes live");
+    // More than the pipe and busctl's output queue hold, so busctl blocks on stdout.
+    let data = "p".repeat(400);
+    let events = numbered(&data, |i| 1 + (i % 3) as u64, 2000);
+    ingest.send(&events).await;
+    std::thread::sleep(4 * Duration::from_secs(1));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let lines: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .take(events.len())
+        .map(|line| line.expect("a line"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = said.join().expect("the stderr reader");
+    let printed: Vec<String> = lines.iter().map(|l| json(l)["data"].to_string()).collect();
+    let sent: Vec<String> = events.iter().map(|(_, d)| format!("{d:?}")).collect();
+    assert!(printed == sent, "every event once, in order");
+    assert!(!said.contains("heartbeat"), "stderr: {said}");
+    assert!(!said.contains("reconnect"), "stderr: {said}");
+}
+
+/// The other side of the test above: a watcher that keeps reading notices a frozen server
+/// by its missed heartbeats within seconds, and goes on once it thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_noticed_by_its_missed_heartbeats() {
+    nats_or_skip!();
+    let mut cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    let ingest = Ingest::start(&bus, &[]).await;
+    let watcher = watch(&bus, &[]);
+    // Read something first: a watcher that has been reading all along is not "away".
+    ingest.send(&numbered("t", |_| 1, 1)).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "t-0");
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.signal(0, "STOP");
+    let frozen = Instant::now();
+    watcher.wait_stderr("missed idle heartbeat", Duration::from_secs(10));
+    let noticed = frozen.elapsed();
+    eprintln!("the frozen server was noticed after {noticed:?}");
+    cluster.signal(0, "CONT");
+    assert!(
+        noticed < Duration::from_millis(4500),
+        "noticed after {noticed:?}"
+    );
+    ingest.send(&numbered("u", |_| 1, 1)).await;
+    assert_eq!(json(&watcher.stdout_lines(1, WAIT)[0])["data"], "u-0");
+}
