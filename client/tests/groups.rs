@@ -429,3 +429,29 @@ async fn a_member_disconnected_for_falling_behind_hands_everything_over() {
         gaps.len()
     );
 }
+
+/// A JetStream group member waiting on an idle group notices a frozen server by its missed
+/// heartbeats within seconds, as a watcher does, joins again once it thaws and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_member_notices_a_frozen_server() {
+    nats_or_skip!();
+    let mut cluster = Cluster::start(1);
+    let bus = cluster.urls();
+    make_stream(&bus).await;
+    let member = member(&bus, "f");
+    publish_to(&bus, "frozen-1", &events(0..1)).await;
+    assert_eq!(json(&member.stdout_lines(1, WAIT)[0])["data"], data(0));
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.signal(0, "STOP");
+    let frozen = Instant::now();
+    member.wait_stderr("missed idle heartbeat", Duration::from_secs(10));
+    let noticed = frozen.elapsed();
+    eprintln!("the frozen server was noticed after {noticed:?}");
+    cluster.signal(0, "CONT");
+    assert!(
+        noticed < Duration::from_millis(4500),
+        "noticed after {noticed:?}"
+    );
+    publish_to(&bus, "frozen-2", &events(1..2)).await;
+    assert_eq!(json(&member.stdout_lines(1, WAIT)[0])["data"], data(1));
+}

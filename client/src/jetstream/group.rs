@@ -12,13 +12,13 @@
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::{Config, Stream as Messages};
+use async_nats::jetstream::consumer::pull::Config;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::stream::Stream;
-use futures::{FutureExt, StreamExt};
 use protocol::{Event, Filter};
 
+use super::messages::Messages;
 use super::{JetstreamError, Layout, subscriber};
 
 /// How long a member may hold a message unacknowledged before it goes to another member.
@@ -141,13 +141,8 @@ impl GroupPull {
         for acker in self.handed.drain(..) {
             acker.ack().await.map_err(|err| format!("ack: {err}"))?;
         }
-        let mut batch = vec![self.messages.next().await];
-        while batch.len() < BATCH {
-            match self.messages.next().now_or_never() {
-                Some(item) => batch.push(item),
-                None => break,
-            }
-        }
+        let first = self.messages.next().await;
+        let batch = self.messages.batch(first, BATCH);
         let mut read = Read {
             events: Vec::with_capacity(batch.len()),
             redelivered: 0,

@@ -13,6 +13,7 @@
 
 pub mod body;
 pub(crate) mod group;
+pub(crate) mod messages;
 pub(crate) mod publisher;
 pub mod stream;
 pub(crate) mod subscriber;

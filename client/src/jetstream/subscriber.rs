@@ -5,7 +5,7 @@
 //! again from there whenever anything looks wrong: a consumer sequence that skips, a missed
 //! heartbeat (two seconds of silence, so a dead server is noticed in seconds rather than the
 //! minute async-nats' own ordered consumer waits; not when the watcher itself stopped
-//! reading meanwhile, see [`stale`]), a deleted consumer, a lost connection.
+//! reading meanwhile, see [`super::messages`]), a deleted consumer, a lost connection.
 //!
 //! A consumer can also be stuck with nothing looking wrong: placed on a replica that is
 //! behind the stream leader, it heartbeats and hands out nothing. When it has handed out
@@ -17,30 +17,24 @@
 //! for the whole batch, and any skipped range below it is reported as a gap: it may hold
 //! events of other accounts only, but never silently any of ours.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::consumer::pull::{Config, MessagesErrorKind, Stream as Messages};
+use async_nats::jetstream::consumer::pull::Config;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::{Info, Stream};
-use futures::{FutureExt, StreamExt};
 use protocol::{Event, Filter};
 
+use super::messages::{Delivered, HEARTBEAT, Messages};
 use super::stream::{Counted, counted, leader_info};
 use super::watchdog::{self, Verdict, Watchdog};
 use super::{Connection, JetstreamError, Layout, body, filters_many_subjects};
 
 /// Most messages asked for in one pull request, and handed out in one batch.
 const BATCH: usize = 1000;
-/// The server sends a heartbeat this often while it has nothing; two missed and the
-/// consumer is taken for dead.
-const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a pull request waits on the server before the client renews it.
 const EXPIRES: Duration = Duration::from_secs(10);
 /// How long the server keeps a consumer nobody pulls from (one left by a crashed watcher).
 const INACTIVE: Duration = Duration::from_secs(10);
-
-/// What the consumer's message stream yields.
-type Delivered = <Messages as futures::Stream>::Item;
 
 /// A consumer being read: the stream, for first-sequence checks, and its messages.
 pub(crate) struct Pull {
@@ -60,8 +54,6 @@ pub(crate) struct Pull {
     /// Messages taken from the consumer and not yet handed out: kept here across the
     /// first-sequence check, so a caller that gives up waiting loses none of them.
     held: Vec<(u64, async_nats::Message)>,
-    /// When the consumer was last polled, if it has not been since: see [`stale`].
-    away_since: Option<Instant>,
 }
 
 /// What one read hands out, in stream order.
@@ -108,19 +100,6 @@ fn counted_by_leader(stream: Counted, probe: Counted) -> bool {
         (Counted::On(leader), Counted::On(host)) => leader == host,
         (Counted::Alone, _) | (_, Counted::Alone) => true,
     }
-}
-
-/// Whether `item` is a missed-heartbeat error that proves nothing. async-nats arms its
-/// timer (two heartbeats) when polled and finds nothing, and checks it before reading what
-/// has arrived since: a watcher that stopped polling for a while (its output blocked by a
-/// paused reader) then gets the error with heartbeats and messages waiting unread. Having
-/// been away for at least one heartbeat of the two, the watcher cannot tell, so the error
-/// is skipped once; async-nats arms the timer afresh, and a server that is really gone
-/// is noticed two heartbeats later.
-fn stale(item: &Option<Delivered>, away: Duration) -> bool {
-    let missed =
-        matches!(item, Some(Err(err)) if err.kind() == MessagesErrorKind::MissingHeartbeat);
-    missed && away >= HEARTBEAT
 }
 
 /// The filter subjects for `filter`: one per account up to the layout's limit, else every
@@ -312,6 +291,7 @@ pub(crate) async fn pull(
         .expires(EXPIRES)
         .messages()
         .await
+        .map(Messages::new)
 }
 
 /// Starts a consumer at `from`.
@@ -342,7 +322,6 @@ pub(crate) async fn consume(
         },
         watchdog: Watchdog::default(),
         held: Vec::new(),
-        away_since: None,
     })
 }
 
@@ -385,14 +364,7 @@ impl Pull {
     async fn read(&mut self, after: u64) -> Result<(), String> {
         let first = self.wait(after).await?;
         self.watchdog.handed_out();
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match self.messages.next().now_or_never() {
-                Some(item) => batch.push(item),
-                None => break,
-            }
-        }
-        for item in batch {
+        for item in self.messages.batch(first, BATCH) {
             let message = match item {
                 None => return Err("the consumer ended".into()),
                 Some(Err(err)) => return Err(format!("consumer: {err}")),
@@ -410,20 +382,7 @@ impl Pull {
             self.last_read = Some(self.last_read.map_or(seq, |last| last.max(seq)));
             self.held.push((seq, message.split().0));
         }
-        self.away_since = Some(Instant::now());
         Ok(())
-    }
-
-    /// The consumer's next message, skipping a missed-heartbeat error that only says this
-    /// watcher was `away` (not polling) for much of the window (see [`stale`]).
-    async fn next_message(&mut self, away: Duration) -> Option<Delivered> {
-        loop {
-            let item = self.messages.next().await;
-            let skip = self.away_since.take().is_some() && stale(&item, away);
-            if !skip {
-                return item;
-            }
-        }
     }
 
     /// Waits for the consumer's next message. Every [`watchdog::IDLE`] without one, asks
@@ -431,25 +390,11 @@ impl Pull {
     /// (a message that comes ends the check, and the heartbeats keep being counted): `Err`
     /// when the leader has held a message for it that long and it has not come. A leader
     /// that cannot be asked proves nothing: the heartbeats say whether the consumer lives.
-    ///
-    /// The consumer is polled afresh every [`HEARTBEAT`]: async-nats arms its
-    /// missed-heartbeat timer only when polled, and a poll that takes in a heartbeat leaves
-    /// it unarmed, so a server that froze right after one went unnoticed until the next
-    /// poll, up to [`watchdog::IDLE`] later.
     async fn wait(&mut self, after: u64) -> Result<Option<Delivered>, String> {
-        let away = self
-            .away_since
-            .map_or(Duration::ZERO, |since| since.elapsed());
-        let mut quiet = Duration::ZERO;
         loop {
-            if let Ok(item) = tokio::time::timeout(HEARTBEAT, self.next_message(away)).await {
+            if let Some(item) = self.messages.next_within(watchdog::IDLE).await {
                 return Ok(item);
             }
-            quiet += HEARTBEAT;
-            if quiet < watchdog::IDLE {
-                continue;
-            }
-            quiet = Duration::ZERO;
             let Some(floor) = self.last_read.map(|last| last.max(after)) else {
                 continue;
             };
@@ -516,20 +461,6 @@ mod tests {
         let many = Filter::Accounts((0..=layout.max_filter_subjects as u64).collect());
         assert_eq!(subjects(&layout, &many), ["tracker.events.*"]);
         assert_eq!(subjects(&layout, &Filter::All), ["tracker.events.*"]);
-    }
-
-    #[test]
-    fn a_missed_heartbeat_is_stale_only_after_being_away_a_heartbeat() {
-        use async_nats::jetstream::consumer::pull::MessagesError;
-        let missed = Some(Err(MessagesError::new(MessagesErrorKind::MissingHeartbeat)));
-        assert!(stale(&missed, HEARTBEAT));
-        assert!(
-            !stale(&missed, HEARTBEAT / 2),
-            "polled for most of the window"
-        );
-        let other = Some(Err(MessagesError::new(MessagesErrorKind::ConsumerDeleted)));
-        assert!(!stale(&other, 10 * HEARTBEAT), "only the heartbeat check");
-        assert!(!stale(&None, 10 * HEARTBEAT));
     }
 
     #[test]
