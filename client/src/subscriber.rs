@@ -516,7 +516,7 @@ impl Subscriber {
                 let (start, short) =
                     jetstream::subscriber::last_start(stream, layout, filter, n, (first, last))
                         .await?;
-                (start - 1, From::Seq(start), short)
+                (start.saturating_sub(1), From::Seq(start), short)
             }
             Start::Since(us) => {
                 let oldest =

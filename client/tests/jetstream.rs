@@ -345,6 +345,9 @@ async fn a_server_too_old_to_filter_is_refused() {
     assert_eq!(data(&single), ["old-1", "old-4", "old-6"]);
     assert!(local.wait_exit(WAIT).success());
     assert_eq!(data(&local), ["old-1", "old-3", "old-4", "old-6"]);
+    // The last N of one account are counted by probe consumers there too.
+    let last = watch_history(&bus, &["--accounts", "5", "--last", "2"], 2);
+    assert_eq!(data_of(&last), ["old-4", "old-6"]);
 }
 
 #[tokio::test]

@@ -28,10 +28,11 @@ pub(crate) async fn leader_info(stream: &Stream) -> Result<Info, JetstreamError>
 }
 
 /// How many stream-info requests [`leader_info`] makes, [`LEADER_PAUSE`] apart, before it
-/// takes the stream for leaderless: a replica back from a pause hears from the leader
-/// within its heartbeat (a second).
-const LEADER_TRIES: usize = 20;
-const LEADER_PAUSE: Duration = Duration::from_millis(100);
+/// takes the stream for leaderless: a replica back from a pause usually hears from the
+/// leader within its heartbeat (a second), but one that campaigns on its return can depose
+/// the leader, and the election that follows takes several seconds.
+const LEADER_TRIES: usize = 60;
+const LEADER_PAUSE: Duration = Duration::from_millis(200);
 
 async fn stream_info(stream: &Stream) -> Result<Info, JetstreamError> {
     stream.get_info().await.map_err(|err| {
@@ -44,8 +45,8 @@ async fn stream_info(stream: &Stream) -> Result<Info, JetstreamError> {
 /// says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Counted<'a> {
-    /// On a server outside any cluster, which holds the only copy: no section, or one
-    /// without a raft group or a leader (servers before 2.10 say nothing for themselves).
+    /// On a server outside any cluster, which holds the only copy: no section (a consumer's
+    /// info on a server alone; a server alone names itself in a stream's).
     Alone,
     /// On this server: the stream's leader, or the one hosting an R1 consumer.
     On(&'a str),
@@ -58,9 +59,10 @@ pub(crate) fn counted(cluster: Option<&ClusterInfo>) -> Counted<'_> {
     let Some(cluster) = cluster else {
         return Counted::Alone;
     };
+    // A replica that knows no leader leaves it out; before 2.10.5 it has no raft group to
+    // show either, so the leader alone decides.
     match cluster.leader.as_deref().filter(|name| !name.is_empty()) {
         Some(name) => Counted::On(name),
-        None if cluster.raft_group.is_none() => Counted::Alone,
         None => Counted::Leaderless,
     }
 }
@@ -262,7 +264,11 @@ mod tests {
 
     #[test]
     fn an_answer_says_where_it_was_counted() {
-        assert_eq!(counted(None), Counted::Alone, "a server before 2.10, alone");
+        assert_eq!(
+            counted(None),
+            Counted::Alone,
+            "a consumer's info on a server alone"
+        );
         let alone = cluster("n1", None);
         assert_eq!(
             counted(Some(&alone)),
@@ -277,8 +283,12 @@ mod tests {
             Counted::Leaderless,
             "a replica back from a pause"
         );
-        let unnamed = cluster("", None);
-        assert_eq!(counted(Some(&unnamed)), Counted::Alone);
+        let old_replica = cluster("", None);
+        assert_eq!(
+            counted(Some(&old_replica)),
+            Counted::Leaderless,
+            "a replica before 2.10.5, which shows no raft group, back from a pause"
+        );
     }
 
     #[test]

@@ -416,12 +416,12 @@ impl Pull {
         }
     }
 
+    /// The stream leader's first sequence: a replica's own copy could start elsewhere and
+    /// hide an eviction.
     async fn first_sequence(&self) -> Result<u64, String> {
-        let info = self
-            .stream
-            .get_info()
+        let info = leader_info(&self.stream)
             .await
-            .map_err(|err| format!("stream {}: {err}", self.layout.stream))?;
+            .map_err(|err| err.to_string())?;
         Ok(info.state.first_sequence)
     }
 }
