@@ -30,6 +30,8 @@ pub(crate) struct Messages {
 }
 
 impl Messages {
+    /// Wraps the messages of a consumer pulled with heartbeats every [`HEARTBEAT`] (see
+    /// `subscriber::pull`, the one place that makes them).
     pub(crate) fn new(stream: Stream) -> Messages {
         Messages {
             stream,
@@ -67,11 +69,11 @@ impl Messages {
         }
     }
 
-    /// `first` and every message already there, up to `max` in all; the reader then goes
-    /// off to hand them out.
+    /// `first` and every message already there, up to `max` in all, ending at the first
+    /// error or the consumer's end; the reader then goes off to hand them out.
     pub(crate) fn batch(&mut self, first: Option<Delivered>, max: usize) -> Vec<Option<Delivered>> {
         let mut batch = vec![first];
-        while batch.len() < max {
+        while batch.len() < max && matches!(batch.last(), Some(Some(Ok(_)))) {
             match self.stream.next().now_or_never() {
                 Some(item) => batch.push(item),
                 None => break,

@@ -3,7 +3,7 @@
 //! An ephemeral pull consumer without acknowledgements, filtered on the watched accounts'
 //! subjects, starts right after the last stream sequence handed out. It is dropped and made
 //! again from there whenever anything looks wrong: a consumer sequence that skips, a missed
-//! heartbeat (two seconds of silence, so a dead server is noticed in seconds rather than the
+//! heartbeat (two to three seconds of silence, so a dead server is noticed in seconds rather than the
 //! minute async-nats' own ordered consumer waits; not when the watcher itself stopped
 //! reading meanwhile, see [`super::messages`]), a deleted consumer, a lost connection.
 //!
