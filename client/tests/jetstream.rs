@@ -1145,7 +1145,9 @@ async fn a_reader_pausing_the_output_is_no_missed_heartbeat() {
     let cluster = Cluster::start(1);
     let bus = cluster.urls();
     let ingest = Ingest::start(&bus, &[]).await;
-    let mut child = busctl_command(&["watch", "--bus", &bus, "--format", "json"])
+    // --count: busctl exits once it has printed them all, so reading stdout ends.
+    let count = "2000";
+    let mut child = busctl_command(&["watch", "--bus", &bus, "--format", "json", "--count", count])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1166,20 +1168,34 @@ async fn a_reader_pausing_the_output_is_no_missed_heartbeat() {
     live.recv_timeout(WAIT).expect("the watcher goes live");
     // More than the pipe and busctl's output queue hold, so busctl blocks on stdout.
     let data = "p".repeat(400);
-    let events = numbered(&data, |i| 1 + (i % 3) as u64, 2000);
+    let events = numbered(
+        &data,
+        |i| 1 + (i % 3) as u64,
+        count.parse().expect("a count"),
+    );
     ingest.send(&events).await;
     std::thread::sleep(4 * Duration::from_secs(1));
     let stdout = child.stdout.take().expect("piped stdout");
-    let lines: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .take(events.len())
-        .map(|line| line.expect("a line"))
+    let (line_tx, line_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    let lines: Vec<String> = (0..events.len())
+        .map_while(|_| line_rx.recv_timeout(WAIT).ok())
         .collect();
     let _ = child.kill();
     let _ = child.wait();
     let said = said.join().expect("the stderr reader");
     let printed: Vec<String> = lines.iter().map(|l| json(l)["data"].to_string()).collect();
     let sent: Vec<String> = events.iter().map(|(_, d)| format!("{d:?}")).collect();
-    assert!(printed == sent, "every event once, in order");
+    assert!(
+        printed == sent,
+        "every event once, in order: {} of {} lines",
+        printed.len(),
+        sent.len()
+    );
     assert!(!said.contains("heartbeat"), "stderr: {said}");
     assert!(!said.contains("reconnect"), "stderr: {said}");
 }
