@@ -146,6 +146,7 @@ pub fn row(server: &str, mode: &str, report: Option<WrkReport>) -> Row {
             note: None,
         },
         None => Row {
+            mode: mode.into(),
             note: Some("wrk failed to run".into()),
             ..skipped(server, "")
         },
@@ -336,5 +337,6 @@ mod tests {
         );
         let alone = median_row("s", "c=64", vec![None]);
         assert_eq!(alone.note.as_deref(), Some("wrk failed to run"));
+        assert_eq!(alone.mode, "c=64", "the goals find rows by mode");
     }
 }

@@ -112,15 +112,14 @@ fn ratio_goal(goal: &str, ours: Option<f64>, theirs: Option<f64>, at_least: f64)
     }
 }
 
-/// A ratio to two decimals, or to three when two would round it onto `goal` from either
-/// side: "1.00x ... no" reads as a contradiction, "0.996x ... no" does not.
+/// A ratio to two decimals, or to as many more (up to six) as it takes not to round it onto
+/// `goal` from either side: "1.00x ... no" reads as a contradiction, "0.996x ... no" does
+/// not.
 fn ratio_text(ratio: f64, goal: f64) -> String {
-    let two = format!("{ratio:.2}");
-    if two == format!("{goal:.2}") && ratio != goal {
-        format!("{ratio:.3}")
-    } else {
-        two
-    }
+    let text = |places: usize| format!("{ratio:.places$}");
+    (2..=6)
+        .find(|&places| ratio == goal || text(places) != format!("{goal:.places$}"))
+        .map_or_else(|| text(6), text)
 }
 
 /// busd's memory goals: at most 4 KiB per idle subscriber, and 10,000 idle subscribers in
@@ -489,6 +488,7 @@ mod tests {
         assert_eq!(ratio_text(0.91, 1.0), "0.91");
         assert_eq!(ratio_text(5.73, 5.0), "5.73");
         assert_eq!(ratio_text(4.998, 5.0), "4.998");
+        assert_eq!(ratio_text(0.9996, 1.0), "0.9996");
     }
 
     fn row(system: &str, shape: &str, delivered: Option<f64>) -> bus::Row {
