@@ -95,3 +95,24 @@ pub async fn publish_to_stream(
         .await
         .expect("stored");
 }
+
+/// Freezes node `node` of `cluster` (SIGSTOP) after a moment of quiet, asserts that busctl
+/// (`reader`, a watcher or a group member) says within 4.5 s that it missed the server's
+/// heartbeats, and thaws the node.
+pub fn assert_a_frozen_server_is_noticed(
+    cluster: &mut testkit::nats::Cluster,
+    node: usize,
+    reader: &Proc,
+) {
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.signal(node, "STOP");
+    let frozen = std::time::Instant::now();
+    reader.wait_stderr("missed idle heartbeat", Duration::from_secs(10));
+    let noticed = frozen.elapsed();
+    eprintln!("the frozen server was noticed after {noticed:?}");
+    cluster.signal(node, "CONT");
+    assert!(
+        noticed < Duration::from_millis(4500),
+        "noticed after {noticed:?}"
+    );
+}
