@@ -1,9 +1,9 @@
 //! The stream itself: created by the publisher when absent, found by readers, and compared
 //! with the layout asked for, since a stream that exists is used as it is.
 
-use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use std::time::Duration;
 
+use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{ClusterInfo, Config, Info, StorageType, Stream};
 use async_nats::jetstream::{Context, ErrorCode};
 

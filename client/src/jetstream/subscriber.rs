@@ -3,9 +3,10 @@
 //! An ephemeral pull consumer without acknowledgements, filtered on the watched accounts'
 //! subjects, starts right after the last stream sequence handed out. It is dropped and made
 //! again from there whenever anything looks wrong: a consumer sequence that skips, a missed
-//! heartbeat (two to three seconds of silence, so a dead server is noticed in seconds rather than the
-//! minute async-nats' own ordered consumer waits; not when the watcher itself stopped
-//! reading meanwhile, see [`super::messages`]), a deleted consumer, a lost connection.
+//! heartbeat (two to three seconds of silence, so a dead server is noticed in seconds rather
+//! than the minute async-nats' own ordered consumer waits; not when the watcher itself
+//! stopped reading meanwhile, see [`super::messages`]), a deleted consumer, a lost
+//! connection.
 //!
 //! A consumer can also be stuck with nothing looking wrong: placed on a replica that is
 //! behind the stream leader, it heartbeats and hands out nothing. When it has handed out
@@ -477,6 +478,9 @@ mod tests {
             counted_by_leader(On("n1"), Alone),
             "a single server's consumer"
         );
-        assert!(counted_by_leader(Alone, Alone), "a server before 2.10");
+        assert!(
+            counted_by_leader(Alone, Alone),
+            "answers without a cluster section"
+        );
     }
 }
